@@ -1,0 +1,44 @@
+"""Evaluate an inference model (FP32 or INT8) on the config's EvalDataset: mAP, and latency.
+
+    python eval.py --config_path configs/demo/picodet_s_ptq.yaml
+    python eval.py --config_path configs/demo/picodet_s_ptq.yaml --model_dir outputs/picodet_s_ptq --benchmark
+
+Prints a table and writes a JSON report (default: outputs/eval/<model folder name>.json).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ptqdet import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_common_flags(parser)
+    parser.add_argument("--model_dir", type=Path, default=None, help="model to evaluate (default: the config's model_dir)")
+    parser.add_argument("--dataset", default="EvalDataset", choices=("EvalDataset", "FastEvalDataset"),
+                        help="which dataset of the config to evaluate on (default EvalDataset)")
+    parser.add_argument("--benchmark", action="store_true",
+                        help="also measure latency (batch 1, median of --repeats runs after warm-up)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs for --benchmark (default 30)")
+    parser.add_argument("--no_mkldnn", action="store_true",
+                        help="CPU: plain kernels instead of oneDNN (INT8 models then run simulated fake-quant)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON report path")
+    args = parser.parse_args(argv)
+    cli.quiet_libraries()
+    from ptqdet.config import load_config
+    from ptqdet.pipeline import evaluate_and_report
+
+    cfg = load_config(args.config_path)
+    report = evaluate_and_report(cfg, model_dir=args.model_dir, dataset_key=args.dataset, device=args.devices,
+                                 threads=args.threads, benchmark=args.benchmark, repeats=args.repeats,
+                                 mkldnn=not args.no_mkldnn, output=args.output, progress=not args.quiet)
+    print(report.table)
+    print(f"\nreport: {report.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,2 @@
+"""ptqdet: post-training quantization for PaddleDetection inference models."""
+__version__ = "0.1.0"

@@ -1,0 +1,47 @@
+"""What the three scripts share: flags, quiet logging, and one clear error line on bad input."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+
+from .config import ConfigError
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config_path", required=True,
+                        help="ptqdet YAML config (model_dir, datasets, EvalReader, PTQ section; see README)")
+    parser.add_argument("--devices", choices=("cpu", "gpu"), default="cpu",
+                        help="where to run: cpu (default) or gpu (needs paddlepaddle-gpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for inference (default: all cores, at most 4; env PTQDET_THREADS)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def quiet_libraries() -> None:
+    """Keep paddle/ppdet/paddleslim INFO chatter out of the results."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("FLAGS_call_stack_level", "1")
+    warnings.filterwarnings("ignore")
+    import paddle  # noqa: F401 - import before ppdet (zlib symbols, see requirements.txt)
+    import ppdet  # noqa: F401 - creates its loggers
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("ppdet", "paddleslim", "paddle")):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a script's main; a ConfigError becomes one line on stderr and exit code 2."""
+    try:
+        return main(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

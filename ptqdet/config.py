@@ -1,0 +1,272 @@
+"""Load and validate a ptqdet YAML config.
+
+A ptqdet config is a PaddleDetection config (``_BASE_``, ``!COCODataSet``, ``EvalReader`` …,
+loaded through ppdet's ``load_config``) plus our own keys (``model_dir``, ``PTQ:`` …). Every
+key is checked here so that a typo fails at once with a message naming it, before any work.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file, key or path that cannot be used; the message names it."""
+
+
+# Keys ptqdet reads. Values: one-line meaning, shown by README and error messages.
+PTQDET_KEYS: dict[str, str] = {
+    "input_list": "model input names to feed (list), or a {data_key: input_name} mapping",
+    "model_dir": "folder of the FP32 inference model (or of the model to evaluate)",
+    "model_filename": "model file inside model_dir (model.pdmodel; old exports: __model__)",
+    "params_filename": "params file inside model_dir (model.pdiparams; old exports: __params__)",
+    "arch": "PPYOLOE (or YOLO/PicoDet…): PPYOLOE means the model has no NMS, ptqdet runs it",
+    "skip_tensor_list": "weight names (e.g. conv2d_1.w_0) of layers kept in float",
+    "save_dir": "output folder of analysis.py",
+    "metric": "COCO or VOC",
+    "num_classes": "number of classes of the model",
+    "plot_hist": "analysis.py: draw activation/weight distribution plots",
+    "get_target_quant_model": "analysis.py: build the model that meets target_metric",
+    "target_metric": "analysis.py: mAP (0-1) the analyzed INT8 model must reach",
+    "PTQ": "post-training quantization settings, shared by post_quant.py and analysis.py",
+    "NMS": "NMS parameters used when the model has no NMS (arch: PPYOLOE)",
+    "TrainDataset": "calibration images (only the images are read)",
+    "EvalDataset": "evaluation dataset (annotations required)",
+    "FastEvalDataset": "analysis.py: a small evaluation set used for ranking layers",
+    "EvalReader": "pre-processing (sample_transforms, batch_transforms) and batch_size",
+    "worker_num": "data loader workers (ptqdet loads in the main process; kept for compatibility)",
+}
+# PaddleDetection keys that may appear (usually through _BASE_) and that ptqdet ignores.
+PPDET_TOLERATED_KEYS = {
+    "_BASE_", "TestDataset", "TrainReader", "TestReader", "use_gpu", "use_xpu", "use_mlu", "use_npu",
+    "log_iter", "snapshot_epoch", "print_flops", "print_params", "find_unused_parameters",
+    "use_ema", "weights", "epoch", "filename", "eval_height", "eval_width", "eval_size",
+}
+
+PTQ_DEFAULTS: dict[str, Any] = {
+    "quantizable_op_type": ["conv2d", "depthwise_conv2d"],
+    "algo": "KL",
+    "weight_quantize_type": "channel_wise_abs_max",
+    "activation_quantize_type": "range_abs_max",
+    "is_full_quantize": False,
+    "batch_size": 10,
+    "batch_nums": 10,
+    "hist_percent": 0.999,
+    "bias_correction": False,
+    "round_type": "round",
+    "onnx_format": False,
+}
+PTQ_ALGOS = ("KL", "hist", "avg", "mse", "emd", "abs_max", "min_max", "ptf")
+WEIGHT_TYPES = ("abs_max", "channel_wise_abs_max")
+ACT_TYPES = ("range_abs_max", "moving_average_abs_max", "abs_max")
+ROUND_TYPES = ("round", "adaround")
+
+NMS_DEFAULTS: dict[str, Any] = {  # PP-YOLOE's MultiClassNMS in PaddleDetection
+    "score_threshold": 0.01,
+    "nms_threshold": 0.7,
+    "nms_top_k": 1000,
+    "keep_top_k": 300,
+}
+
+
+@dataclass
+class PTQSettings:
+    """The `PTQ:` section. One instance drives post_quant.py and analysis.py alike."""
+
+    quantizable_op_type: list[str] = field(default_factory=lambda: list(PTQ_DEFAULTS["quantizable_op_type"]))
+    algo: str = PTQ_DEFAULTS["algo"]
+    weight_quantize_type: str = PTQ_DEFAULTS["weight_quantize_type"]
+    activation_quantize_type: str = PTQ_DEFAULTS["activation_quantize_type"]
+    is_full_quantize: bool = PTQ_DEFAULTS["is_full_quantize"]
+    batch_size: int = PTQ_DEFAULTS["batch_size"]
+    batch_nums: int = PTQ_DEFAULTS["batch_nums"]
+    hist_percent: float = PTQ_DEFAULTS["hist_percent"]
+    bias_correction: bool = PTQ_DEFAULTS["bias_correction"]
+    round_type: str = PTQ_DEFAULTS["round_type"]
+    onnx_format: bool = PTQ_DEFAULTS["onnx_format"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class NMSSettings:
+    score_threshold: float = NMS_DEFAULTS["score_threshold"]
+    nms_threshold: float = NMS_DEFAULTS["nms_threshold"]
+    nms_top_k: int = NMS_DEFAULTS["nms_top_k"]
+    keep_top_k: int = NMS_DEFAULTS["keep_top_k"]
+
+
+@dataclass
+class PTQDetConfig:
+    """Our validated view of a config; `ppdet` is the full PaddleDetection config."""
+
+    path: Path
+    model_dir: Path
+    model_filename: str
+    params_filename: str
+    input_list: list[str] | dict[str, str]
+    arch: str
+    metric: str
+    num_classes: int
+    skip_tensor_list: list[str]
+    save_dir: Path | None
+    plot_hist: bool
+    get_target_quant_model: bool
+    target_metric: float | None
+    ptq: PTQSettings
+    nms: NMSSettings
+    ppdet: Any  # ppdet AttrDict
+
+    @property
+    def nms_outside(self) -> bool:
+        """True when the exported model has no NMS and ptqdet must apply it."""
+        return self.arch.upper() in ("PPYOLOE", "PPYOLOE+", "PP-YOLOE", "YOLOE")
+
+    @property
+    def feed_names(self) -> dict[str, str]:
+        """{data key: model input name}."""
+        if isinstance(self.input_list, dict):
+            return dict(self.input_list)
+        return {name: name for name in self.input_list}
+
+    def has_dataset(self, key: str) -> bool:
+        return key in self.ppdet and self.ppdet[key] is not None
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _read_user_yaml(path: Path) -> dict:
+    """Top-level keys of the file itself (tags like !COCODataSet are kept as opaque nodes)."""
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def _check_keys(path: Path, data: dict) -> None:
+    allowed = set(PTQDET_KEYS) | PPDET_TOLERATED_KEYS
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{path}: unknown config key {key!r}{_suggest(str(key), sorted(allowed))}")
+    ptq = data.get("PTQ") or {}
+    if not isinstance(ptq, dict):
+        raise ConfigError(f"{path}: 'PTQ' must be a mapping of settings")
+    for key in ptq:
+        if key not in PTQ_DEFAULTS:
+            raise ConfigError(f"{path}: unknown key 'PTQ.{key}'{_suggest(str(key), sorted(PTQ_DEFAULTS))}")
+    nms = data.get("NMS") or {}
+    for key in nms:
+        if key not in NMS_DEFAULTS:
+            raise ConfigError(f"{path}: unknown key 'NMS.{key}'{_suggest(str(key), sorted(NMS_DEFAULTS))}")
+
+
+_PRISTINE_WORKSPACE: dict | None = None
+
+
+def _reset_ppdet_workspace() -> None:
+    """ppdet merges every loaded config into one global dict; start each load from a clean one.
+
+    The registered modules live in that dict too, so it is restored to its state before the
+    first load: same entries, and each entry's own items (one level deep, which is what
+    ppdet's merge changes for registered modules).
+    """
+    global _PRISTINE_WORKSPACE  # noqa: PLW0603 - ppdet's own state is global; we only snapshot it
+    from ppdet.core import workspace
+
+    gc = workspace.global_config
+    if _PRISTINE_WORKSPACE is None:
+        _PRISTINE_WORKSPACE = {k: (v, dict(v) if isinstance(v, dict) else None) for k, v in gc.items()}
+    gc.clear()
+    for key, (value, items) in _PRISTINE_WORKSPACE.items():
+        if items is not None:
+            value.clear()
+            value.update(items)
+        gc[key] = value
+
+
+def _ptq_settings(path: Path, raw: dict) -> PTQSettings:
+    values = {**PTQ_DEFAULTS, **(raw or {})}
+    settings = PTQSettings(**{f.name: values[f.name] for f in fields(PTQSettings)})
+    if settings.algo not in PTQ_ALGOS:
+        raise ConfigError(f"{path}: PTQ.algo {settings.algo!r} is not one of {', '.join(PTQ_ALGOS)}")
+    if settings.weight_quantize_type not in WEIGHT_TYPES:
+        raise ConfigError(f"{path}: PTQ.weight_quantize_type {settings.weight_quantize_type!r} is not one of {WEIGHT_TYPES}")
+    if settings.activation_quantize_type not in ACT_TYPES:
+        raise ConfigError(f"{path}: PTQ.activation_quantize_type {settings.activation_quantize_type!r} is not one of {ACT_TYPES}")
+    if settings.round_type not in ROUND_TYPES:
+        raise ConfigError(f"{path}: PTQ.round_type {settings.round_type!r} is not one of {ROUND_TYPES}")
+    for name in ("batch_size", "batch_nums"):
+        if not isinstance(getattr(settings, name), int) or getattr(settings, name) < 1:
+            raise ConfigError(f"{path}: PTQ.{name} must be a positive integer")
+    if not isinstance(settings.quantizable_op_type, list) or not settings.quantizable_op_type:
+        raise ConfigError(f"{path}: PTQ.quantizable_op_type must be a non-empty list of op types")
+    return settings
+
+
+def load_config(path: str | Path) -> PTQDetConfig:
+    """Load, merge (_BASE_) and validate a ptqdet config. Raises ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.suffix not in (".yml", ".yaml"):
+        raise ConfigError(f"{path}: a config must be a .yml or .yaml file")
+    _check_keys(path, _read_user_yaml(path))
+
+    from ppdet.core.workspace import load_config as ppdet_load_config
+
+    _reset_ppdet_workspace()
+    try:
+        cfg = ppdet_load_config(str(path))
+    except Exception as exc:  # ppdet raises assorted errors for bad _BASE_ or tags
+        raise ConfigError(f"{path}: PaddleDetection could not load it: {exc}") from exc
+    _check_keys(path, {k: v for k, v in cfg.items() if k in PTQDET_KEYS})
+
+    for required in ("model_dir", "EvalReader"):
+        if cfg.get(required) is None:
+            raise ConfigError(f"{path}: missing required key {required!r}")
+    metric = str(cfg.get("metric", "COCO"))
+    if metric.upper() not in ("COCO", "VOC"):
+        raise ConfigError(f"{path}: metric {metric!r} is not COCO or VOC")
+    target = cfg.get("target_metric")
+    if target is not None and not (isinstance(target, (int, float)) and 0 <= float(target) <= 1):
+        raise ConfigError(f"{path}: target_metric must be an mAP between 0 and 1, got {target!r}")
+    input_list = cfg.get("input_list", ["image", "scale_factor"])
+    if not isinstance(input_list, (list, dict)) or not input_list:
+        raise ConfigError(f"{path}: input_list must be a list of input names or a mapping")
+    skip = cfg.get("skip_tensor_list") or []
+    if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
+        raise ConfigError(f"{path}: skip_tensor_list must be a list of weight names")
+    return PTQDetConfig(
+        path=path,
+        model_dir=Path(str(cfg["model_dir"])),
+        model_filename=str(cfg.get("model_filename") or "model.pdmodel"),
+        params_filename=str(cfg.get("params_filename") or "model.pdiparams"),
+        input_list=input_list,
+        arch=str(cfg.get("arch", "")),
+        metric=metric.upper(),
+        num_classes=int(cfg.get("num_classes", 80)),
+        skip_tensor_list=list(skip),
+        save_dir=Path(str(cfg["save_dir"])) if cfg.get("save_dir") else None,
+        plot_hist=bool(cfg.get("plot_hist", True)),
+        get_target_quant_model=bool(cfg.get("get_target_quant_model", False)),
+        target_metric=float(target) if target is not None else None,
+        ptq=_ptq_settings(path, cfg.get("PTQ")),
+        nms=NMSSettings(**{**NMS_DEFAULTS, **(cfg.get("NMS") or {})}),
+        ppdet=cfg,
+    )

@@ -1,0 +1,1 @@
+"""The embedded demo world: a generated shapes dataset in COCO format."""

@@ -1,0 +1,93 @@
+"""COCO and VOC mAP through PaddleDetection's metrics (pycocotools for COCO), and the eval loop."""
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import PTQDetConfig
+from .data import BatchSource, build_source, feed_from_batch
+from .model import Predictor
+from .postprocess import to_detections
+
+COCO_STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
+                   "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+
+
+@dataclass
+class EvalResult:
+    map: float  # COCO mAP@[.5:.95] or VOC mAP, 0-1
+    stats: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+    seconds: float = 0.0
+    dataset: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"map": self.map, "stats": self.stats, "images": self.images,
+                "seconds": round(self.seconds, 2), "dataset": self.dataset}
+
+
+def create_metric(cfg: PTQDetConfig, source: BatchSource, output_dir: Path):
+    from ppdet.metrics import COCOMetric, VOCMetric
+
+    dataset = source.dataset
+    if cfg.metric == "COCO":
+        clsid2catid = {v: k for k, v in dataset.catid2clsid.items()}
+        return COCOMetric(anno_file=dataset.get_anno(), clsid2catid=clsid2catid, classwise=False,
+                          output_eval=str(output_dir), bias=0, IouType="bbox", save_prediction_only=False)
+    return VOCMetric(label_list=dataset.get_label_list(), class_num=cfg.num_classes, map_type="11point",
+                     classwise=False)
+
+
+class MetricSession:
+    """Feeds detections into a ppdet metric; keeps pycocotools' printing out of the way."""
+
+    def __init__(self, cfg: PTQDetConfig, source: BatchSource):
+        self._tmp = tempfile.TemporaryDirectory(prefix="ptqdet_eval_")
+        self.cfg = cfg
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.metric = create_metric(cfg, source, Path(self._tmp.name))
+
+    def update(self, batch: dict[str, np.ndarray], detections: dict[str, np.ndarray]) -> None:
+        self.metric.update(batch, detections)
+
+    def result(self) -> tuple[float, dict[str, float]]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.metric.accumulate()
+        results = self.metric.get_results()
+        self._tmp.cleanup()
+        if self.cfg.metric == "COCO":
+            raw = results.get("bbox")
+            if raw is None:  # no detection at all: pycocotools is never called
+                return 0.0, dict.fromkeys(COCO_STAT_NAMES, 0.0)
+            stats = {n: float(max(v, 0.0)) for n, v in zip(COCO_STAT_NAMES, raw)}
+            return stats["mAP"], stats
+        value = float(np.asarray(results["bbox"]).ravel()[0]) / 100.0
+        return value, {"mAP": value}
+
+
+def evaluate(predictor: Predictor, cfg: PTQDetConfig, dataset_key: str = "EvalDataset",
+             source: BatchSource | None = None, progress: bool = True, desc: str | None = None) -> EvalResult:
+    """mAP of `predictor` on a whole dataset of the config (never on part of one: the
+    annotation file decides which images count, so use FastEvalDataset for a quick number)."""
+    source = source or build_source(cfg, dataset_key)
+    session = MetricSession(cfg, source)
+    batches = source.batches()
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(batches, total=source.num_batches(), desc=desc or f"eval {source.key}",
+                       unit="batch", leave=False)
+    start = time.perf_counter()
+    images = 0
+    for batch in batches:
+        outputs = predictor.run(feed_from_batch(batch, cfg.feed_names))
+        session.update(batch, to_detections(outputs, cfg.nms_outside, cfg.nms))
+        images += len(batch["im_id"]) if "im_id" in batch else 1
+    value, stats = session.result()
+    return EvalResult(map=value, stats=stats, images=images, seconds=time.perf_counter() - start, dataset=source.key)

@@ -1,0 +1,85 @@
+"""The stages the scripts run: evaluate a model, quantize one, and report either."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import PTQDetConfig
+from .data import build_source, feed_from_batch
+from .metrics import EvalResult, evaluate
+from .model import ModelFiles, Predictor, PredictorOptions, default_threads, is_quantized, measure_latency, \
+    resolve_model_files
+from .quantize import QuantizeResult, layer_weights, quantize
+from .report import machine_info, markdown_table, mAP_points, write_json
+
+
+@dataclass
+class Report:
+    table: str
+    json_path: Path
+    data: dict[str, Any]
+
+
+def make_predictor(files: ModelFiles, device: str = "cpu", threads: int | None = None, mkldnn: bool = True) -> Predictor:
+    return Predictor(files, PredictorOptions(device=device, threads=threads or default_threads(), mkldnn=mkldnn))
+
+
+def latency_feed(cfg: PTQDetConfig, dataset_key: str = "EvalDataset") -> dict:
+    """One pre-processed image (batch 1) of the dataset, fed for latency runs."""
+    source = build_source(cfg, dataset_key, batch_size=1)
+    return feed_from_batch(next(source.batches(max_images=1)), cfg.feed_names)
+
+
+def evaluate_model(cfg: PTQDetConfig, files: ModelFiles, dataset_key: str = "EvalDataset", device: str = "cpu",
+                   threads: int | None = None, mkldnn: bool = True, progress: bool = True,
+                   benchmark: bool = False, repeats: int = 30) -> tuple[EvalResult, dict[str, float] | None]:
+    predictor = make_predictor(files, device, threads, mkldnn)
+    result = evaluate(predictor, cfg, dataset_key, progress=progress, desc=f"eval {files.model_dir.name}")
+    latency = measure_latency(predictor, latency_feed(cfg, dataset_key), repeats=repeats) if benchmark else None
+    return result, latency
+
+
+def evaluate_and_report(cfg: PTQDetConfig, model_dir: Path | None = None, dataset_key: str = "EvalDataset",
+                        device: str = "cpu", threads: int | None = None, benchmark: bool = False, repeats: int = 30,
+                        mkldnn: bool = True, output: Path | None = None, progress: bool = True) -> Report:
+    if model_dir is not None:
+        files = resolve_model_files(model_dir, cfg.model_filename, cfg.params_filename)
+    else:
+        files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
+    result, latency = evaluate_model(cfg, files, dataset_key, device, threads, mkldnn, progress, benchmark, repeats)
+    precision = "INT8" if is_quantized(files) else "FP32"
+    row = [str(files.model_dir), precision, result.dataset, result.images, mAP_points(result.map),
+           mAP_points(result.stats.get("mAP50")), latency["median_ms"] if latency else None]
+    table = markdown_table(["model", "precision", "dataset", "images", "mAP", "mAP50", "latency ms (bs1)"], [row])
+    data = {"config": str(cfg.path), "model_dir": str(files.model_dir), "precision": precision, "device": device,
+            "eval": result.to_dict(), "latency": latency, "machine": machine_info()}
+    json_path = output or Path("outputs/eval") / f"{files.model_dir.name}.json"
+    write_json(json_path, data)
+    return Report(table, json_path, data)
+
+
+def quantize_and_report(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str | None = None,
+                        evaluate: bool = False, threads: int | None = None, progress: bool = True) -> Report:
+    result: QuantizeResult = quantize(cfg, save_dir, device=device, algo=algo, progress=progress)
+    fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
+    total = len(layer_weights(fp32, result.settings["quantizable_op_type"]))
+    rows = [["layers quantized", f"{len(result.quantized_layers)} / {total}"],
+            ["layers kept in float (skip_tensor_list)", len(result.skipped)],
+            ["algo", result.settings["algo"]],
+            ["weights / activations", f"{result.settings['weight_quantize_type']} / {result.settings['activation_quantize_type']}"],
+            ["calibration images", f"{result.settings['batch_size']} x {result.settings['batch_nums']} (at most)"],
+            ["PTQ time", f"{result.seconds:.1f} s"]]
+    data: dict[str, Any] = {"config": str(cfg.path), "model_dir": str(cfg.model_dir), "save_dir": str(save_dir),
+                            "ptq": result.settings, "skip_tensor_list": result.skipped,
+                            "quantized_layers": result.quantized_layers, "seconds": round(result.seconds, 2),
+                            "machine": machine_info()}
+    if evaluate:
+        fp_result, _ = evaluate_model(cfg, fp32, device=device, threads=threads, progress=progress)
+        q_result, _ = evaluate_model(cfg, ModelFiles(Path(save_dir), "model.pdmodel", "model.pdiparams"),
+                                     device=device, threads=threads, progress=progress)
+        rows += [["FP32 mAP", mAP_points(fp_result.map)], ["INT8 mAP", mAP_points(q_result.map)]]
+        data["eval"] = {"fp32": fp_result.to_dict(), "int8": q_result.to_dict()}
+    json_path = Path(save_dir) / "ptq_report.json"
+    write_json(json_path, data)
+    return Report(markdown_table(["post-training quantization", "value"], rows), json_path, data)

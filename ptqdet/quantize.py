@@ -1,0 +1,128 @@
+"""Post-training quantization with paddleslim's quant_post_static, written atomically."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, PTQDetConfig, PTQSettings
+from .data import calibration_loader, check_dataset
+from .model import ModelFiles, read_program, resolve_model_files
+
+# ops whose weight input is quantized by PTQ, and the name of that input
+WEIGHT_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "conv2d_transpose": "Filter",
+                 "mul": "Y", "matmul": "Y", "matmul_v2": "Y"}
+SAVED_FILES = ("model.pdmodel", "model.pdiparams")
+
+
+@dataclass
+class QuantizeResult:
+    save_dir: Path
+    seconds: float
+    settings: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)
+    quantized_layers: list[str] = field(default_factory=list)
+
+
+def check_outputs(cfg: PTQDetConfig, save_dir: Path) -> ModelFiles:
+    """Everything that must hold before quantizing; raises ConfigError, writes nothing."""
+    files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
+    if save_dir.resolve() == files.model_dir.resolve():
+        raise ConfigError(f"save_dir {save_dir} is model_dir: the FP32 model would be overwritten; choose another folder")
+    check_dataset(cfg, "TrainDataset", need_annotations=False)
+    return files
+
+
+def layer_weights(files: ModelFiles, op_types: list[str] | None = None) -> list[str]:
+    """Weight names of the quantizable layers, in program order (e.g. conv2d_1.w_0)."""
+    program = read_program(files)
+    names: list[str] = []
+    for op in program.ops:
+        slot = WEIGHT_INPUTS.get(op.type)
+        if slot and (op_types is None or op.type in op_types):
+            names.extend(n for n in op.inputs.get(slot, []) if n in program.persistables and n not in names)
+    return names
+
+
+def quantized_weights(files: ModelFiles) -> set[str]:
+    """Weights that the quantized program dequantizes (they run in INT8)."""
+    program = read_program(files)
+    ops = program.ops
+    quantized = set()
+    for op in ops:  # QDQ (onnx_format) models dequantize the weight itself
+        if op.type.startswith(("dequantize_linear", "fake_quantize_dequantize", "fake_channel_wise_quantize_dequantize")):
+            quantized.update(n for n in op.inputs.get("X", []) if n in program.persistables)
+    for op in ops:  # fake-quant models store int8 weights and dequantize the conv output
+        slot = WEIGHT_INPUTS.get(op.type)
+        if not slot:
+            continue
+        outs = [n for names in op.outputs.values() for n in names]
+        consumers = [o for o in ops if any(n in outs for names in o.inputs.values() for n in names)]
+        if any(c.type.startswith(("fake_dequantize", "fake_channel_wise_dequantize")) for c in consumers):
+            quantized.update(op.inputs.get(slot, []))
+    return quantized
+
+
+def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings,
+                          skip_tensor_list: list[str], device: str = "cpu") -> None:
+    import paddle
+    from paddleslim.quant import quant_post_static
+
+    paddle.enable_static()
+    place = paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace()
+    executor = paddle.static.Executor(place)
+    quant_post_static(
+        executor=executor, model_dir=str(files.model_dir), quantize_model_path=str(out_dir),
+        data_loader=loader, model_filename=files.model_filename, params_filename=files.params_filename,
+        save_model_filename=SAVED_FILES[0], save_params_filename=SAVED_FILES[1],
+        batch_size=settings.batch_size, batch_nums=settings.batch_nums, algo=settings.algo,
+        round_type=settings.round_type, hist_percent=settings.hist_percent,
+        bias_correction=settings.bias_correction, quantizable_op_type=list(settings.quantizable_op_type),
+        is_full_quantize=settings.is_full_quantize, activation_quantize_type=settings.activation_quantize_type,
+        weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
+        skip_tensor_list=list(skip_tensor_list) or None)
+    paddle.disable_static()
+
+
+def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
+    """Move a finished output folder into place; an old one is replaced only now."""
+    if save_dir.exists():
+        old = save_dir.with_name(f".{save_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(save_dir, old)
+        os.replace(tmp_dir, save_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, save_dir)
+
+
+def quantize(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str | None = None,
+             progress: bool = True) -> QuantizeResult:
+    """Quantize cfg's model with cfg.ptq into save_dir (model.pdmodel, model.pdiparams, infer_cfg.yml)."""
+    save_dir = Path(save_dir)
+    files = check_outputs(cfg, save_dir)
+    settings = PTQSettings(**{**cfg.ptq.to_dict(), **({"algo": algo} if algo else {})})
+    known = set(layer_weights(files))
+    unknown = [name for name in cfg.skip_tensor_list if name not in known]
+    if unknown:
+        raise ConfigError(f"{cfg.path}: skip_tensor_list names weights the model has no layer for: {unknown}")
+    loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
+    save_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = save_dir.with_name(f".{save_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    start = time.perf_counter()
+    try:
+        run_quant_post_static(files, tmp_dir, loader, settings, cfg.skip_tensor_list, device)
+        infer_cfg = files.model_dir / "infer_cfg.yml"
+        if infer_cfg.is_file():
+            shutil.copy2(infer_cfg, tmp_dir / "infer_cfg.yml")
+        replace_dir(tmp_dir, save_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    out_files = ModelFiles(save_dir, *SAVED_FILES)
+    return QuantizeResult(save_dir=save_dir, seconds=seconds, settings=settings.to_dict(),
+                          skipped=list(cfg.skip_tensor_list), quantized_layers=sorted(quantized_weights(out_files)))
