@@ -99,14 +99,11 @@ def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
         os.replace(tmp_dir, save_dir)
 
 
-def quantize(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str | None = None,
-             progress: bool = True) -> QuantizeResult:
-    """Quantize cfg's model with cfg.ptq into save_dir (model.pdmodel, model.pdiparams, infer_cfg.yml)."""
-    save_dir = Path(save_dir)
-    files = check_outputs(cfg, save_dir)
-    settings = PTQSettings(**{**cfg.ptq.to_dict(), **({"algo": algo} if algo else {})})
+def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, settings: PTQSettings,
+                   skip_tensor_list: list[str], device: str = "cpu", progress: bool = True) -> float:
+    """Calibrate and write the INT8 model to save_dir atomically; returns the seconds spent."""
     known = set(layer_weights(files))
-    unknown = [name for name in cfg.skip_tensor_list if name not in known]
+    unknown = [name for name in skip_tensor_list if name not in known]
     if unknown:
         raise ConfigError(f"{cfg.path}: skip_tensor_list names weights the model has no layer for: {unknown}")
     loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
@@ -115,14 +112,23 @@ def quantize(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str |
     shutil.rmtree(tmp_dir, ignore_errors=True)
     start = time.perf_counter()
     try:
-        run_quant_post_static(files, tmp_dir, loader, settings, cfg.skip_tensor_list, device)
+        run_quant_post_static(files, tmp_dir, loader, settings, skip_tensor_list, device)
         infer_cfg = files.model_dir / "infer_cfg.yml"
         if infer_cfg.is_file():
             shutil.copy2(infer_cfg, tmp_dir / "infer_cfg.yml")
         replace_dir(tmp_dir, save_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    seconds = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def quantize(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str | None = None,
+             progress: bool = True) -> QuantizeResult:
+    """Quantize cfg's model with cfg.ptq into save_dir (model.pdmodel, model.pdiparams, infer_cfg.yml)."""
+    save_dir = Path(save_dir)
+    files = check_outputs(cfg, save_dir)
+    settings = PTQSettings(**{**cfg.ptq.to_dict(), **({"algo": algo} if algo else {})})
+    seconds = quantize_files(cfg, files, save_dir, settings, cfg.skip_tensor_list, device, progress)
     out_files = ModelFiles(save_dir, *SAVED_FILES)
     return QuantizeResult(save_dir=save_dir, seconds=seconds, settings=settings.to_dict(),
                           skipped=list(cfg.skip_tensor_list), quantized_layers=sorted(quantized_weights(out_files)))

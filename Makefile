@@ -1,0 +1,42 @@
+# ptqdet: one entry point. `make demo` runs the whole workflow on the embedded demo,
+# `make test` runs the tests. Both create or refresh .venv first.
+#   GPU users:  make PADDLE=paddlepaddle-gpu==2.6.2 demo
+PYTHON ?= python3
+PADDLE ?= paddlepaddle==2.6.2
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
+DATA := dataset/shapes
+PYTEST_ARGS ?=
+
+.PHONY: venv data demo test test-fast clean-outputs images
+
+venv: $(STAMP)
+
+# Re-installs when requirements.txt (or this Makefile, or PADDLE) changes.
+$(STAMP): requirements.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	grep -v '^paddlepaddle==' requirements.txt > $(VENV)/requirements.resolved.txt
+	$(PY) -m pip install -q "$(PADDLE)" -r $(VENV)/requirements.resolved.txt
+	$(PY) -m pip install -q --no-deps paddledet==2.6.0
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+data: venv
+	$(PY) -m ptqdet.demo.shapes --out $(DATA)
+
+demo: data
+	$(PY) tools/run_demo.py
+
+test: data
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: data
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+images: data
+	$(PY) tools/make_images.py
+
+clean-outputs:
+	rm -rf outputs

@@ -1,0 +1,145 @@
+"""Trial models built from one calibration.
+
+PTQ runs once (all layers quantized) and is saved in paddleslim's fake-quant form:
+
+    x -> fake_quantize_*(x) -> x.quantized -> conv2d(Filter=int8 values) -> y -> fake_*dequantize*(y) -> y.dequantized
+
+Putting a layer back to float is a rewiring of that program: the conv reads x again, uses
+the FP32 weights (kept in the scope under `<weight>@fp32`), and its consumers read y
+instead of y.dequantized. Every other layer keeps the scales of the one calibration, so a
+trial model costs a program clone, not a calibration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..model import ModelFiles
+
+WEIGHT_SLOTS = {"conv2d": ("Input", "Filter"), "depthwise_conv2d": ("Input", "Filter"),
+                "conv2d_transpose": ("Input", "Filter"), "mul": ("X", "Y"), "matmul": ("X", "Y"),
+                "matmul_v2": ("X", "Y")}
+DEQUANT_PREFIXES = ("fake_dequantize", "fake_channel_wise_dequantize")
+ACT_QUANT_PREFIXES = ("fake_quantize", "fake_channel_wise_quantize")
+
+
+@dataclass
+class Layer:
+    weight: str  # weight name, e.g. conv2d_1.w_0 (what skip_tensor_list holds)
+    op_type: str
+    uses: int = 1  # ops sharing this weight (PP-YOLOE's DFL projection conv runs once per level)
+
+
+class QuantGraph:
+    """A calibrated fake-quant program plus the FP32 weights, able to revert any layer set."""
+
+    def __init__(self, quant_files: ModelFiles, fp32_files: ModelFiles, place=None):
+        import paddle
+
+        paddle.enable_static()
+        self.place = place or paddle.CPUPlace()
+        if isinstance(self.place, paddle.CPUPlace):
+            paddle.set_flags({"FLAGS_use_mkldnn": True})  # oneDNN kernels: same outputs, ~2x faster
+        self.scope = paddle.static.Scope()
+        self.exe = paddle.static.Executor(self.place)
+        with paddle.static.scope_guard(self.scope):
+            self.program, self.feed_names, self.fetch_targets = paddle.static.load_inference_model(
+                str(quant_files.model_dir), self.exe, model_filename=quant_files.model_filename,
+                params_filename=quant_files.params_filename)
+        self.layers = self._find_layers()
+        self._load_fp32_weights(fp32_files)
+        self.pre_nms = self._pre_nms_vars()
+
+    def _find_layers(self) -> dict[str, Layer]:
+        ops = self.program.global_block().ops
+        self.float_of: dict[str, str] = {}  # quantized activation -> the float one it came from
+        self.dequant_of: dict[str, str] = {}  # layer output -> its dequantized output
+        for op in ops:
+            if op.type.startswith(ACT_QUANT_PREFIXES):
+                self.float_of[op.output("Out")[0]] = op.input("X")[0]
+            elif op.type.startswith(DEQUANT_PREFIXES):
+                self.dequant_of[op.input("X")[0]] = op.output("Out")[0]
+        layers: dict[str, Layer] = {}
+        for op in ops:
+            if op.type in WEIGHT_SLOTS and op.output_arg_names[0] in self.dequant_of:
+                weight = op.input(WEIGHT_SLOTS[op.type][1])[0]
+                if weight in layers:
+                    layers[weight].uses += 1
+                else:
+                    layers[weight] = Layer(weight, op.type)
+        return layers
+
+    def _load_fp32_weights(self, fp32_files: ModelFiles) -> None:
+        import paddle
+
+        fp_scope = paddle.static.Scope()
+        with paddle.static.scope_guard(fp_scope):
+            paddle.static.load_inference_model(str(fp32_files.model_dir), self.exe,
+                                               model_filename=fp32_files.model_filename,
+                                               params_filename=fp32_files.params_filename)
+        block = self.program.global_block()
+        self.fp32_weights: dict[str, np.ndarray] = {}
+        for weight in self.layers:
+            value = np.array(fp_scope.find_var(weight).get_tensor())
+            self.fp32_weights[weight] = value
+            var = block.var(weight)
+            block.create_var(name=f"{weight}@fp32", shape=var.shape, dtype=var.dtype, persistable=True)
+            self.scope.var(f"{weight}@fp32").get_tensor().set(value, self.place)
+
+    def _pre_nms_vars(self) -> list[str] | None:
+        for op in self.program.global_block().ops:
+            if op.type.startswith("multiclass_nms"):
+                return [op.input("BBoxes")[0], op.input("Scores")[0]]
+        return None
+
+    def variant(self, reverted: set[str] | list[str]):
+        """A program with the given layers (weight names) back in float."""
+        reverted = set(reverted)
+        unknown = reverted - set(self.layers)
+        if unknown:
+            raise KeyError(f"not quantized layers: {sorted(unknown)}")
+        program = self.program.clone(for_test=True)
+        block = program.global_block()
+        remove = []
+        renames: dict[str, str] = {}
+        for idx, op in enumerate(block.ops):
+            if op.type in WEIGHT_SLOTS:
+                act_slot, w_slot = WEIGHT_SLOTS[op.type]
+                weight = op.input(w_slot)[0]
+                if weight in reverted:
+                    act = op.input(act_slot)[0]
+                    op._rename_input(act, self.float_of.get(act, act))
+                    op._rename_input(weight, f"{weight}@fp32")
+                    out = op.output_arg_names[0]
+                    renames[self.dequant_of[out]] = out
+            elif op.type.startswith(DEQUANT_PREFIXES) and op.output("Out")[0] in renames:
+                remove.append(idx)
+        for op in block.ops:
+            for old, new in renames.items():
+                if old in op.input_arg_names:
+                    op._rename_input(old, new)
+        for idx in reversed(remove):
+            block._remove_op(idx)
+        program._sync_with_cpp()
+        return program
+
+    def run(self, program, feed: dict[str, np.ndarray], fetch: list[str] | None = None) -> list[np.ndarray]:
+        import paddle
+
+        fetch_list = fetch if fetch is not None else self.fetch_targets
+        with paddle.static.scope_guard(self.scope):
+            out = self.exe.run(program, feed={k: feed[k] for k in self.feed_names}, fetch_list=fetch_list,
+                               return_numpy=False, scope=self.scope)
+        return [np.array(o) for o in out]
+
+    def save(self, program, out_dir: Path) -> None:
+        """Save a variant as an inference model (weights of reverted layers in float)."""
+        import paddle
+
+        with paddle.static.scope_guard(self.scope):
+            feed_vars = [program.global_block().var(n) for n in self.feed_names]
+            fetch_vars = [program.global_block().var(t.name) for t in self.fetch_targets]
+            paddle.static.save_inference_model(str(out_dir / "model"), feed_vars, fetch_vars, self.exe,
+                                               program=program)

@@ -1,0 +1,158 @@
+"""Per-layer sensitivity from one calibration: metric (mAP) and proxy (output SQNR) rankings."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import PTQDetConfig
+from ..data import BatchSource, feed_from_batch
+from ..metrics import MetricSession
+from ..postprocess import to_detections
+from ..report import write_json
+from .graph import QuantGraph
+
+
+@dataclass
+class Counters:
+    """What the analysis spent: shown in its report."""
+
+    calibrations: int = 0
+    full_evaluations: int = 0  # on EvalDataset
+    fast_evaluations: int = 0  # on FastEvalDataset (or EvalDataset when there is none)
+    proxy_runs: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Evaluator:
+    """mAP of a trial program of a QuantGraph on a pre-loaded dataset."""
+
+    def __init__(self, cfg: PTQDetConfig, graph: QuantGraph, source: BatchSource):
+        self.cfg = cfg
+        self.graph = graph
+        self.source = source
+        self.batches = list(source.batches())  # decoded once, reused by every trial
+
+    def __call__(self, reverted: list[str] | set[str]) -> float:
+        program = self.graph.variant(reverted)
+        session = MetricSession(self.cfg, self.source)
+        for batch in self.batches:
+            outputs = self.graph.run(program, feed_from_batch(batch, self.cfg.feed_names))
+            session.update(batch, to_detections(outputs, self.cfg.nms_outside, self.cfg.nms))
+        return session.result()[0]
+
+
+def cache_key(cfg: PTQDetConfig, extra: dict[str, Any]) -> str:
+    """Hash of everything a result depends on: model files, PTQ settings, datasets, skip list."""
+    h = hashlib.sha256()
+    for path in (cfg.model_dir / cfg.model_filename, cfg.model_dir / cfg.params_filename):
+        h.update(path.read_bytes())
+    h.update(json.dumps(cfg.ptq.to_dict(), sort_keys=True).encode())
+    h.update(json.dumps(sorted(cfg.skip_tensor_list)).encode())
+    for key in ("TrainDataset", "EvalDataset", "FastEvalDataset"):
+        if cfg.has_dataset(key):
+            ds = cfg.ppdet[key]
+            anno = Path(str(ds.dataset_dir)) / str(ds.anno_path) if getattr(ds, "anno_path", None) else None
+            h.update(key.encode())
+            h.update(str(getattr(ds, "image_dir", "")).encode())
+            if anno is not None and anno.is_file():
+                h.update(anno.read_bytes())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+class ResultCache:
+    """Per-layer results saved after each layer, keyed by cache_key: a changed config never
+    reuses them, an interrupted run picks up where it stopped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, section: str) -> dict[str, Any]:
+        return self.data.setdefault(section, {})
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+def sqnr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
+    """Signal-to-quantization-noise ratio of the outputs, in dB (higher is better)."""
+    signal = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in reference)
+    noise = sum(float(np.sum(np.square(r.astype(np.float64) - t.astype(np.float64)))) for r, t in zip(reference, test))
+    if noise == 0:
+        return 100.0
+    return float(10 * np.log10(max(signal, 1e-30) / noise))
+
+
+def proxy_ranking(cfg: PTQDetConfig, graph: QuantGraph, feeds: list[dict[str, np.ndarray]], layers: list[str],
+                  mode: str, cache: dict[str, Any], on_done: Callable[[], None], progress: bool = True) -> dict[str, float]:
+    """Per layer, the SQNR loss (dB) of the detection head outputs (before NMS) vs FP32.
+
+    mode "revert": from the full INT8 model, put one layer back to float: the gain is the
+    layer's damage. mode "quantize": quantize that one layer only: the drop is its damage.
+    """
+    fetch = graph.pre_nms  # None: the model outputs are already pre-NMS (PP-YOLOE)
+    all_layers = list(graph.layers)
+    fp32_program = graph.variant(all_layers)
+    reference = [graph.run(fp32_program, f, fetch) for f in feeds]
+    int8_program = graph.variant([])
+    base = float(np.mean([sqnr_db(r, graph.run(int8_program, f, fetch)) for r, f in zip(reference, feeds)]))
+    scores = {}
+    iterator = layers
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(layers, desc=f"proxy ({mode} one)", unit="layer")
+    for name in iterator:
+        if name in cache:
+            scores[name] = cache[name]
+            continue
+        program = graph.variant([name] if mode == "revert" else [n for n in all_layers if n != name])
+        value = float(np.mean([sqnr_db(r, graph.run(program, f, fetch)) for r, f in zip(reference, feeds)]))
+        # damage in dB: how much SQNR this layer costs
+        scores[name] = value - base if mode == "revert" else 100.0 - min(value, 100.0)
+        cache[name] = scores[name]
+        on_done()
+    return scores
+
+
+def metric_ranking(evaluator: Evaluator, layers: list[str], mode: str, reference_map: float,
+                   cache: dict[str, Any], on_done: Callable[[], None], counters: Counters,
+                   progress: bool = True) -> dict[str, float]:
+    """Per layer, the mAP damage: revert → mAP(INT8 with layer in float) − mAP(INT8);
+    quantize → mAP(FP32) − mAP(only this layer quantized)."""
+    all_layers = list(evaluator.graph.layers)
+    scores = {}
+    iterator = layers
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(layers, desc=f"mAP ({mode} one)", unit="layer")
+    for name in iterator:
+        if name in cache:
+            scores[name] = cache[name]
+            continue
+        start = time.perf_counter()
+        if mode == "revert":
+            scores[name] = evaluator([name]) - reference_map
+        else:
+            scores[name] = reference_map - evaluator([n for n in all_layers if n != name])
+        counters.fast_evaluations += 1
+        cache[name] = scores[name]
+        on_done()
+        counters.seconds["last_layer_s"] = time.perf_counter() - start
+    return scores
+
+
+def spearman(a: dict[str, float], b: dict[str, float]) -> float:
+    """Spearman rank correlation of two score dicts over their common keys."""
+    keys = sorted(set(a) & set(b))
+    if len(keys) < 3:
+        return float("nan")
+    from scipy.stats import spearmanr
+
+    return float(spearmanr([a[k] for k in keys], [b[k] for k in keys]).correlation)
