@@ -83,7 +83,17 @@ def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
     cache = ResultCache(work / "results.json")
     on_done = cache.save
 
-    # 1. one calibration, all quantizable layers but cfg.skip_tensor_list
+    # 1. the FP32 model (Paddle Inference): the target is checked before any calibration
+    refs = cache.get("reference")
+    fast_key = "FastEvalDataset" if cfg.has_dataset("FastEvalDataset") else "EvalDataset"
+    if "fp32_full" not in refs:
+        predictor = Predictor(fp32_files, PredictorOptions(device=opts.device, threads=opts.threads or default_threads()))
+        refs["fp32_full"] = evaluate(predictor, cfg, "EvalDataset", progress=opts.progress, desc="eval FP32").map
+        counters.full_evaluations += 1
+        on_done()
+    target = _target(cfg, opts, refs["fp32_full"])
+
+    # 2. one calibration, all quantizable layers but cfg.skip_tensor_list
     calibrated = ModelFiles(work / "calibrated", *SAVED_FILES)
     settings = PTQSettings(**{**cfg.ptq.to_dict(), "onnx_format": False})
     if not calibrated.model_path.is_file():
@@ -93,18 +103,8 @@ def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
         counters.seconds["calibration"] = time.perf_counter() - start
     graph = QuantGraph(calibrated, fp32_files)
     layers = list(graph.layers)
-
-    # 2. reference mAPs, on the full set and the fast set
-    full_source = build_source(cfg, "EvalDataset")
-    fast_key = "FastEvalDataset" if cfg.has_dataset("FastEvalDataset") else "EvalDataset"
-    full_eval = Evaluator(cfg, graph, full_source)
+    full_eval = Evaluator(cfg, graph, build_source(cfg, "EvalDataset"))
     fast_eval = full_eval if fast_key == "EvalDataset" else Evaluator(cfg, graph, build_source(cfg, fast_key))
-    refs = cache.get("reference")
-    if "fp32_full" not in refs:
-        refs["fp32_full"] = full_eval(layers)
-        counters.full_evaluations += 1
-        on_done()
-    target = _target(cfg, opts, refs["fp32_full"])
     if "int8_full" not in refs:
         refs["int8_full"] = full_eval([])
         counters.full_evaluations += 1

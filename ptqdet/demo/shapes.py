@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..annotations import write_subset
+
 CLASSES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "cross", "ring")
 IMAGE_SIZES: tuple[tuple[int, int], ...] = ((320, 320), (384, 288), (288, 384), (352, 352), (416, 320))
 DEFAULT_SPLITS: dict[str, int] = {"train": 2400, "val": 200, "calib": 64}
@@ -191,17 +193,6 @@ def generate(out_dir: Path, splits: dict[str, int] | None = None, seed: int = 0,
     if "val" in paths:
         paths["val_fast"] = write_subset(paths["val"], out_dir / "annotations" / "instances_val_fast.json", FAST_VAL_IMAGES)
     return paths
-
-
-def write_subset(anno: Path, out: Path, count: int) -> Path:
-    """An annotation file with the first `count` images of `anno` (a FastEvalDataset)."""
-    coco = json.loads(anno.read_text())
-    keep = {im["id"] for im in coco["images"][:count]}
-    coco["images"] = [im for im in coco["images"] if im["id"] in keep]
-    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
-    coco["info"] = {"description": coco["info"]["description"] + f", first {count} images"}
-    _atomic_write_text(out, json.dumps(coco, sort_keys=True, separators=(",", ":")))
-    return out
 
 
 def is_complete(out_dir: Path, splits: dict[str, int] | None = None) -> bool:

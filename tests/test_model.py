@@ -1,0 +1,61 @@
+import shutil
+
+import pytest
+from pycocotools.coco import COCO
+
+from ptqdet.config import ConfigError
+from ptqdet.data import build_source, feed_from_batch
+from ptqdet.model import Predictor, PredictorOptions, is_quantized, resolve_model_files
+from ptqdet.postprocess import to_detections
+from conftest import MODELS
+
+
+def test_legacy_file_names_are_accepted(tmp_path):
+    src = MODELS / "picodet_s_shapes"
+    shutil.copy(src / "model.pdmodel", tmp_path / "__model__")
+    shutil.copy(src / "model.pdiparams", tmp_path / "__params__")
+    files = resolve_model_files(tmp_path, "model.pdmodel", "model.pdiparams")
+    assert (files.model_filename, files.params_filename) == ("__model__", "__params__")
+    assert not is_quantized(files)
+
+
+def test_missing_model_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="model_dir does not exist"):
+        resolve_model_files(tmp_path / "none")
+    with pytest.raises(ConfigError, match="model file not found: .*model.pdmodel"):
+        resolve_model_files(tmp_path)
+
+
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.mark.parametrize("config", ["picodet_s_ptq.yaml", "ppyoloe_s_ptq.yaml"])
+def test_committed_models_find_the_objects(config):
+    """On 16 fixed val images, >= 80 % of the objects get a box of the right class at IoU >= 0.5."""
+    from ptqdet.config import load_config
+
+    cfg = load_config(f"configs/demo/{config}")
+    files = resolve_model_files(cfg.model_dir)
+    predictor = Predictor(files, PredictorOptions(threads=2))
+    source = build_source(cfg, "FastEvalDataset", batch_size=8)
+    coco = COCO(source.dataset.get_anno())
+    catid2clsid = source.dataset.catid2clsid
+    found = total = 0
+    for batch in source.batches(max_images=16):
+        det = to_detections(predictor.run(feed_from_batch(batch, cfg.feed_names)), cfg.nms_outside, cfg.nms)
+        start = 0
+        for i, n in enumerate(det["bbox_num"]):
+            rows = det["bbox"][start:start + n]
+            start += n
+            rows = rows[rows[:, 1] >= 0.3]
+            for ann in coco.loadAnns(coco.getAnnIds(imgIds=int(batch["im_id"][i][0]))):
+                x, y, w, h = ann["bbox"]
+                box, cls = [x, y, x + w, y + h], catid2clsid[ann["category_id"]]
+                total += 1
+                found += any(int(r[0]) == int(cls) and _iou(r[2:], box) >= 0.5 for r in rows)
+    assert total > 20
+    assert found / total >= 0.8, f"{found}/{total} objects found"

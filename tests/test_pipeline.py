@@ -1,0 +1,94 @@
+"""End-to-end on the demo models: PTQ, eval, agreement with ppdet's own evaluation."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ptqdet.config import load_config
+from ptqdet.model import ModelFiles, resolve_model_files
+from ptqdet.pipeline import evaluate_model
+from ptqdet.quantize import layer_weights, quantize, quantized_weights
+from conftest import ROOT, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_ptq_quantizes_convs_and_skips_listed_layers(tmp_path):
+    skip = ["conv2d_1.w_0", "conv2d_3.w_0"]
+    path = write_config(tmp_path, f"_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\nskip_tensor_list: {skip}\n")
+    cfg = load_config(path)
+    result = quantize(cfg, tmp_path / "int8", progress=False)
+    out = ModelFiles(tmp_path / "int8", "model.pdmodel", "model.pdiparams")
+    quantized = quantized_weights(out)
+    all_layers = set(layer_weights(resolve_model_files(cfg.model_dir)))
+    assert quantized == all_layers - set(skip)
+    assert len(quantized) > 50
+    assert (tmp_path / "int8" / "infer_cfg.yml").is_file()
+    assert sorted(result.quantized_layers) == sorted(quantized)
+
+
+def test_ppyoloe_int8_map_stays_close_to_fp32(tmp_path, yoloe_cfg):
+    quantize(yoloe_cfg, tmp_path / "int8", progress=False)
+    fp32, _ = evaluate_model(yoloe_cfg, resolve_model_files(yoloe_cfg.model_dir), progress=False)
+    int8, _ = evaluate_model(yoloe_cfg, resolve_model_files(tmp_path / "int8"), progress=False)
+    assert fp32.map > 0.1
+    assert abs(fp32.map - int8.map) <= 0.03, (fp32.map, int8.map)  # 3 mAP points
+
+
+def _ppdet_reference_eval(cfg_path):
+    """The reference example's loop: ppdet's own reader (thread, batching) and COCOMetric."""
+    import paddle.inference as pi
+    from ppdet.core.workspace import create, load_config as ppdet_load
+    from ppdet.metrics import COCOMetric
+    import tempfile
+
+    from ptqdet.config import _reset_ppdet_workspace
+    _reset_ppdet_workspace()
+    cfg = ppdet_load(str(cfg_path))
+    config = pi.Config(f"{cfg['model_dir']}/model.pdmodel", f"{cfg['model_dir']}/model.pdiparams")
+    config.disable_gpu()
+    config.disable_glog_info()
+    predictor = pi.create_predictor(config)
+    dataset = cfg["EvalDataset"]
+    loader = create("EvalReader")(dataset, 0, return_list=True)
+    clsid2catid = {v: k for k, v in dataset.catid2clsid.items()}
+    metric = COCOMetric(anno_file=dataset.get_anno(), clsid2catid=clsid2catid, output_eval=tempfile.mkdtemp(), bias=0)
+    for data in loader:
+        for name in predictor.get_input_names():
+            predictor.get_input_handle(name).copy_from_cpu(np.array(data[name]))
+        predictor.run()
+        outs = [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+        metric.update(data, {"bbox": outs[0], "bbox_num": outs[1]})
+    metric.accumulate()
+    return metric.get_results()["bbox"][0]
+
+
+def test_eval_agrees_with_ppdet_reference_loop():
+    cfg_path = ROOT / "configs/demo/picodet_s_ptq.yaml"
+    cfg = load_config(cfg_path)
+    ours, _ = evaluate_model(cfg, resolve_model_files(cfg.model_dir), progress=False, mkldnn=False)
+    reference = _ppdet_reference_eval(cfg_path)
+    assert ours.map == pytest.approx(reference, abs=1e-3)
+    assert ours.images == 200
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=900)
+
+
+def test_scripts_end_to_end(tmp_path):
+    out = tmp_path / "int8"
+    r = _run("post_quant.py", "--config_path", "configs/demo/picodet_s_ptq.yaml", "--save_dir", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "layers quantized" in r.stdout
+    report = json.loads((out / "ptq_report.json").read_text())
+    assert len(report["quantized_layers"]) > 50
+    r = _run("eval.py", "--config_path", "configs/demo/picodet_s_ptq.yaml", "--model_dir", str(out),
+             "--output", str(tmp_path / "eval.json"), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["precision"] == "INT8" and data["eval"]["images"] == 200
+    assert "INT8" in r.stdout
