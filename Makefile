@@ -35,7 +35,8 @@ test: data
 test-fast: data
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-images: data
+# The README's pictures, from the analysis that `make demo` ran.
+images: venv
 	$(PY) tools/make_images.py
 
 clean-outputs:

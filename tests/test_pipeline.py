@@ -22,7 +22,7 @@ def test_ptq_quantizes_convs_and_skips_listed_layers(tmp_path):
     result = quantize(cfg, tmp_path / "int8", progress=False)
     out = ModelFiles(tmp_path / "int8", "model.pdmodel", "model.pdiparams")
     quantized = quantized_weights(out)
-    all_layers = set(layer_weights(resolve_model_files(cfg.model_dir)))
+    all_layers = set(layer_weights(resolve_model_files(cfg.model_dir), cfg.ptq.quantizable_op_type))
     assert quantized == all_layers - set(skip)
     assert len(quantized) > 50
     assert (tmp_path / "int8" / "infer_cfg.yml").is_file()

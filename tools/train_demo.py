@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export_only", action="store_true", help="skip training, export --weights (default: model_final)")
     parser.add_argument("--weights", type=Path, default=None, help="checkpoint prefix to export")
     parser.add_argument("--export_dir", type=Path, default=None, help="export folder (default demo/models/NAME)")
+    parser.add_argument("--card", action="store_true", help="write the model card (README.md) next to the export")
+    parser.add_argument("--ptq_config", type=Path, default=None, help="ptqdet config used to evaluate the export for the card")
+    parser.add_argument("--history", type=Path, default=None, help="curve.json of an earlier (resumed) run, for the card")
+    parser.add_argument("--wall_time", default=None, help="total training wall time, for the card")
+    parser.add_argument("--rebuild", default=None, help="the command(s) that rebuild this model, for the card")
     args = parser.parse_args(argv)
 
     import paddle
@@ -110,7 +115,55 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
     shutil.rmtree(export_dir.parent / "_export_tmp", ignore_errors=True)
     print(f"exported {weights} -> {export_dir}")
+    if args.card:
+        write_card(args, cfg, run_dir, export_dir)
     return 0
+
+
+def write_card(args, cfg, run_dir: Path, export_dir: Path) -> Path:
+    """demo/models/<name>/README.md: recipe, cost, mAP curve and the FP32 mAP of the export."""
+    from ptqdet import cli
+    from ptqdet.config import load_config as ptq_load
+    from ptqdet.model import resolve_model_files
+    from ptqdet.pipeline import evaluate_model
+    from ptqdet.report import machine_info, markdown_table
+
+    cli.quiet_libraries()
+    curve = json.loads((run_dir / "curve.json").read_text()) if (run_dir / "curve.json").exists() else []
+    extra = json.loads(args.history.read_text()) if args.history else []
+    points = sorted({p["epoch"]: p for p in extra + curve}.values(), key=lambda p: p["epoch"])
+    ptq_cfg = ptq_load(args.ptq_config)
+    fp32, _ = evaluate_model(ptq_cfg, resolve_model_files(export_dir), progress=False)
+    m = machine_info()
+    epochs = int(cfg.epoch)
+    iters_per_epoch = points[-1]["iteration"] // points[-1]["epoch"] if points else None
+    text = f"""# {args.name}
+
+Exported from `{args.config}` (trained from scratch on the demo shapes dataset, CPU only),
+{'without NMS (`exclude_nms=True`: outputs boxes [B, M, 4] and scores [B, C, M])' if args.exclude_nms else 'with NMS inside (outputs bbox [N, 6] and bbox_num [B])'};
+inputs `image` and `scale_factor`.
+
+| | |
+|---|---|
+| FP32 mAP@[.5:.95] on demo val (200 images, ptqdet eval.py / pycocotools) | **{100 * fp32.map:.1f}** (mAP50 {100 * fp32.stats.get('mAP50', 0):.1f}) |
+| epochs x iterations | {epochs} x {iters_per_epoch or 'see log'} (batch size {int(cfg.TrainReader['batch_size'])}) |
+| total wall time | {args.wall_time or 'see curve'} |
+| machine | {m['cpu']}, {m['cores']} cores, paddle {m['paddle']}, one training thread (OMP_NUM_THREADS=1, two models trained side by side), {m['date']} |
+| recipe | SGD momentum 0.9, cosine LR with linear warm-up, EMA, multi-scale 224-288 training, eval at 256x256 |
+
+mAP on val after each epoch (EMA weights, ppdet's own evaluation during training):
+
+{markdown_table(['epoch', 'iteration', 'mAP', 'mAP50'], [[p['epoch'], p['iteration'], round(100 * p['map'], 1), round(100 * p['map50'], 1)] for p in points])}
+
+Rebuild (about the same wall time on a 2-core machine; `make data` first):
+
+```bash
+{args.rebuild or 'see tools/train_demo.py --help'}
+```
+"""
+    out = export_dir / "README.md"
+    out.write_text(text)
+    return out
 
 
 if __name__ == "__main__":
