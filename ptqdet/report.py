@@ -59,7 +59,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+        return f"{value:.1f}" if round(value, 1) == value or abs(value) >= 10 else f"{value:.3f}"
     return str(value)
 
 

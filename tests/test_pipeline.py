@@ -33,8 +33,8 @@ def test_ppyoloe_int8_map_stays_close_to_fp32(tmp_path, yoloe_cfg):
     quantize(yoloe_cfg, tmp_path / "int8", progress=False)
     fp32, _ = evaluate_model(yoloe_cfg, resolve_model_files(yoloe_cfg.model_dir), progress=False)
     int8, _ = evaluate_model(yoloe_cfg, resolve_model_files(tmp_path / "int8"), progress=False)
-    assert fp32.map > 0.1
-    assert abs(fp32.map - int8.map) <= 0.03, (fp32.map, int8.map)  # 3 mAP points
+    assert fp32.map > 0.01
+    assert abs(fp32.map - int8.map) <= 0.01, (fp32.map, int8.map)  # 1 mAP point
 
 
 def _ppdet_reference_eval(cfg_path):
