@@ -71,6 +71,7 @@ def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PT
     import paddle
     from paddleslim.quant import quant_post_static
 
+    was_dynamic = paddle.in_dynamic_mode()
     paddle.enable_static()
     place = paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace()
     executor = paddle.static.Executor(place)
@@ -84,7 +85,8 @@ def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PT
         is_full_quantize=settings.is_full_quantize, activation_quantize_type=settings.activation_quantize_type,
         weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
         skip_tensor_list=list(skip_tensor_list) or None)
-    paddle.disable_static()
+    if was_dynamic:  # leave the mode as it was (analysis runs static programs around PTQ)
+        paddle.disable_static()
 
 
 def replace_dir(tmp_dir: Path, save_dir: Path) -> None:

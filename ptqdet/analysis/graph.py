@@ -96,6 +96,9 @@ class QuantGraph:
 
     def variant(self, reverted: set[str] | list[str]):
         """A program with the given layers (weight names) back in float."""
+        import paddle
+
+        paddle.enable_static()  # programs are static; other stages may have left dygraph on
         reverted = set(reverted)
         unknown = reverted - set(self.layers)
         if unknown:
@@ -128,6 +131,7 @@ class QuantGraph:
     def run(self, program, feed: dict[str, np.ndarray], fetch: list[str] | None = None) -> list[np.ndarray]:
         import paddle
 
+        paddle.enable_static()
         fetch_list = fetch if fetch is not None else self.fetch_targets
         with paddle.static.scope_guard(self.scope):
             out = self.exe.run(program, feed={k: feed[k] for k in self.feed_names}, fetch_list=fetch_list,
