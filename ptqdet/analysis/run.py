@@ -157,7 +157,8 @@ def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
 def _target(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_map: float) -> float | None:
     if not cfg.get_target_quant_model and opts.max_drop is None:
         return None
-    target = cfg.target_metric if cfg.target_metric is not None else fp32_map - float(opts.max_drop)
+    # --max_drop (command line) wins over the config's target_metric
+    target = fp32_map - float(opts.max_drop) if opts.max_drop is not None else float(cfg.target_metric)
     if target > fp32_map:
         raise ConfigError(f"target_metric {target:.4f} is above the FP32 model's mAP {fp32_map:.4f} on EvalDataset: "
                           "no quantized model can reach it; lower target_metric")
