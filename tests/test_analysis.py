@@ -93,5 +93,6 @@ def test_analysis_ranks_searches_and_resumes(tmp_path):
 
     # a changed PTQ section is a new cache key: nothing stale is reused
     from ptqdet.analysis.sensitivity import cache_key
-    changed = _analysis_config(tmp_path, "PTQ:\n  batch_nums: 4\n")
+    (tmp_path / "changed").mkdir()
+    changed = _analysis_config(tmp_path / "changed", "PTQ:\n  batch_nums: 4\n")
     assert cache_key(load_config(changed), {}) != cache_key(load_config(cfg_path), {})
