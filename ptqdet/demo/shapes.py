@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     paths = generate(args.out, splits, args.seed)
     for split, path in paths.items():
-        print(f"{split}: {splits[split]} images -> {path}")
+        count = splits.get(split, FAST_VAL_IMAGES)
+        print(f"{split}: {count} images -> {path}")
     print(f"done in {time.time() - start:.1f} s")
     return 0
 
