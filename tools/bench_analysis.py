@@ -15,8 +15,8 @@ target_metric, or FP32 mAP - --max_drop):
 Prints a table (wall time, calibrations, evaluations, layers kept in float, final mAP on
 EvalDataset, target met) and writes OUT/bench_analysis.md and OUT/bench_analysis.json, with
 the machine, its load average and the date. Both sides start cold: OUT/ptqdet_analysis and
-OUT/paddleslim_analysis are emptied first. Takes hours at full size on a 2-core CPU: run it
-on an idle machine.
+OUT/paddleslim_analysis are emptied first. paddleslim calibrates once per layer and per step
+of its target search: run the benchmark on an idle machine.
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                            "final mAP ¹", "mAP on runtime ²", "target met"], rows)
 
 
-def notes(cfg, results: dict[str, dict[str, Any]], target: float) -> list[str]:
+def notes(results: dict[str, dict[str, Any]], target: float) -> list[str]:
     from ptqdet.report import mAP_points
 
     theirs = results.get(THEIRS)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                                      progress, args.verbose)
 
     text = table(results)
-    footnotes = notes(cfg, results, target)
+    footnotes = notes(results, target)
     machine = machine_info()
     machine["load_average_at_start"] = [round(v, 2) for v in load]
     header = (f"Config `{cfg.path}`; PTQ: algo {cfg.ptq.algo}, {cfg.ptq.batch_size}x{cfg.ptq.batch_nums} calibration "
