@@ -170,7 +170,8 @@ def notes(results: dict[str, dict[str, Any]], target: float) -> list[str]:
                   f"its FP32 mAP {mAP_points(theirs['fast_fp32_map'])} minus the same drop = "
                   f"{mAP_points(theirs['fast_target'])}; same PTQ settings except onnx_format forced to False "
                   "(paddleslim 2.6.0's Analysis calls an undefined name with onnx_format=True); "
-                  f"{theirs['analysed_layers']} layers analysed."]
+                  f"{theirs['analysed_layers']} layers analysed; its target search starts with one layer in float "
+                  "(it never tries the model with all layers quantized)."]
         if theirs.get("max_layers") is not None:
             lines.append(f"**--max_layers {theirs['max_layers']} was used (debugging): paddleslim analysed only its "
                          "first layers; this is not a valid comparison.**")
