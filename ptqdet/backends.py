@@ -157,7 +157,8 @@ class OpenVINOBackend(OnnxRunner):
         if not self._compiled:
             return self.options.openvino_precision
         request = next(iter(self._compiled.values()))
-        return str(request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
+        value = request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
+        return value.get_type_name() if hasattr(value, "get_type_name") else str(value)  # "f32" / "bf16"
 
 
 class PaddleBackend(Predictor):
