@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
 DATA := dataset/shapes
 PYTEST_ARGS ?=
 
-.PHONY: venv data demo test test-fast clean-outputs images
+.PHONY: venv data demo test test-fast clean-outputs images bench
 
 venv: $(STAMP)
 
@@ -41,3 +41,8 @@ images: venv
 
 clean-outputs:
 	rm -rf outputs
+
+# Deployment benchmark (README "Deployment"): FP32 vs INT8 on paddle, openvino, onnxruntime,
+# with the mAP of each row. Run it on an idle machine; writes outputs/deploy/benchmark.md.
+bench: data
+	$(PY) tools/bench_latency.py --config_path configs/demo/picodet_s_ptq_deploy.yaml configs/demo/ppyoloe_s_ptq_deploy.yaml --goal_ratio 0.6 0.5 --threads 2

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -27,7 +29,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("FLAGS_call_stack_level", "1")
     warnings.filterwarnings("ignore")
     import paddle  # noqa: F401 - import before ppdet (zlib symbols, see requirements.txt)
-    import ppdet  # noqa: F401 - creates its loggers
+
+    # ppdet prints "Warning: Unable to use JDE/FairMOT/..." for tracking extras it never needs here
+    with contextlib.redirect_stdout(io.StringIO()):
+        import ppdet  # noqa: F401 - creates its loggers
+        import ppdet.metrics  # noqa: F401
 
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("ppdet", "paddleslim", "paddle")):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .config import PTQDetConfig
 from .data import BatchSource, build_source, feed_from_batch
-from .model import Predictor
+from .model import Runner
 from .postprocess import to_detections
 
 COCO_STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
@@ -72,7 +72,7 @@ class MetricSession:
         return value, {"mAP": value}
 
 
-def evaluate(predictor: Predictor, cfg: PTQDetConfig, dataset_key: str = "EvalDataset",
+def evaluate(predictor: Runner, cfg: PTQDetConfig, dataset_key: str = "EvalDataset",
              source: BatchSource | None = None, progress: bool = True, desc: str | None = None) -> EvalResult:
     """mAP of `predictor` on a whole dataset of the config (never on part of one: the
     annotation file decides which images count, so use FastEvalDataset for a quick number)."""

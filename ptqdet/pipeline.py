@@ -5,7 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .backends import BackendOptions, open_backend
 from .config import PTQDetConfig
+from .export import is_onnx_export, load_export
 from .data import build_source, feed_from_batch
 from .metrics import EvalResult, evaluate
 from .model import ModelFiles, Predictor, PredictorOptions, default_threads, is_quantized, measure_latency, \
@@ -31,30 +33,50 @@ def latency_feed(cfg: PTQDetConfig, dataset_key: str = "EvalDataset") -> dict:
     return feed_from_batch(next(source.batches(max_images=1)), cfg.feed_names)
 
 
-def evaluate_model(cfg: PTQDetConfig, files: ModelFiles, dataset_key: str = "EvalDataset", device: str = "cpu",
+def evaluate_model(cfg: PTQDetConfig, files: ModelFiles | Path, dataset_key: str = "EvalDataset", device: str = "cpu",
                    threads: int | None = None, mkldnn: bool = True, progress: bool = True,
-                   benchmark: bool = False, repeats: int = 30) -> tuple[EvalResult, dict[str, float] | None]:
-    predictor = make_predictor(files, device, threads, mkldnn)
-    result = evaluate(predictor, cfg, dataset_key, progress=progress, desc=f"eval {files.model_dir.name}")
-    latency = measure_latency(predictor, latency_feed(cfg, dataset_key), repeats=repeats) if benchmark else None
+                   benchmark: bool = False, repeats: int = 30, backend: str = "paddle",
+                   options: BackendOptions | None = None) -> tuple[EvalResult, dict[str, float] | None]:
+    """mAP (and latency) of a model on one backend. `files` may be an ONNX export folder
+    (ONNX backends); `options` overrides device/threads/mkldnn."""
+    options = options or BackendOptions(device=device, threads=threads, mkldnn=mkldnn)
+    if isinstance(files, ModelFiles):
+        runner = open_backend(backend, files.model_dir, options, files.model_filename, files.params_filename)
+        name = files.model_dir.name
+    else:
+        runner = open_backend(backend, files, options)
+        name = Path(files).name
+    result = evaluate(runner, cfg, dataset_key, progress=progress, desc=f"eval {name} ({backend})")
+    latency = measure_latency(runner, latency_feed(cfg, dataset_key), repeats=repeats) if benchmark else None
+    if latency is not None:
+        latency["runtime"] = runner.mode
     return result, latency
 
 
 def evaluate_and_report(cfg: PTQDetConfig, model_dir: Path | None = None, dataset_key: str = "EvalDataset",
                         device: str = "cpu", threads: int | None = None, benchmark: bool = False, repeats: int = 30,
-                        mkldnn: bool = True, output: Path | None = None, progress: bool = True) -> Report:
-    if model_dir is not None:
-        files = resolve_model_files(model_dir, cfg.model_filename, cfg.params_filename)
+                        mkldnn: bool = True, output: Path | None = None, progress: bool = True,
+                        backend: str = "paddle", openvino_precision: str = "f32",
+                        tensorrt: str | None = None) -> Report:
+    options = BackendOptions(device=device, threads=threads, mkldnn=mkldnn, openvino_precision=openvino_precision,
+                             tensorrt=tensorrt)
+    target = Path(model_dir) if model_dir is not None else cfg.model_dir
+    if is_onnx_export(target):
+        model: ModelFiles | Path = target
+        precision = load_export(target).precision
     else:
-        files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
-    result, latency = evaluate_model(cfg, files, dataset_key, device, threads, mkldnn, progress, benchmark, repeats)
-    precision = "INT8" if is_quantized(files) else "FP32"
-    row = [str(files.model_dir), precision, result.dataset, result.images, mAP_points(result.map),
+        model = resolve_model_files(target, cfg.model_filename, cfg.params_filename)
+        precision = "INT8" if is_quantized(model) else "FP32"
+    result, latency = evaluate_model(cfg, model, dataset_key, progress=progress, benchmark=benchmark,
+                                     repeats=repeats, backend=backend, options=options)
+    row = [str(target), backend, precision, result.dataset, result.images, mAP_points(result.map),
            mAP_points(result.stats.get("mAP50")), latency["median_ms"] if latency else None]
-    table = markdown_table(["model", "precision", "dataset", "images", "mAP", "mAP50", "latency ms (bs1)"], [row])
-    data = {"config": str(cfg.path), "model_dir": str(files.model_dir), "precision": precision, "device": device,
-            "eval": result.to_dict(), "latency": latency, "machine": machine_info()}
-    json_path = output or Path("outputs/eval") / f"{files.model_dir.name}.json"
+    table = markdown_table(["model", "backend", "precision", "dataset", "images", "mAP", "mAP50", "latency ms (bs1)"],
+                           [row])
+    data = {"config": str(cfg.path), "model_dir": str(target), "backend": backend, "precision": precision,
+            "device": device, "eval": result.to_dict(), "latency": latency, "machine": machine_info()}
+    suffix = "" if backend == "paddle" else f"_{backend}"
+    json_path = output or Path("outputs/eval") / f"{target.name}{suffix}.json"
     write_json(json_path, data)
     return Report(table, json_path, data)
 

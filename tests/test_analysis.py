@@ -66,6 +66,7 @@ def test_analysis_ranks_searches_and_resumes(tmp_path):
     data = json.loads((ana / "ranking.json").read_text())
     n = len(data["ranking"])
     assert n > 50
+    assert {row["op_type"] for row in data["ranking"]} <= {"conv2d", "depthwise_conv2d", "matmul_v2"}
     counters = data["counters"]
     assert counters["calibrations"] == 2  # the analysis calibration + the verified target model
     # FP32 + INT8 references, the binary search, the verification and the deployed-runtime eval

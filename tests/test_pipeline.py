@@ -39,6 +39,7 @@ def test_ppyoloe_int8_map_stays_close_to_fp32(tmp_path, yoloe_cfg):
 
 def _ppdet_reference_eval(cfg_path):
     """The reference example's loop: ppdet's own reader (thread, batching) and COCOMetric."""
+    import paddle
     import paddle.inference as pi
     from ppdet.core.workspace import create, load_config as ppdet_load
     from ppdet.metrics import COCOMetric
@@ -46,6 +47,9 @@ def _ppdet_reference_eval(cfg_path):
 
     from ptqdet.config import _reset_ppdet_workspace
     _reset_ppdet_workspace()
+    # The reference runs in dygraph mode; an earlier in-process test may have left paddle static,
+    # where ppdet's reader yields LoDTensors that its COCOMetric cannot read.
+    paddle.disable_static()
     cfg = ppdet_load(str(cfg_path))
     config = pi.Config(f"{cfg['model_dir']}/model.pdmodel", f"{cfg['model_dir']}/model.pdiparams")
     config.disable_gpu()
@@ -60,7 +64,7 @@ def _ppdet_reference_eval(cfg_path):
             predictor.get_input_handle(name).copy_from_cpu(np.array(data[name]))
         predictor.run()
         outs = [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
-        metric.update(data, {"bbox": outs[0], "bbox_num": outs[1]})
+        metric.update({k: np.array(v) for k, v in data.items()}, {"bbox": outs[0], "bbox_num": outs[1]})
     metric.accumulate()
     return metric.get_results()["bbox"][0]
 

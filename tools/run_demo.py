@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.quiet_libraries()
     from ptqdet.analysis.run import AnalysisOptions, analyze
     from ptqdet.config import load_config
-    from ptqdet.model import resolve_model_files
-    from ptqdet.pipeline import evaluate_model
+    from ptqdet.metrics import evaluate
+    from ptqdet.model import measure_latency, resolve_model_files
+    from ptqdet.pipeline import latency_feed, make_predictor
     from ptqdet.quantize import quantize
     from ptqdet.report import atomic_write_text, machine_info, markdown_table, mAP_points, write_json
 
@@ -38,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     rows, records = [], []
 
     def measure(cfg, model_dir: Path) -> tuple[float, float, str]:
-        from ptqdet.pipeline import make_predictor
-        files = resolve_model_files(model_dir)
-        result, latency = evaluate_model(cfg, files, threads=args.threads, benchmark=True)
-        mode = make_predictor(files, threads=args.threads).mode
-        return result.map, latency["median_ms"], mode
+        """mAP on the val split and batch-1 latency of one and the same predictor."""
+        predictor = make_predictor(resolve_model_files(model_dir), threads=args.threads)
+        result = evaluate(predictor, cfg, "EvalDataset", desc=f"eval {model_dir.name}")
+        latency = measure_latency(predictor, latency_feed(cfg))
+        return result.map, latency["median_ms"], predictor.mode
 
     for title, name in MODELS:
         cfg = load_config(f"configs/demo/{name}_ptq.yaml")

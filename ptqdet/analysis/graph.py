@@ -40,8 +40,10 @@ class QuantGraph:
 
         paddle.enable_static()
         self.place = place or paddle.CPUPlace()
-        if isinstance(self.place, paddle.CPUPlace):
-            paddle.set_flags({"FLAGS_use_mkldnn": True})  # oneDNN kernels: same outputs, ~2x faster
+        # Plain CPU kernels, not oneDNN: every trial program is new to oneDNN, which builds and
+        # caches its primitives again (~200 MB and slower per trial on PicoDet-s, never freed:
+        # a full revert-one ranking ran out of memory). Plain kernels stay at ~1.2 GB.
+        paddle.set_flags({"FLAGS_use_mkldnn": False})
         self.scope = paddle.static.Scope()
         self.exe = paddle.static.Executor(self.place)
         with paddle.static.scope_guard(self.scope):

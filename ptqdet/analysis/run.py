@@ -49,6 +49,7 @@ class AnalysisResult:
     counters: Counters
     target: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
+    op_types: dict[str, str] = field(default_factory=dict)  # layer (weight name) -> conv2d, matmul_v2, ...
 
 
 def _progress(iterable, progress: bool, **kw):
@@ -137,7 +138,8 @@ def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
     rho = {m: spearman(metric_scores[m], proxy_scores[m]) for m in opts.rank_modes}
 
     result = AnalysisResult(fp32_map=refs["fp32_full"], int8_map=refs["int8_full"], ranking=ranking,
-                            metric_scores=metric_scores, proxy_scores=proxy_scores, spearman=rho, counters=counters)
+                            metric_scores=metric_scores, proxy_scores=proxy_scores, spearman=rho, counters=counters,
+                            op_types={n: graph.layers[n].op_type for n in layers})
     # 4. target search
     if target is not None:
         start = time.perf_counter()
@@ -292,7 +294,7 @@ def write_outputs(cfg: PTQDetConfig, opts: AnalysisOptions, r: AnalysisResult) -
     modes = list(r.metric_scores)
     rows = []
     for i, name in enumerate(r.ranking, 1):
-        row = {"rank": i, "layer": name, "op_type": "", **{f"map_{m}": round(r.metric_scores[m][name], 5) for m in modes},
+        row = {"rank": i, "layer": name, "op_type": r.op_types.get(name, ""), **{f"map_{m}": round(r.metric_scores[m][name], 5) for m in modes},
                **{f"proxy_sqnr_loss_db_{m}": round(r.proxy_scores[m][name], 3) for m in r.proxy_scores}}
         rows.append(row)
     buf = io.StringIO()

@@ -103,21 +103,30 @@ def proxy_ranking(cfg: PTQDetConfig, graph: QuantGraph, feeds: list[dict[str, np
     reference = [graph.run(fp32_program, f, fetch) for f in feeds]
     int8_program = graph.variant([])
     base = float(np.mean([sqnr_db(r, graph.run(int8_program, f, fetch)) for r, f in zip(reference, feeds)]))
-    scores = {}
-    iterator = layers
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(layers, desc=f"proxy ({mode} one)", unit="layer")
-    for name in iterator:
-        if name in cache:
-            scores[name] = cache[name]
-            continue
+
+    def damage(name: str) -> float:
         program = graph.variant([name] if mode == "revert" else [n for n in all_layers if n != name])
         value = float(np.mean([sqnr_db(r, graph.run(program, f, fetch)) for r, f in zip(reference, feeds)]))
         # damage in dB: how much SQNR this layer costs
-        scores[name] = value - base if mode == "revert" else 100.0 - min(value, 100.0)
-        cache[name] = scores[name]
-        on_done()
+        return value - base if mode == "revert" else 100.0 - min(value, 100.0)
+
+    return score_layers(layers, damage, cache, on_done, progress, f"proxy ({mode} one)")
+
+
+def score_layers(layers: list[str], damage: Callable[[str], float], cache: dict[str, Any],
+                 on_done: Callable[[], None], progress: bool, desc: str) -> dict[str, float]:
+    """damage(layer) for every layer, with a progress bar; cached layers are not scored
+    again, and on_done() (which saves the cache) runs after each new score."""
+    iterator = layers
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(layers, desc=desc, unit="layer")
+    scores = {}
+    for name in iterator:
+        if name not in cache:
+            cache[name] = damage(name)
+            on_done()
+        scores[name] = cache[name]
     return scores
 
 
@@ -127,25 +136,18 @@ def metric_ranking(evaluator: Evaluator, layers: list[str], mode: str, reference
     """Per layer, the mAP damage: revert → mAP(INT8 with layer in float) − mAP(INT8);
     quantize → mAP(FP32) − mAP(only this layer quantized)."""
     all_layers = list(evaluator.graph.layers)
-    scores = {}
-    iterator = layers
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(layers, desc=f"mAP ({mode} one)", unit="layer")
-    for name in iterator:
-        if name in cache:
-            scores[name] = cache[name]
-            continue
+
+    def damage(name: str) -> float:
         start = time.perf_counter()
         if mode == "revert":
-            scores[name] = evaluator([name]) - reference_map
+            value = evaluator([name]) - reference_map
         else:
-            scores[name] = reference_map - evaluator([n for n in all_layers if n != name])
+            value = reference_map - evaluator([n for n in all_layers if n != name])
         counters.fast_evaluations += 1
-        cache[name] = scores[name]
-        on_done()
         counters.seconds["last_layer_s"] = time.perf_counter() - start
-    return scores
+        return value
+
+    return score_layers(layers, damage, cache, on_done, progress, f"mAP ({mode} one)")
 
 
 def spearman(a: dict[str, float], b: dict[str, float]) -> float:

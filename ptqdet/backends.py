@@ -1,0 +1,205 @@
+"""Inference backends behind one interface: `run(feed) -> outputs`, as ptqdet.model.Predictor.
+
+- `paddle`: Paddle Inference (ptqdet.model.Predictor): CPU oneDNN FP32/INT8 (tuned: see
+  PredictorOptions.int8_slow_ops), GPU with optional TensorRT FP32/FP16/INT8.
+- `openvino`: OpenVINO on the paddle2onnx export (ptqdet.export). Inference precision is
+  pinned (default f32; OpenVINO's own default on CPUs with bf16 support is bf16).
+- `onnxruntime`: ONNX Runtime (CPU execution provider) on the same export.
+
+Every backend returns what the Paddle model returns, so ptqdet.postprocess and
+ptqdet.metrics.evaluate work unchanged: when the export was cut before the model's NMS,
+the backend applies that NMS (ptqdet.postprocess.multiclass_nms with the cut op's settings).
+"""
+from __future__ import annotations
+
+import importlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ConfigError
+from .export import OnnxExport, export_onnx, is_onnx_export, load_export
+from .model import Predictor, PredictorOptions, default_threads, resolve_model_files
+from .postprocess import multiclass_nms
+
+BACKENDS = ("paddle", "openvino", "onnxruntime")
+OPENVINO_PRECISIONS = ("f32", "bf16")
+# the versions verified with paddle 2.6.2, numpy 1.23 and protobuf 3.20.3 (requirements.txt)
+PIP_HINTS = {"openvino": "openvino==2024.6.0", "onnxruntime": "onnxruntime==1.19.2", "onnx": "onnx==1.16.2",
+             "paddle2onnx": "paddle2onnx==1.3.1"}
+
+
+class BackendUnavailable(ConfigError):
+    """The Python package a backend needs is not installed."""
+
+
+@dataclass
+class BackendOptions:
+    device: str = "cpu"  # cpu | gpu (gpu: paddle backend only)
+    threads: int | None = None  # None: default_threads()
+    mkldnn: bool = True  # paddle on CPU: oneDNN kernels
+    openvino_precision: str = "f32"  # openvino: INFERENCE_PRECISION_HINT, f32 or bf16
+    tensorrt: str | None = None  # paddle on GPU: fp32 | fp16 | int8
+
+    def resolved_threads(self) -> int:
+        return self.threads or default_threads()
+
+
+def require(module: str, backend: str) -> Any:
+    """Import a backend's package or raise BackendUnavailable naming it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend {backend!r} needs the Python package {module!r}, which is not installed "
+                                 f"(pip install {PIP_HINTS.get(module, module)})") from exc
+
+
+class OnnxRunner:
+    """Common part of the ONNX backends: feed selection and NMS after the model."""
+
+    backend = "onnx"
+
+    def __init__(self, export: OnnxExport, options: BackendOptions):
+        self.export = export
+        self.options = options
+        self.threads = options.resolved_threads()
+        self.quantized = export.precision == "INT8"
+        self.input_names = list(export.input_names)
+        # paddle2onnx may fix an input's batch dimension to 1 (PicoDet's scale_factor [1, 2]):
+        # such a model is run image by image and its outputs concatenated
+        self.batch1 = False
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in feed]
+        if missing:
+            raise ConfigError(f"ONNX model inputs {missing} are not fed; add them to input_list (fed: {sorted(feed)})")
+        return {n: np.ascontiguousarray(feed[n], dtype=np.float32) for n in self.input_names}
+
+    def _infer_batch(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        batch = next(iter(feed.values())).shape[0]
+        if not self.batch1 or batch == 1:
+            return self._infer(feed)
+        parts = [self._infer({n: a[i:i + 1] for n, a in feed.items()}) for i in range(batch)]
+        return [np.concatenate(outs, axis=0) for outs in zip(*parts)]
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self._infer_batch(self._feed(feed))
+        if self.export.nms is None:
+            return outputs
+        bbox, num = multiclass_nms(outputs[0], outputs[1], self.export.nms)
+        return [bbox, num]
+
+
+class OnnxRuntimeBackend(OnnxRunner):
+    backend = "onnxruntime"
+
+    def __init__(self, export: OnnxExport, options: BackendOptions):
+        super().__init__(export, options)
+        ort = require("onnxruntime", "onnxruntime")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        self._session = ort.InferenceSession(str(export.onnx_path), so, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self.batch1 = any(i.shape and i.shape[0] == 1 for i in self._session.get_inputs())
+        self.mode = f"ONNX Runtime {ort.__version__} CPU" + (" (QDQ INT8)" if self.quantized else "")
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self._session.run(self.output_names, feed))
+
+
+class OpenVINOBackend(OnnxRunner):
+    """Compiled once per input shape set (static shapes: OpenVINO's fast path)."""
+
+    backend = "openvino"
+
+    def __init__(self, export: OnnxExport, options: BackendOptions):
+        super().__init__(export, options)
+        if options.openvino_precision not in OPENVINO_PRECISIONS:
+            raise ConfigError(f"openvino precision {options.openvino_precision!r} is not one of {OPENVINO_PRECISIONS}")
+        self._ov = require("openvino", "openvino")
+        self._core = self._ov.Core()
+        self._model = self._core.read_model(str(export.onnx_path))
+        self.output_names = [o.get_any_name() for o in self._model.outputs]
+        self.batch1 = any(i.get_partial_shape().rank.is_static and i.get_partial_shape()[0].is_static
+                          and i.get_partial_shape()[0].get_length() == 1 for i in self._model.inputs)
+        self._compiled: dict[tuple, Any] = {}
+        self._config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+                        "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": options.openvino_precision}
+        self.mode = f"OpenVINO {self._ov.__version__.split('-')[0]} CPU {options.openvino_precision}" + \
+            (" (QDQ INT8)" if self.quantized else "")
+
+    def _request(self, feed: dict[str, np.ndarray]):
+        key = tuple((n, a.shape) for n, a in feed.items())
+        if key not in self._compiled:
+            model = self._model.clone()
+            model.reshape({n: self._ov.PartialShape(list(a.shape)) for n, a in feed.items()})
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            self._compiled[key] = compiled.create_infer_request()
+        return self._compiled[key]
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = self._request(feed)
+        request.infer(feed)
+        return [request.get_output_tensor(i).data.copy() for i in range(len(self.output_names))]
+
+    def precision_in_use(self) -> str:
+        """What the compiled model really runs at (checks the hint was honoured)."""
+        if not self._compiled:
+            return self.options.openvino_precision
+        request = next(iter(self._compiled.values()))
+        value = request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
+        return value.get_type_name() if hasattr(value, "get_type_name") else str(value)  # "f32" / "bf16"
+
+
+class PaddleBackend(Predictor):
+    backend = "paddle"
+
+    def __init__(self, model_dir: Path, options: BackendOptions, model_filename: str | None = None,
+                 params_filename: str | None = None):
+        files = resolve_model_files(model_dir, model_filename, params_filename)
+        super().__init__(files, PredictorOptions(device=options.device, threads=options.resolved_threads(),
+                                                 mkldnn=options.mkldnn, tensorrt=options.tensorrt))
+        self.threads = options.resolved_threads()
+
+
+def open_backend(name: str, model: str | Path, options: BackendOptions | None = None,
+                 model_filename: str | None = None, params_filename: str | None = None,
+                 export_dir: str | Path | None = None) -> PaddleBackend | OnnxRunner:
+    """A runner for `model` on backend `name`.
+
+    `model` is a Paddle inference model folder, or (ONNX backends) a ptqdet ONNX export
+    folder. A Paddle folder given to an ONNX backend is exported first, into export_dir (or
+    a temporary folder kept for the runner's life).
+    """
+    options = options or BackendOptions()
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    model = Path(model)
+    if name == "paddle":
+        if is_onnx_export(model):
+            raise ConfigError(f"backend 'paddle' runs Paddle models, not an ONNX export: {model}")
+        return PaddleBackend(model, options, model_filename, params_filename)
+    if options.device != "cpu":
+        raise ConfigError(f"backend {name!r} runs on CPU here; for GPU use --backend paddle (TensorRT)")
+    cls = OpenVINOBackend if name == "openvino" else OnnxRuntimeBackend
+    require(cls.backend, cls.backend)  # fail before a costly export
+    if is_onnx_export(model):
+        return cls(load_export(model), options)
+    files = resolve_model_files(model, model_filename, params_filename)
+    tmp = None
+    if export_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ptqdet_onnx_")
+        export_dir = Path(tmp.name) / "onnx"
+    runner = cls(export_onnx(files, export_dir), options)
+    runner._tmp = tmp  # keep the temporary export alive as long as the runner  # noqa: SLF001
+    return runner

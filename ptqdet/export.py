@@ -1,0 +1,195 @@
+"""ONNX export of FP32 and INT8 (QDQ) inference models through paddle2onnx.
+
+A model exported with NMS inside (PicoDet) is first cut before its `multiclass_nms3` op: the
+ONNX graph ends at the pre-NMS boxes [B, M, 4] and scores [B, C, M], and the NMS settings of
+the cut op are stored beside it (`export.json`), so that ptqdet.backends applies the very
+same NMS after any runtime (OpenVINO cannot compile paddle2onnx's NMS). A model exported
+without NMS (PP-YOLOE, exclude_nms=True) is converted as it is.
+
+paddle2onnx runs in a child process: on some graphs it aborts the whole process (e.g.
+"Require the scale >= 0" on PicoDet's QDQ model with paddle2onnx 1.3.1); the child's last
+error line becomes an ExportError naming the model.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, NMSSettings
+from .model import ModelFiles, is_quantized, read_ops
+
+NMS_OP_TYPES = ("multiclass_nms3", "multiclass_nms2", "multiclass_nms", "matrix_nms")
+EXPORT_META = "export.json"
+ONNX_FILE = "model.onnx"
+DEFAULT_OPSET = 13
+
+
+class ExportError(RuntimeError):
+    """paddle2onnx (or the cut before NMS) failed for one model; the message holds its error."""
+
+
+@dataclass
+class OnnxExport:
+    """An exported ONNX model and what is needed to run it like the Paddle model."""
+
+    onnx_path: Path
+    source: str  # the Paddle model folder it came from
+    precision: str  # FP32 or INT8
+    input_names: list[str]
+    output_names: list[str]
+    nms: NMSSettings | None  # NMS cut from the model, to apply after it (None: outputs are the model's)
+    opset: int
+    paddle2onnx: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["onnx_path"] = self.onnx_path.name
+        return data
+
+
+def load_export(path: str | Path) -> OnnxExport:
+    """An export folder (model.onnx + export.json) or a model.onnx inside one."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    meta_path = folder / EXPORT_META
+    if not (folder / ONNX_FILE).is_file() or not meta_path.is_file():
+        raise ConfigError(f"not an ONNX export of ptqdet (needs {ONNX_FILE} and {EXPORT_META}): {folder}")
+    data = json.loads(meta_path.read_text())
+    nms = NMSSettings(**data["nms"]) if data.get("nms") else None
+    return OnnxExport(onnx_path=folder / ONNX_FILE, source=data["source"], precision=data["precision"],
+                      input_names=list(data["input_names"]), output_names=list(data["output_names"]), nms=nms,
+                      opset=int(data["opset"]), paddle2onnx=data["paddle2onnx"])
+
+
+def is_onnx_export(path: str | Path) -> bool:
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    return (folder / EXPORT_META).is_file() and (folder / ONNX_FILE).is_file()
+
+
+def _nms_settings(attrs: dict[str, Any], op_type: str) -> NMSSettings:
+    """The NMS ptqdet.postprocess.multiclass_nms can reproduce; refuse others clearly."""
+    if op_type != "multiclass_nms3":
+        raise ExportError(f"cannot move {op_type} out of the model: only multiclass_nms3 is supported")
+    if not attrs.get("normalized", True) or attrs.get("background_label", -1) != -1 or attrs.get("nms_eta", 1.0) != 1.0:
+        raise ExportError(f"the model's NMS has normalized={attrs.get('normalized')}, background_label="
+                          f"{attrs.get('background_label')}, nms_eta={attrs.get('nms_eta')}; ptqdet's NMS "
+                          "supports normalized=True, background_label=-1, nms_eta=1.0 only")
+    # the attributes are float32: round away the float32 noise (0.025 reads 0.02500000037)
+    return NMSSettings(score_threshold=round(float(attrs["score_threshold"]), 6),
+                       nms_threshold=round(float(attrs["nms_threshold"]), 6),
+                       nms_top_k=int(attrs["nms_top_k"]), keep_top_k=int(attrs["keep_top_k"]))
+
+
+def cut_before_nms(files: ModelFiles, out_dir: Path) -> tuple[ModelFiles, NMSSettings] | None:
+    """Save the model up to the inputs of its NMS op in out_dir; None when it has no NMS op."""
+    if not any(op.type in NMS_OP_TYPES for op in read_ops(files)):
+        return None
+    import paddle
+
+    was_dynamic = paddle.in_dynamic_mode()
+    paddle.enable_static()
+    try:
+        scope = paddle.static.Scope()
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        with paddle.static.scope_guard(scope):
+            program, feed_names, _ = paddle.static.load_inference_model(
+                str(files.model_dir), exe, model_filename=files.model_filename, params_filename=files.params_filename)
+            block = program.global_block()
+            nms_ops = [op for op in block.ops if op.type in NMS_OP_TYPES]
+            if len(nms_ops) != 1:
+                raise ExportError(f"{files.model_path}: expected one NMS op, found {len(nms_ops)}")
+            op = nms_ops[0]
+            nms = _nms_settings({name: op.attr(name) for name in op.attr_names}, op.type)
+            # save_inference_model names its fetch scale ops save_infer_model/scale_<i>: free
+            # those names (the old fetch ops are pruned anyway)
+            for var_name in [v for v in block.vars if v.startswith("save_infer_model/")]:
+                block._rename_var(var_name, f"orig_{var_name.replace('/', '_')}")  # noqa: SLF001
+            fetch = [block.var(op.input("BBoxes")[0]), block.var(op.input("Scores")[0])]
+            feed = [block.var(name) for name in feed_names]
+            paddle.static.save_inference_model(str(out_dir / "model"), feed, fetch, exe, program=program)
+    finally:
+        if was_dynamic:
+            paddle.disable_static()
+    return ModelFiles(out_dir, "model.pdmodel", "model.pdiparams"), nms
+
+
+def _paddle2onnx_version() -> str:
+    try:
+        import paddle2onnx
+    except ImportError as exc:
+        raise ConfigError("ONNX export needs paddle2onnx, which is not installed: "
+                          "pip install paddle2onnx==1.3.1 (see requirements.txt)") from exc
+    return str(paddle2onnx.__version__)
+
+
+def _last_error(text: str) -> str:
+    """The line of paddle2onnx's output that says what went wrong."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for marker in ("Require", "Error", "error", "Cannot", "Failed", "failed", "abort"):
+        hits = [line for line in lines if marker in line]
+        if hits:
+            return hits[-1][:400]
+    return (lines[-1] if lines else "no output")[:400]
+
+
+def run_paddle2onnx(files: ModelFiles, onnx_path: Path, opset: int = DEFAULT_OPSET, timeout: float = 600,
+                    label: str | None = None) -> None:
+    """paddle2onnx in a child process (it can abort); ExportError with its message on failure."""
+    cmd = [sys.executable, "-m", "paddle2onnx.command", "--model_dir", str(files.model_dir),
+           "--model_filename", files.model_filename, "--params_filename", files.params_filename,
+           "--save_file", str(onnx_path), "--opset_version", str(opset), "--enable_onnx_checker", "True",
+           "--enable_auto_update_opset", "True"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)  # noqa: S603 - our own interpreter
+    if proc.returncode != 0 or not onnx_path.is_file():
+        raise ExportError(f"paddle2onnx failed on {label or files.model_dir} (exit {proc.returncode}): "
+                          f"{_last_error(proc.stderr + proc.stdout)}")
+
+
+def _onnx_io(onnx_path: Path) -> tuple[list[str], list[str], int]:
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return inputs, [o.name for o in model.graph.output], opset
+
+
+def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPSET) -> OnnxExport:
+    """Export one Paddle inference model to out_dir/model.onnx (+ export.json); atomic: out_dir
+    appears only when the export is complete. Raises ExportError when paddle2onnx fails."""
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == files.model_dir.resolve():
+        raise ConfigError(f"the ONNX output folder must not be the model folder: {out_dir}")
+    version = _paddle2onnx_version()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
+        tmp_dir = Path(tmp)
+        cut = cut_before_nms(files, tmp_dir / "pre_nms")
+        source, nms = (cut[0], cut[1]) if cut else (files, None)
+        onnx_path = tmp_dir / "out" / ONNX_FILE
+        onnx_path.parent.mkdir()
+        run_paddle2onnx(source, onnx_path, opset, label=str(files.model_dir) + (" (cut before NMS)" if cut else ""))
+        inputs, outputs, real_opset = _onnx_io(onnx_path)
+        export = OnnxExport(onnx_path=out_dir / ONNX_FILE, source=str(files.model_dir),
+                            precision="INT8" if is_quantized(files) else "FP32", input_names=inputs,
+                            output_names=outputs, nms=nms, opset=real_opset, paddle2onnx=version)
+        (onnx_path.parent / EXPORT_META).write_text(json.dumps(export.to_dict(), indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        (onnx_path.parent).rename(out_dir)
+    return export
+
+
+def check_onnx(path: str | Path) -> None:
+    """onnx.checker on an exported model (full check, with shape inference)."""
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)

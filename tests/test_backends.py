@@ -1,0 +1,253 @@
+"""Backends (paddle tuned, openvino, onnxruntime), ONNX export and the deployment benchmark.
+
+Agreement is checked against Paddle Inference on the same model (per-image boxes and scores),
+never against absolute mAP: the demo models are under-trained and will be replaced.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptqdet.backends import BackendOptions, BackendUnavailable, open_backend
+from ptqdet.config import ConfigError, load_config
+from ptqdet.data import build_source, feed_from_batch
+from ptqdet.export import ExportError, check_onnx, export_onnx, load_export
+from ptqdet.model import resolve_model_files
+from ptqdet.postprocess import to_detections
+from conftest import DEMO_CONFIGS, MODELS
+
+MODEL_CONFIGS = {"picodet_s": "picodet_s_ptq_deploy.yaml", "ppyoloe_s": "ppyoloe_s_ptq_deploy.yaml"}
+PICODET_QDQ_ERROR = "Require the scale >= 0"  # paddle2onnx 1.3.1 on PicoDet's QDQ model (1.2.11 too)
+
+
+# ---------------------------------------------------------------- fast: errors name the problem
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_uninstalled_backend_gives_a_clear_error(backend, monkeypatch):
+    monkeypatch.setitem(sys.modules, backend, None)  # `import <backend>` now raises ImportError
+    with pytest.raises(BackendUnavailable, match=rf"backend '{backend}' needs the Python package '{backend}'.*pip install {backend}=="):
+        open_backend(backend, MODELS / "picodet_s_shapes")
+
+
+def test_uninstalled_backend_exits_2_from_eval(monkeypatch, capsys):
+    import eval as eval_script
+    from ptqdet import cli
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    code = cli.run(eval_script.main, ["--config_path", str(DEMO_CONFIGS / "picodet_s_ptq.yaml"),
+                                      "--backend", "openvino", "--dataset", "FastEvalDataset", "--quiet"])
+    assert code == 2
+    assert "needs the Python package 'openvino'" in capsys.readouterr().err
+
+
+def test_missing_paddle2onnx_is_named(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "paddle2onnx", None)
+    with pytest.raises(ConfigError, match="needs paddle2onnx, which is not installed"):
+        export_onnx(resolve_model_files(MODELS / "ppyoloe_s_shapes"), tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_unknown_backend_and_wrong_model_kind(tmp_path):
+    with pytest.raises(ConfigError, match="unknown backend 'tensorrt'"):
+        open_backend("tensorrt", MODELS / "picodet_s_shapes")
+    with pytest.raises(ConfigError, match="not an ONNX export"):
+        load_export(tmp_path)
+
+
+def test_tensorrt_flag_needs_gpu(capsys):
+    import eval as eval_script
+    from ptqdet import cli
+
+    code = cli.run(eval_script.main, ["--config_path", str(DEMO_CONFIGS / "picodet_s_ptq.yaml"), "--tensorrt", "int8"])
+    assert code == 2
+    assert "--tensorrt needs --devices gpu" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- slow: real models
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of box a [4] against boxes b [N, 4]."""
+    ix = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+    iy = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+    inter = ix * iy
+    area = lambda r: np.clip(r[..., 2] - r[..., 0], 0, None) * np.clip(r[..., 3] - r[..., 1], 0, None)  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+def assert_detections_agree(ref: dict, got: dict, top: int = 20, min_iou: float = 0.9, score_tol: float = 0.02) -> int:
+    """Per image: each of the reference's `top` best detections has a detection of the same
+    class with IoU >= min_iou and a score within score_tol. Returns how many were checked."""
+    checked = 0
+    ref_start = got_start = 0
+    assert len(ref["bbox_num"]) == len(got["bbox_num"])
+    for n_ref, n_got in zip(ref["bbox_num"], got["bbox_num"]):
+        r = ref["bbox"][ref_start:ref_start + n_ref]
+        g = got["bbox"][got_start:got_start + n_got]
+        ref_start += n_ref
+        got_start += n_got
+        for row in r[np.argsort(-r[:, 1])][:top]:
+            same = g[g[:, 0] == row[0]]
+            assert len(same), f"no detection of class {int(row[0])} (reference score {row[1]:.3f})"
+            ious = _iou(row[2:], same[:, 2:])
+            best = int(np.argmax(ious))
+            assert ious[best] >= min_iou, f"best IoU {ious[best]:.3f} for reference box {row}"
+            assert abs(same[best, 1] - row[1]) <= score_tol, f"score {same[best, 1]:.3f} vs {row[1]:.3f}"
+            checked += 1
+    return checked
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Per demo model: its INT8 (QDQ) model and ONNX exports of FP32 and INT8, as the
+    benchmark makes them (the benchmark test reuses them: same fingerprint)."""
+    from ptqdet.benchmark import prepare_models
+
+    root = tmp_path_factory.mktemp("deploy")
+    out = {}
+    for name, config in MODEL_CONFIGS.items():
+        cfg = load_config(DEMO_CONFIGS / config)
+        out[name] = (cfg, prepare_models(cfg, root / name, need_onnx=True, progress=False, log=lambda _: None),
+                     root / name)
+    return out
+
+
+def _batch_feed(cfg, images: int = 8):
+    batch = next(build_source(cfg, "FastEvalDataset", batch_size=images).batches(max_images=images))
+    return feed_from_batch(batch, cfg.feed_names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+def test_fp32_export_passes_onnx_checker(prepared, name):
+    cfg, models, _ = prepared[name]
+    export = load_export(models.onnx["FP32"])
+    check_onnx(export.onnx_path)  # raises onnx.checker.ValidationError
+    assert export.precision == "FP32" and export.input_names == ["image", "scale_factor"]
+    if name == "picodet_s":  # NMS inside: cut before it, with the model's own NMS settings
+        assert export.nms is not None
+        assert (export.nms.score_threshold, export.nms.nms_threshold, export.nms.keep_top_k) == (0.025, 0.6, 100)
+    else:
+        assert export.nms is None
+
+
+@pytest.mark.slow
+def test_ppyoloe_int8_export_is_qdq_and_passes_checker(prepared):
+    import onnx
+
+    _, models, _ = prepared["ppyoloe_s"]
+    export = load_export(models.onnx["INT8"])
+    check_onnx(export.onnx_path)
+    ops = {n.op_type for n in onnx.load(str(export.onnx_path)).graph.node}
+    assert export.precision == "INT8" and {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(raises=ExportError, strict=True,
+                   reason="paddle2onnx 1.3.1 aborts on PicoDet's QDQ model: [GetTensorWiseQuantizeInfo] "
+                          "Require the scale >= 0, but now it's -7.72 (1.2.11 too; 1.1.0 and deploy_backend=rknn "
+                          "convert it to graphs that detect nothing)")
+def test_picodet_int8_export(prepared):
+    _, models, _ = prepared["picodet_s"]
+    assert isinstance(models.onnx["INT8"], str) and PICODET_QDQ_ERROR in models.onnx["INT8"]
+    export_onnx(models.int8, Path(models.int8.model_dir).parent / "onnx_int8_again")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+def test_fp32_backend_agrees_with_paddle(prepared, name, backend):
+    cfg, models, _ = prepared[name]
+    feed = _batch_feed(cfg)
+    ref = to_detections(open_backend("paddle", models.fp32.model_dir, BackendOptions(threads=2)).run(feed),
+                        cfg.nms_outside, cfg.nms)
+    got = to_detections(open_backend(backend, models.onnx["FP32"], BackendOptions(threads=2)).run(feed),
+                        cfg.nms_outside, cfg.nms)
+    assert assert_detections_agree(ref, got) >= 8 * 5
+
+
+@pytest.mark.slow
+def test_openvino_bf16_is_really_bf16_and_close(prepared):
+    """bf16 is OpenVINO's default on this CPU; our FP32 rows pin f32. Both are what they say."""
+    cfg, models, _ = prepared["ppyoloe_s"]
+    feed = _batch_feed(cfg, 1)
+    f32 = open_backend("openvino", models.onnx["FP32"], BackendOptions(threads=2, openvino_precision="f32"))
+    bf16 = open_backend("openvino", models.onnx["FP32"], BackendOptions(threads=2, openvino_precision="bf16"))
+    ref = open_backend("paddle", models.fp32.model_dir, BackendOptions(threads=2)).run(feed)
+    out32, out16 = f32.run(feed), bf16.run(feed)
+    assert "f32" in f32.precision_in_use().lower()
+    np.testing.assert_allclose(out32[1], ref[1], atol=1e-3)  # f32: same scores as Paddle FP32
+    if "bf16" in bf16.precision_in_use().lower():  # CPUs without bf16 fall back to f32
+        assert np.abs(out16[1] - ref[1]).max() > 1e-4  # bf16 really ran: not bit-close to f32
+        assert np.corrcoef(out16[1].ravel(), ref[1].ravel())[0, 1] > 0.98
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+def test_tuned_onednn_int8_is_exact_and_runs_int8(prepared, name):
+    """softmax/reduce_mean kept off oneDNN: same outputs as oneDNN everywhere, on INT8 kernels."""
+    cfg, models, _ = prepared[name]
+    feed = _batch_feed(cfg, 2)
+    tuned = open_backend("paddle", models.int8.model_dir, BackendOptions(threads=2))
+    assert tuned.mode == "oneDNN INT8"
+    from ptqdet.model import Predictor, PredictorOptions
+
+    plain = Predictor(models.int8, PredictorOptions(threads=2, int8_slow_ops=()))
+    for a, b in zip(tuned.run(feed), plain.run(feed)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_onnxruntime_int8_computes_the_paddle_qdq_model(prepared):
+    """The QDQ semantics survive export: ORT INT8 vs Paddle running the same fake-quant graph."""
+    cfg, models, _ = prepared["ppyoloe_s"]
+    feed = _batch_feed(cfg, 2)
+    sim = open_backend("paddle", models.int8.model_dir, BackendOptions(threads=2, mkldnn=False)).run(feed)
+    ort = open_backend("onnxruntime", models.onnx["INT8"], BackendOptions(threads=2)).run(feed)
+    assert np.corrcoef(ort[1].ravel(), sim[1].ravel())[0, 1] > 0.98
+    assert np.abs(ort[0] - sim[0]).mean() < 3.0  # pixels
+
+
+@pytest.mark.slow
+def test_benchmark_rows_and_honest_failures(prepared, tmp_path):
+    from ptqdet.benchmark import BenchSettings, run_benchmark
+
+    cfg, models, work = prepared["picodet_s"]
+    settings = BenchSettings(backends=("paddle", "onnxruntime"), threads=2, warmup=1, rounds=2, repeats=2,
+                             dataset_key="FastEvalDataset", progress=False, goal_ratio=0.6)
+    result = run_benchmark(cfg, work, settings, log=lambda _: None)
+    rows = {(r.backend, r.precision): r for r in result.rows}
+    assert set(rows) == {("paddle", "FP32"), ("paddle", "INT8"), ("onnxruntime", "FP32"), ("onnxruntime", "INT8")}
+    for key in [("paddle", "FP32"), ("paddle", "INT8"), ("onnxruntime", "FP32")]:
+        assert rows[key].error is None and len(rows[key].times_ms) == 4 and rows[key].map is not None
+    assert rows[("onnxruntime", "FP32")].map == pytest.approx(rows[("paddle", "FP32")].map, abs=0.002)
+    assert PICODET_QDQ_ERROR in rows[("onnxruntime", "INT8")].error  # kept in the table, with the reason
+    table = result.table()
+    assert table.count("\n") == 1 + len(result.rows) and "not supported: paddle2onnx failed" in table
+    assert (work / "benchmark.json").is_file()
+
+
+@pytest.mark.parametrize("script", ["export_onnx.py", "tools/bench_latency.py"])
+def test_new_scripts_explain_their_flags(script):
+    import subprocess
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    assert "--save_dir" in r.stdout if script == "export_onnx.py" else "--goal_ratio" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="OpenVINO 2024.6 (and 2025.3) INT8 on the paddle2onnx QDQ export of PP-YOLOE-s drifts "
+                                       "from the QDQ graph: pre-NMS score correlation ~0.6 with Paddle's fake-quant graph "
+                                       "(ONNX Runtime: 0.99; OpenVINO with LP_TRANSFORMS_MODE off: 0.995). The benchmark "
+                                       "shows its own mAP beside its latency.")
+def test_openvino_int8_computes_the_paddle_qdq_model(prepared):
+    cfg, models, _ = prepared["ppyoloe_s"]
+    feed = _batch_feed(cfg, 2)
+    sim = open_backend("paddle", models.int8.model_dir, BackendOptions(threads=2, mkldnn=False)).run(feed)
+    ov_out = open_backend("openvino", models.onnx["INT8"], BackendOptions(threads=2)).run(feed)
+    assert np.corrcoef(ov_out[1].ravel(), sim[1].ravel())[0, 1] > 0.98
