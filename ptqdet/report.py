@@ -59,7 +59,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.1f}" if round(value, 1) == value or abs(value) >= 10 else f"{value:.3f}"
+        # mAP points and milliseconds get one decimal; small values (ratios, mAP 0-1) three
+        return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3f}"
     return str(value)
 
 

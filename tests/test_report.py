@@ -1,0 +1,22 @@
+"""Tables and atomic writes."""
+from ptqdet.report import atomic_write_text, markdown_table, mAP_points
+
+
+def test_markdown_table_aligns_and_formats_numbers():
+    text = markdown_table(["model", "mAP", "ratio", "ms"], [["a", 5.93, 0.62, None], ["bb", 32.0, 1.0, 12.34]])
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1  # every row as wide as the header
+    assert lines[2].split("|")[2].strip() == "5.9" and lines[2].split("|")[3].strip() == "0.620"
+    assert lines[2].split("|")[4].strip() == "-"
+    assert lines[3].split("|")[4].strip() == "12.3"
+
+
+def test_map_points():
+    assert mAP_points(0.3251) == 32.5
+    assert mAP_points(None) is None
+
+
+def test_atomic_write_leaves_no_temp_file(tmp_path):
+    out = atomic_write_text(tmp_path / "sub" / "r.md", "hello")
+    assert out.read_text() == "hello"
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["r.md"]
