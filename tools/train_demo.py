@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=Path, default=None, help="curve.json of an earlier (resumed) run, for the card")
     parser.add_argument("--wall_time", default=None, help="total training wall time, for the card")
     parser.add_argument("--rebuild", default=None, help="the command(s) that rebuild this model, for the card")
+    parser.add_argument("--note", default=None, help="free text for the card (how this run really went)")
     args = parser.parse_args(argv)
 
     import paddle
@@ -136,6 +137,9 @@ def write_card(args, cfg, run_dir: Path, export_dir: Path) -> Path:
     fp32, _ = evaluate_model(ptq_cfg, resolve_model_files(export_dir), progress=False)
     m = machine_info()
     epochs = int(cfg.epoch)
+    # an intermediate checkpoint (output/train/NAME/<epoch index>) exported before the schedule ended
+    done = int(args.weights.name) + 1 if args.weights and args.weights.name.isdigit() else epochs
+    points = [p for p in points if p["epoch"] <= done]
     iters_per_epoch = points[-1]["iteration"] // points[-1]["epoch"] if points else None
     text = f"""# {args.name}
 
@@ -146,7 +150,7 @@ inputs `image` and `scale_factor`.
 | | |
 |---|---|
 | FP32 mAP@[.5:.95] on demo val (200 images, ptqdet eval.py / pycocotools) | **{100 * fp32.map:.1f}** (mAP50 {100 * fp32.stats.get('mAP50', 0):.1f}) |
-| epochs x iterations | {epochs} x {iters_per_epoch or 'see log'} (batch size {int(cfg.TrainReader['batch_size'])}) |
+| epochs x iterations | {done if done == epochs else f'{done} of {epochs} planned'} x {iters_per_epoch or 'see log'} (batch size {int(cfg.TrainReader['batch_size'])}) |
 | total wall time | {args.wall_time or 'see curve'} |
 | machine | {m['cpu']}, {m['cores']} cores, paddle {m['paddle']}, one training thread (OMP_NUM_THREADS=1, two models trained side by side), {m['date']} |
 | recipe | SGD momentum 0.9, cosine LR with linear warm-up, EMA, multi-scale 224-288 training, eval at 256x256 |
@@ -161,9 +165,33 @@ Rebuild (about the same wall time on a 2-core machine; `make data` first):
 {args.rebuild or 'see tools/train_demo.py --help'}
 ```
 """
+    if args.note:
+        text += f"\n## How this run went\n\n{args.note}\n"
+    if points:
+        _plot_curve(points, export_dir / "curve.png", args.name)
+        text += "\n![mAP vs iteration](curve.png)\n"
     out = export_dir / "README.md"
     out.write_text(text)
     return out
+
+
+def _plot_curve(points: list[dict], out: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.plot([p["iteration"] for p in points], [100 * p["map"] for p in points], "o-", label="mAP@[.5:.95]")
+    ax.plot([p["iteration"] for p in points], [100 * p["map50"] for p in points], "s--", label="mAP50")
+    ax.axhline(30, color="grey", lw=0.8, ls=":", label="demo bar (30)")
+    ax.set_xlabel("iteration (batch 8)")
+    ax.set_ylabel("val mAP (x100)")
+    ax.set_title(f"{title}: mAP on demo val during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
