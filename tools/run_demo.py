@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default outputs/)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and latency")
     parser.add_argument("--rank_modes", default="revert", help="analysis ranking modes (default: revert)")
+    parser.add_argument("--proxy_batches", type=int, default=1,
+                        help="calibration batches for the analysis' SQNR proxy ranking (default 1)")
     args = parser.parse_args(argv)
     import os
     os.chdir(ROOT)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from ptqdet.report import atomic_write_text, machine_info, markdown_table, mAP_points, write_json
 
     start = time.time()
-    rows, records = [], []
+    rows, records, notes = [], [], []
 
     def measure(cfg, model_dir: Path) -> tuple[float, float, str]:
         """mAP on the val split and batch-1 latency of one and the same predictor."""
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             acfg = load_config(f"configs/demo/{name}_analysis.yaml")
             ana_dir = args.out / f"{name}_analysis"
             result = analyze(acfg, AnalysisOptions(save_dir=ana_dir, threads=args.threads,
-                                                   rank_modes=tuple(args.rank_modes.split(","))))
+                                                   rank_modes=tuple(args.rank_modes.split(",")),
+                                                   proxy_batches=args.proxy_batches))
             analyzed_cfg = load_config(result.files["analyzed_config"])
             print(f"== {title}: PTQ with {len(analyzed_cfg.skip_tensor_list)} layers in float", flush=True)
             out = args.out / f"{name}_analyzed_ptq"
@@ -72,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             a_map, a_ms, a_mode = measure(analyzed_cfg, out)
             rows.append([title, f"PTQ after analysis ({len(analyzed_cfg.skip_tensor_list)} layers in float)", size,
                          mAP_points(a_map), round(fp_ms, 1), round(a_ms, 1), a_mode])
+            rho = ", ".join(f"{m} {v:.2f}" for m, v in result.spearman.items())
+            c = result.counters
+            notes.append(f"Analysis of {title}: {len(result.ranking)} layers ranked ({args.rank_modes}), "
+                         f"{c.calibrations} calibrations, {c.full_evaluations} full and {c.fast_evaluations} fast "
+                         f"evaluations, {c.seconds.get('total', 0):.0f} s; "
+                         f"Spearman rank correlation of the SQNR proxy with the mAP ranking: {rho}.")
             records.append({"model": title, "analyzed_map": a_map, "analyzed_ms": a_ms,
                             "skip": analyzed_cfg.skip_tensor_list, "analysis": result.counters.__dict__})
     machine = machine_info()
@@ -80,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             f"mAP: COCO mAP@[.5:.95] (x100) on the demo shapes val split (200 images). Latency: Paddle Inference "
             f"{machine['paddle']}, batch 1, median of 30 runs after 5 warm-up runs, "
             f"{args.threads or 'default'} threads, on {machine['cpu']} ({machine['cores']} cores), {machine['date']}. "
-            f"Total time of `make demo` after set-up: {time.time() - start:.0f} s.\n")
+            f"Total time of `make demo` after set-up: {time.time() - start:.0f} s.\n"
+            + "".join(f"\n{n}\n" for n in notes))
     atomic_write_text(args.out / "benchmark.md", text)
     write_json(args.out / "benchmark.json", {"rows": rows, "records": records, "machine": machine})
     print("\n" + text)
