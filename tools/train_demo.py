@@ -157,7 +157,7 @@ inputs `image` and `scale_factor`.
 
 mAP on val after each epoch (EMA weights, ppdet's own evaluation during training):
 
-{markdown_table(['epoch', 'iteration', 'mAP', 'mAP50'], [[p['epoch'], p['iteration'], round(100 * p['map'], 1), round(100 * p['map50'], 1)] for p in points])}
+{markdown_table(['epoch', 'iteration', 'mAP', 'mAP50'], [[p['epoch'], p['iteration'], f"{100 * p['map']:.1f}", f"{100 * p['map50']:.1f}"] for p in points])}
 
 Rebuild (about the same wall time on a 2-core machine; `make data` first):
 
