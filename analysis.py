@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save_dir", type=Path, default=None, help="output folder (default: the config's save_dir)")
     parser.add_argument("--rank_modes", default="revert,quantize",
                         help="comma list of ranking modes: revert (from full INT8), quantize (from FP32)")
-    parser.add_argument("--proxy_batches", type=int, default=2, help="calibration batches for the proxy ranking")
+    parser.add_argument("--proxy_batches", type=int, default=2, help="calibration batches for the SQNR proxy ranking (default 2; 0: no proxy ranking)")
     parser.add_argument("--max_drop", type=float, default=None,
                         help="target = FP32 mAP - MAX_DROP (0-1 scale), instead of target_metric")
     args = parser.parse_args(argv)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     r = analyze(cfg, opts)
     rows = [["FP32 mAP", mAP_points(r.fp32_map)], ["INT8 mAP (all layers)", mAP_points(r.int8_map)],
             ["most sensitive layers", ", ".join(r.ranking[:5])],
-            ["Spearman proxy vs mAP", ", ".join(f"{m} {v:.2f}" for m, v in r.spearman.items())],
+            ["Spearman proxy vs mAP", ", ".join(f"{m} {v:.2f}" for m, v in r.spearman.items()) or "-"],
             ["calibrations / full evals / fast evals", f"{r.counters.calibrations} / {r.counters.full_evaluations} / "
                                                       f"{r.counters.fast_evaluations}"],
             ["time", f"{r.counters.seconds.get('total', 0):.0f} s"]]

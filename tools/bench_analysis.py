@@ -88,10 +88,11 @@ def final_maps(cfg, model_dir: Path, threads: int | None, progress: bool) -> dic
 def run_ours(cfg, out: Path, max_drop: float | None, threads: int | None, progress: bool) -> dict[str, Any]:
     from ptqdet.analysis.run import AnalysisOptions, analyze
 
-    # revert ranking only, no distribution plots: the work paddleslim's metric_error_analyse does
+    # revert ranking only, no proxy ranking, no distribution plots: the work paddleslim's
+    # metric_error_analyse does
     ours_cfg = dataclasses.replace(cfg, plot_hist=False, get_target_quant_model=True)
-    opts = AnalysisOptions(save_dir=out, threads=threads, rank_modes=("revert",), max_drop=max_drop,
-                           progress=progress)
+    opts = AnalysisOptions(save_dir=out, threads=threads, rank_modes=("revert",), proxy_batches=0,
+                           max_drop=max_drop, progress=progress)
     start = time.perf_counter()
     r = analyze(ours_cfg, opts)
     seconds = time.perf_counter() - start

@@ -120,8 +120,8 @@ def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
     start = time.perf_counter()
     feeds = [feed_from_batch(b, cfg.feed_names) for b in
              build_source(cfg, "TrainDataset", images_only=True).batches(
-                 max_images=opts.proxy_batches * int(cfg.ppdet["EvalReader"]["batch_size"]))]
-    for mode in opts.rank_modes:
+                 max_images=max(opts.proxy_batches, 1) * int(cfg.ppdet["EvalReader"]["batch_size"]))]
+    for mode in opts.rank_modes if opts.proxy_batches > 0 else ():  # proxy_batches 0: no proxy ranking
         proxy_scores[mode] = proxy_ranking(cfg, graph, feeds, layers, mode, cache.get(f"proxy_{mode}"), on_done,
                                            opts.progress)
         counters.proxy_runs += len(layers)
@@ -134,8 +134,9 @@ def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
     counters.seconds["metric_ranking"] = time.perf_counter() - start
     main_mode = "revert" if "revert" in metric_scores else opts.rank_modes[0]
     # ties (e.g. all zero on a small set) are broken by the proxy
-    ranking = sorted(layers, key=lambda n: (metric_scores[main_mode][n], proxy_scores[main_mode][n]), reverse=True)
-    rho = {m: spearman(metric_scores[m], proxy_scores[m]) for m in opts.rank_modes}
+    tie_break = proxy_scores.get(main_mode, {})
+    ranking = sorted(layers, key=lambda n: (metric_scores[main_mode][n], tie_break.get(n, 0.0)), reverse=True)
+    rho = {m: spearman(metric_scores[m], proxy_scores[m]) for m in proxy_scores}
 
     result = AnalysisResult(fp32_map=refs["fp32_full"], int8_map=refs["int8_full"], ranking=ranking,
                             metric_scores=metric_scores, proxy_scores=proxy_scores, spearman=rho, counters=counters,
@@ -346,7 +347,7 @@ def _markdown(cfg: PTQDetConfig, r: AnalysisResult, files: dict[str, str]) -> st
                                 [[i + 1, n, *[round(100 * r.metric_scores[m][n], 2) for m in modes],
                                   *[round(r.proxy_scores[m][n], 2) for m in r.proxy_scores]] for i, n in enumerate(top)]))
     lines += ["", "Spearman rank correlation, proxy vs mAP: " +
-              ", ".join(f"{m}: {v:.2f}" for m, v in r.spearman.items()), ""]
+              (", ".join(f"{m}: {v:.2f}" for m, v in r.spearman.items()) or "no proxy ranking"), ""]
     if r.target:
         t = r.target
         lines += ["## Target model", "",
