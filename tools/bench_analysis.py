@@ -179,7 +179,7 @@ def notes(results: dict[str, dict[str, Any]], target: float) -> list[str]:
         if not theirs["found"]:
             lines.append("paddleslim's get_target_quant_model found no model meeting its target.")
     if OURS in results:
-        lines.append("ptqdet analysis: `revert` ranking with its SQNR proxy as tie-break, no distribution plots; "
+        lines.append("ptqdet analysis: `revert` ranking without the SQNR proxy (so layers whose reversion does not move the fast mAP tie, in graph order), no distribution plots; "
                      "its full evaluations include the FP32 and INT8 references, the binary search, the verification "
                      "and the runtime evaluation.")
     return lines
