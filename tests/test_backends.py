@@ -199,15 +199,23 @@ def test_tuned_onednn_int8_is_exact_and_runs_int8(prepared, name):
         np.testing.assert_array_equal(a, b)
 
 
+OPENVINO_INT8_DRIFT = ("OpenVINO 2024.6 (and 2025.3) INT8 on the paddle2onnx QDQ export of PP-YOLOE-s drifts "
+                       "from the QDQ graph: pre-NMS score correlation ~0.6 with Paddle's fake-quant graph "
+                       "(ONNX Runtime: 0.99; OpenVINO with LP_TRANSFORMS_MODE off: 0.995). The benchmark "
+                       "shows its own mAP beside its latency.")
+
+
 @pytest.mark.slow
-def test_onnxruntime_int8_computes_the_paddle_qdq_model(prepared):
-    """The QDQ semantics survive export: ORT INT8 vs Paddle running the same fake-quant graph."""
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param(
+    "openvino", marks=pytest.mark.xfail(strict=True, reason=OPENVINO_INT8_DRIFT))])
+def test_int8_backend_computes_the_paddle_qdq_model(prepared, backend):
+    """The QDQ semantics survive export: the backend's INT8 vs Paddle running the same fake-quant graph."""
     cfg, models, _ = prepared["ppyoloe_s"]
     feed = _batch_feed(cfg, 2)
     sim = open_backend("paddle", models.int8.model_dir, BackendOptions(threads=2, mkldnn=False)).run(feed)
-    ort = open_backend("onnxruntime", models.onnx["INT8"], BackendOptions(threads=2)).run(feed)
-    assert np.corrcoef(ort[1].ravel(), sim[1].ravel())[0, 1] > 0.98
-    assert np.abs(ort[0] - sim[0]).mean() < 3.0  # pixels
+    out = open_backend(backend, models.onnx["INT8"], BackendOptions(threads=2)).run(feed)
+    assert np.corrcoef(out[1].ravel(), sim[1].ravel())[0, 1] > 0.98
+    assert np.abs(out[0] - sim[0]).mean() < 3.0  # pixels
 
 
 @pytest.mark.slow
@@ -238,16 +246,3 @@ def test_new_scripts_explain_their_flags(script):
     r = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0
     assert "--save_dir" in r.stdout if script == "export_onnx.py" else "--goal_ratio" in r.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="OpenVINO 2024.6 (and 2025.3) INT8 on the paddle2onnx QDQ export of PP-YOLOE-s drifts "
-                                       "from the QDQ graph: pre-NMS score correlation ~0.6 with Paddle's fake-quant graph "
-                                       "(ONNX Runtime: 0.99; OpenVINO with LP_TRANSFORMS_MODE off: 0.995). The benchmark "
-                                       "shows its own mAP beside its latency.")
-def test_openvino_int8_computes_the_paddle_qdq_model(prepared):
-    cfg, models, _ = prepared["ppyoloe_s"]
-    feed = _batch_feed(cfg, 2)
-    sim = open_backend("paddle", models.int8.model_dir, BackendOptions(threads=2, mkldnn=False)).run(feed)
-    ov_out = open_backend("openvino", models.onnx["INT8"], BackendOptions(threads=2)).run(feed)
-    assert np.corrcoef(ov_out[1].ravel(), sim[1].ravel())[0, 1] > 0.98
