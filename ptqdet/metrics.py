@@ -1,6 +1,8 @@
 """COCO and VOC mAP through PaddleDetection's metrics (pycocotools for COCO), and the eval loop."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import contextlib
 import io
 import tempfile
@@ -72,13 +74,22 @@ class MetricSession:
         return value, {"mAP": value}
 
 
+class FunctionRunner:
+    """A Runner over any `run(feed) -> outputs` function (trial programs, paddleslim's executor)."""
+
+    def __init__(self, run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]):
+        self.run = run
+
+
 def evaluate(predictor: Runner, cfg: PTQDetConfig, dataset_key: str = "EvalDataset",
-             source: BatchSource | None = None, progress: bool = True, desc: str | None = None) -> EvalResult:
+             source: BatchSource | None = None, progress: bool = True, desc: str | None = None,
+             batches: list[dict[str, np.ndarray]] | None = None) -> EvalResult:
     """mAP of `predictor` on a whole dataset of the config (never on part of one: the
-    annotation file decides which images count, so use FastEvalDataset for a quick number)."""
+    annotation file decides which images count, so use FastEvalDataset for a quick number).
+    `batches`: the source's batches already decoded (analyses reuse them for every trial)."""
     source = source or build_source(cfg, dataset_key)
     session = MetricSession(cfg, source)
-    batches = source.batches()
+    batches = batches if batches is not None else source.batches()
     if progress:
         from tqdm import tqdm
         batches = tqdm(batches, total=source.num_batches(), desc=desc or f"eval {source.key}",

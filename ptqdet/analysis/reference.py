@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..config import PTQDetConfig, PTQSettings
-from ..data import BatchSource, build_source, calibration_loader, feed_from_batch
-from ..metrics import MetricSession
-from ..postprocess import to_detections
+from ..data import BatchSource, build_source, calibration_loader
+from ..metrics import FunctionRunner, evaluate
 
 TARGET_DIR = "target_quant_model"
 
@@ -80,13 +79,13 @@ class ProgramEvaluator:
 
     def __call__(self, executor, program, feed_list, fetch_list) -> float:
         names = [getattr(n, "name", n) for n in feed_list]
-        session = MetricSession(self.cfg, self.source)
-        for batch in self.batches:
-            feed = feed_from_batch(batch, self.cfg.feed_names)
+
+        def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
             outputs = executor.run(program, feed={n: feed[n] for n in names}, fetch_list=fetch_list,
                                    return_numpy=False)
-            session.update(batch, to_detections([np.array(o) for o in outputs], self.cfg.nms_outside, self.cfg.nms))
-        return session.result()[0]
+            return [np.array(o) for o in outputs]
+
+        return evaluate(FunctionRunner(run), self.cfg, source=self.source, batches=self.batches, progress=False).map
 
 
 def counted_eval(eval_function: Callable[..., float], counters: ReferenceCounters,

@@ -11,9 +11,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import PTQDetConfig
-from ..data import BatchSource, feed_from_batch
-from ..metrics import MetricSession
-from ..postprocess import to_detections
+from ..data import BatchSource
+from ..metrics import FunctionRunner, evaluate
 from ..report import write_json
 from .graph import QuantGraph
 
@@ -40,11 +39,8 @@ class Evaluator:
 
     def __call__(self, reverted: list[str] | set[str]) -> float:
         program = self.graph.variant(reverted)
-        session = MetricSession(self.cfg, self.source)
-        for batch in self.batches:
-            outputs = self.graph.run(program, feed_from_batch(batch, self.cfg.feed_names))
-            session.update(batch, to_detections(outputs, self.cfg.nms_outside, self.cfg.nms))
-        return session.result()[0]
+        runner = FunctionRunner(lambda feed: self.graph.run(program, feed))
+        return evaluate(runner, self.cfg, source=self.source, batches=self.batches, progress=False).map
 
 
 def cache_key(cfg: PTQDetConfig, extra: dict[str, Any]) -> str:
