@@ -16,11 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import ModelFiles
+from ..model import WEIGHT_SLOTS, ModelFiles
 
-WEIGHT_SLOTS = {"conv2d": ("Input", "Filter"), "depthwise_conv2d": ("Input", "Filter"),
-                "conv2d_transpose": ("Input", "Filter"), "mul": ("X", "Y"), "matmul": ("X", "Y"),
-                "matmul_v2": ("X", "Y")}
 DEQUANT_PREFIXES = ("fake_dequantize", "fake_channel_wise_dequantize")
 ACT_QUANT_PREFIXES = ("fake_quantize", "fake_channel_wise_quantize")
 
