@@ -3,11 +3,11 @@
     python analysis.py --config_path configs/demo/picodet_s_analysis.yaml
 
 Calibrates once with the config's PTQ section (the same settings post_quant.py uses),
-ranks every quantized layer by mAP damage on FastEvalDataset ("revert one": put it back
-to float in the INT8 model; "quantize one": quantize only it) and by a proxy (SQNR of the
+ranks every quantized layer by mAP damage on FastEvalDataset ("quantize one": quantize only
+it; "revert one": put it back to float in the INT8 model) and by a proxy (SQNR of the
 detection head outputs on calibration images), then, with get_target_quant_model and
-target_metric (or --max_drop), binary-searches the shortest prefix of the ranking to keep
-in float and verifies the real model on EvalDataset.
+target_metric (or --max_drop), binary-searches the shortest prefix of the "quantize one"
+ranking to keep in float and verifies the real model on EvalDataset.
 
 Writes to save_dir: ranking.csv/json, sensitivity.png, activation_/weight_distribution
 .png/.pdf, distribution_stats.json, analysis.md, <name>_analyzed_ptq.yaml and
@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_common_flags(parser)
     parser.add_argument("--save_dir", type=Path, default=None, help="output folder (default: the config's save_dir)")
-    parser.add_argument("--rank_modes", default="revert,quantize",
-                        help="comma list of ranking modes: revert (from full INT8), quantize (from FP32)")
+    parser.add_argument("--rank_modes", default="quantize,revert",
+                        help="comma list of ranking modes: quantize (only that layer INT8, from FP32), revert "
+                             "(only that layer back to float, from full INT8); the target search follows "
+                             "quantize when it is listed")
     parser.add_argument("--proxy_batches", type=int, default=2, help="calibration batches for the SQNR proxy ranking (default 2; 0: no proxy ranking)")
     parser.add_argument("--max_drop", type=float, default=None,
                         help="target = FP32 mAP - MAX_DROP (0-1 scale), instead of target_metric")

@@ -64,7 +64,7 @@ def _run(*args):
 
 def test_analysis_ranks_searches_and_resumes(tmp_path):
     cfg_path = _analysis_config(tmp_path)
-    r = _run("--config_path", str(cfg_path), "--rank_modes", "revert", "--proxy_batches", "1",
+    r = _run("--config_path", str(cfg_path), "--rank_modes", "quantize", "--proxy_batches", "1",
              "--max_drop", "0.02", "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     ana = tmp_path / "ana"
@@ -72,6 +72,8 @@ def test_analysis_ranks_searches_and_resumes(tmp_path):
     n = len(data["ranking"])
     assert n > 50
     assert {row["op_type"] for row in data["ranking"]} <= {"conv2d", "depthwise_conv2d", "matmul_v2"}
+    damage = [row["map_quantize"] for row in data["ranking"]]
+    assert damage == sorted(damage, reverse=True) and damage[0] > 0  # the search follows "quantize one"
     counters = data["counters"]
     assert counters["calibrations"] == 2  # the analysis calibration + the verified target model
     # FP32 + INT8 references, the binary search, the verification and the deployed-runtime eval
@@ -89,7 +91,7 @@ def test_analysis_ranks_searches_and_resumes(tmp_path):
     assert (ana / "target_quant_model" / "model.pdmodel").is_file()
 
     # the same config again: everything comes from the cache
-    r = _run("--config_path", str(cfg_path), "--rank_modes", "revert", "--proxy_batches", "1",
+    r = _run("--config_path", str(cfg_path), "--rank_modes", "quantize", "--proxy_batches", "1",
              "--max_drop", "0.02", "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((ana / "ranking.json").read_text())

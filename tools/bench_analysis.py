@@ -6,7 +6,7 @@ Both sides get the config's FP32 model, its `PTQ:` section, its calibration imag
 (TrainDataset), its FastEvalDataset for ranking layers and the same target (config
 target_metric, or FP32 mAP - --max_drop):
 
-  ptqdet analysis      analyze(): one calibration, "revert one" mAP ranking on FastEvalDataset,
+  ptqdet analysis      analyze(): one calibration, "quantize one" mAP ranking on FastEvalDataset,
                        binary search on EvalDataset, verified target model (analysis.py's path)
   paddleslim Analysis  paddleslim 2.6.0 Analysis.metric_error_analyse() + get_target_quant_model():
                        one calibration and one FastEvalDataset evaluation per layer, then per
@@ -88,10 +88,10 @@ def final_maps(cfg, model_dir: Path, threads: int | None, progress: bool) -> dic
 def run_ours(cfg, out: Path, max_drop: float | None, threads: int | None, progress: bool) -> dict[str, Any]:
     from ptqdet.analysis.run import AnalysisOptions, analyze
 
-    # revert ranking only, no proxy ranking, no distribution plots: the work paddleslim's
+    # quantize ranking only, no proxy ranking, no distribution plots: the work paddleslim's
     # metric_error_analyse does
     ours_cfg = dataclasses.replace(cfg, plot_hist=False, get_target_quant_model=True)
-    opts = AnalysisOptions(save_dir=out, threads=threads, rank_modes=("revert",), proxy_batches=0,
+    opts = AnalysisOptions(save_dir=out, threads=threads, rank_modes=("quantize",), proxy_batches=0,
                            max_drop=max_drop, progress=progress)
     start = time.perf_counter()
     r = analyze(ours_cfg, opts)
@@ -179,7 +179,7 @@ def notes(results: dict[str, dict[str, Any]], target: float) -> list[str]:
         if not theirs["found"]:
             lines.append("paddleslim's get_target_quant_model found no model meeting its target.")
     if OURS in results:
-        lines.append("ptqdet analysis: `revert` ranking without the SQNR proxy (so layers whose reversion does not move the fast mAP tie, in graph order), no distribution plots; "
+        lines.append("ptqdet analysis: `quantize` ranking without the SQNR proxy (so layers whose quantization does not move the fast mAP tie, in graph order), no distribution plots; "
                      "its full evaluations include the FP32 and INT8 references, the binary search, the verification "
                      "and the runtime evaluation.")
     return lines

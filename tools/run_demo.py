@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default outputs/)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference and latency")
-    parser.add_argument("--rank_modes", default="revert", help="analysis ranking modes (default: revert)")
+    parser.add_argument("--rank_modes", default="quantize", help="analysis ranking modes (default: quantize)")
     parser.add_argument("--proxy_batches", type=int, default=1,
                         help="calibration batches for the analysis' SQNR proxy ranking (default 1)")
     args = parser.parse_args(argv)
