@@ -1,7 +1,7 @@
 """Inference backends behind one interface: `run(feed) -> outputs`, as ptqdet.model.Predictor.
 
 - `paddle`: Paddle Inference (ptqdet.model.Predictor): CPU oneDNN FP32/INT8 (tuned: see
-  PredictorOptions.int8_slow_ops), GPU with optional TensorRT FP32/FP16/INT8.
+  PredictorOptions.int8_ops and int8_slow_ops), GPU with optional TensorRT FP32/FP16/INT8.
 - `openvino`: OpenVINO on the paddle2onnx export (ptqdet.export). Inference precision is
   pinned (default f32; OpenVINO's own default on CPUs with bf16 support is bf16).
 - `onnxruntime`: ONNX Runtime (CPU execution provider) on the same export.

@@ -197,8 +197,9 @@ class BenchResult:
             table_rows.append([self.title, r.backend, r.precision, r.runtime or "-",
                                round(r.median, 1) if r.median else None,
                                f"{spread[0]:.1f}-{spread[1]:.1f}" if spread else None,
-                               round(ratio, 2) if ratio else None, mAP_points(r.map),
-                               round(delta, 1) if delta is not None else None, r.error or "ok"])
+                               f"{ratio:.2f}" if ratio else None,
+                               f"{mAP_points(r.map):.1f}" if r.map is not None else None,
+                               f"{delta:+.1f}" if delta is not None else None, r.error or "ok"])
         headers = ["model", "backend", "precision", "runtime", "latency ms (median)", "p10-p90 ms",
                    "ratio to FP32 (same backend)", "mAP", "mAP - Paddle same precision", "status"]
         return markdown_table(headers, table_rows)
