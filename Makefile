@@ -43,6 +43,9 @@ clean-outputs:
 	rm -rf outputs
 
 # Deployment benchmark (README "Deployment"): FP32 vs INT8 on paddle, openvino, onnxruntime,
-# with the mAP of each row. Run it on an idle machine; writes outputs/deploy/benchmark.md.
+# with the mAP of each row. Run it on an idle machine; writes outputs/deploy/benchmark.md
+# (`make bench BENCH_THREADS=1`: outputs/deploy/benchmark_1thread.md).
+BENCH_THREADS ?= 2
+BENCH_OUT = outputs/deploy/benchmark$(if $(filter 1,$(BENCH_THREADS)),_1thread,)
 bench: data
-	$(PY) tools/bench_latency.py --config_path configs/demo/picodet_s_ptq_deploy.yaml configs/demo/ppyoloe_s_ptq_deploy.yaml --goal_ratio 0.6 0.5 --threads 2
+	$(PY) tools/bench_latency.py --config_path configs/demo/picodet_s_ptq_deploy.yaml configs/demo/ppyoloe_s_ptq_deploy.yaml --goal_ratio 0.6 0.5 --threads $(BENCH_THREADS) --out $(BENCH_OUT)
