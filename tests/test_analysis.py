@@ -78,6 +78,9 @@ def test_analysis_ranks_searches_and_resumes(tmp_path):
     assert counters["calibrations"] == 2  # the analysis calibration + the verified target model
     # FP32 + INT8 references, the binary search, the verification and the deployed-runtime eval
     assert counters["full_evaluations"] <= math.ceil(math.log2(n + 1)) + 4
+    # the budget for the target: binary search + verification <= ceil(log2 N) + 3
+    assert data["target"]["search_evaluations"] <= math.ceil(math.log2(n)) + 3
+    assert data["target"]["search_evaluations"] == len(data["target"]["tried"]) + data["target"]["verifications"]
     target = data["target"]
     assert target["target"] == pytest.approx(data["fp32_map"] - 0.02)
     assert target["met"] and target["verified_map"] >= target["target"]

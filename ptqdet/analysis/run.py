@@ -212,6 +212,7 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, graph: QuantGraph, f
     out_dir = opts.save_dir / "target_quant_model"
     threads = opts.threads or default_threads()
     verified = None
+    verifications = 0
     for _ in range(3):
         skip = list(cfg.skip_tensor_list) + ranking[:k]
         quantize_files(cfg, fp32_files, out_dir, cfg.ptq, skip, opts.device, opts.progress)
@@ -220,6 +221,7 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, graph: QuantGraph, f
                               PredictorOptions(device=opts.device, threads=threads, mkldnn=False))
         verified = evaluate(predictor, cfg, "EvalDataset", progress=opts.progress, desc="verify target model").map
         counters.full_evaluations += 1
+        verifications += 1
         if verified >= target or k >= len(ranking):
             break
         k = min(len(ranking), k + max(1, len(ranking) // 50))
@@ -229,7 +231,8 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, graph: QuantGraph, f
     counters.full_evaluations += 1
     return {"target": target, "skip": ranking[:k], "num_skipped": k, "simulated_map": tried.get(str(k)),
             "verified_map": verified, "met": verified is not None and verified >= target,
-            "deployed_map": deployed_map, "deployed_runtime": deployed.mode,
+            "deployed_map": deployed_map, "deployed_runtime": deployed.mode, "verifications": verifications,
+            "search_evaluations": len(tried) + verifications,
             "model_dir": str(out_dir), "tried": {int(a): b for a, b in tried.items()}}
 
 
@@ -363,6 +366,9 @@ def _markdown(cfg: PTQDetConfig, r: AnalysisResult, files: dict[str, str]) -> st
                   f"Target mAP {mAP_points(t['target'])}: {t['num_skipped']} layers kept in float, verified mAP "
                   f"{mAP_points(t['verified_map'])} ({'met' if t['met'] else 'NOT met'}; fake-quant graph on FP32 kernels, "
                   f"as searched); on {t['deployed_runtime']}: {mAP_points(t['deployed_map'])}. Model: `{t['model_dir']}`.",
+                  "", f"Full evaluations for the target: {t['search_evaluations']} ({len(t['tried'])} in the binary "
+                  f"search, {t['verifications']} verifying the real model; goal: at most "
+                  f"ceil(log2 N) + 3 = {math.ceil(math.log2(len(r.ranking))) + 3}).",
                   "", "Binary search (layers in float → simulated mAP): " +
                   ", ".join(f"{k} → {mAP_points(v)}" for k, v in sorted(t["tried"].items())), ""]
     if "activation_distribution" in files:
