@@ -94,10 +94,10 @@ def is_quantized(files: ModelFiles) -> bool:
     return any(op.type.startswith(QUANT_OP_PREFIXES) for op in read_ops(files))
 
 
-def quantized_layer_types(files: ModelFiles) -> set[str]:
+def quantized_layer_types(files: ModelFiles, ops: list[OpInfo] | None = None) -> set[str]:
     """Op types of the layers the model was quantized for (conv2d, matmul_v2, ...): weight
-    layers that read the output of a quant/dequant op."""
-    ops = read_ops(files)
+    layers that read the output of a quant/dequant op. `ops`: the model's ops, if already read."""
+    ops = read_ops(files) if ops is None else ops
     quantized = {n for op in ops if op.type.startswith(QUANT_OP_PREFIXES) for out in op.outputs.values() for n in out}
     return {op.type for op in ops
             if op.type in WEIGHT_SLOTS and any(n in quantized for names in op.inputs.values() for n in names)}
@@ -178,18 +178,22 @@ class Predictor:
             if self.options.mkldnn:
                 config.enable_mkldnn()
                 if int8:
+                    ops = read_ops(self.files)
                     slow = set(self.options.int8_slow_ops)
                     if slow:
-                        config.set_mkldnn_op({op.type for op in read_ops(self.files)} - slow)
-                    config.enable_mkldnn_int8(self._int8_op_types())
+                        config.set_mkldnn_op({op.type for op in ops} - slow)
+                    config.enable_mkldnn_int8(self.int8_op_types(ops))
         config.switch_ir_optim(True)
         config.enable_memory_optim()
         config.disable_glog_info()
         return paddle_infer.create_predictor(config)
 
-    def _int8_op_types(self) -> set[str]:
+    def int8_op_types(self, ops: list[OpInfo] | None = None) -> set[str]:
         """What enable_mkldnn_int8 quantizes (an empty set: Paddle's default, every op it can)."""
-        base = quantized_layer_types(self.files) if self.options.int8_ops is None else set(self.options.int8_ops)
+        if self.options.int8_ops is not None:
+            base = set(self.options.int8_ops)
+        else:
+            base = quantized_layer_types(self.files, ops)
         return base | {fused for t in base for fused in ONEDNN_FUSED_TYPES.get(t, ())}
 
     def _enable_tensorrt(self, config, paddle_infer) -> None:

@@ -67,8 +67,8 @@ def test_onednn_int8_runs_only_the_quantized_layer_types(yoloe_cfg, yoloe_int8):
     assert quantized_layer_types(int8_files) == set(yoloe_cfg.ptq.quantizable_op_type) & {"conv2d"}
     assert quantized_layer_types(resolve_model_files(yoloe_cfg.model_dir)) == set()
     predictor = Predictor(int8_files, PredictorOptions(threads=2))
-    assert predictor._int8_op_types() == {"conv2d", "fused_conv2d"}  # noqa: SLF001
-    assert Predictor(int8_files, PredictorOptions(threads=2, int8_ops=()))._int8_op_types() == set()  # noqa: SLF001
+    assert predictor.int8_op_types() == {"conv2d", "fused_conv2d"}
+    assert Predictor(int8_files, PredictorOptions(threads=2, int8_ops=())).int8_op_types() == set()
 
 
 def _ppdet_reference_eval(cfg_path):
