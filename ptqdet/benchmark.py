@@ -91,7 +91,8 @@ def prepare_models(cfg: PTQDetConfig, work_dir: Path, need_onnx: bool, progress:
     fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
     int8_dir = work_dir / "int8"
     stamp = work_dir / "int8.source.json"
-    key = _fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list})
+    key = _fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list,
+                               "skip_types": cfg.skip_op_types})
     if not (stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and (int8_dir / "model.pdmodel").is_file()):
         log(f"quantizing {fp32.model_dir} -> {int8_dir} (PTQ section of {cfg.path})")
         quantize(cfg, int8_dir, progress=progress)

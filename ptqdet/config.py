@@ -26,6 +26,7 @@ PTQDET_KEYS: dict[str, str] = {
     "params_filename": "params file inside model_dir (model.pdiparams; old exports: __params__)",
     "arch": "PPYOLOE (or YOLO/PicoDet…): PPYOLOE means the model has no NMS, ptqdet runs it",
     "skip_tensor_list": "weight names (e.g. conv2d_1.w_0) of layers kept in float",
+    "skip_op_types": "op types (e.g. depthwise_conv2d) whose layers are all kept in float",
     "save_dir": "output folder of analysis.py",
     "metric": "COCO or VOC",
     "num_classes": "number of classes of the model",
@@ -114,6 +115,7 @@ class PTQDetConfig:
     metric: str
     num_classes: int
     skip_tensor_list: list[str]
+    skip_op_types: list[str]
     save_dir: Path | None
     plot_hist: bool
     get_target_quant_model: bool
@@ -252,6 +254,14 @@ def load_config(path: str | Path) -> PTQDetConfig:
     skip = cfg.get("skip_tensor_list") or []
     if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
         raise ConfigError(f"{path}: skip_tensor_list must be a list of weight names")
+    ptq = _ptq_settings(path, cfg.get("PTQ"))
+    skip_types = cfg.get("skip_op_types") or []
+    if not isinstance(skip_types, list) or not all(isinstance(s, str) for s in skip_types):
+        raise ConfigError(f"{path}: skip_op_types must be a list of op types (e.g. [depthwise_conv2d])")
+    not_quantized = [t for t in skip_types if t not in ptq.quantizable_op_type]
+    if not_quantized:
+        raise ConfigError(f"{path}: skip_op_types {not_quantized} are not in PTQ.quantizable_op_type "
+                          f"{ptq.quantizable_op_type}: their layers are not quantized anyway")
     return PTQDetConfig(
         path=path,
         model_dir=Path(str(cfg["model_dir"])),
@@ -262,11 +272,12 @@ def load_config(path: str | Path) -> PTQDetConfig:
         metric=metric.upper(),
         num_classes=int(cfg.get("num_classes", 80)),
         skip_tensor_list=list(skip),
+        skip_op_types=list(skip_types),
         save_dir=Path(str(cfg["save_dir"])) if cfg.get("save_dir") else None,
         plot_hist=bool(cfg.get("plot_hist", True)),
         get_target_quant_model=bool(cfg.get("get_target_quant_model", False)),
         target_metric=float(target) if target is not None else None,
-        ptq=_ptq_settings(path, cfg.get("PTQ")),
+        ptq=ptq,
         nms=NMSSettings(**{**NMS_DEFAULTS, **(cfg.get("NMS") or {})}),
         ppdet=cfg,
     )

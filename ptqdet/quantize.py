@@ -47,6 +47,16 @@ def layer_weights(files: ModelFiles, op_types: list[str] | None = None) -> list[
     return names
 
 
+def skip_weights(cfg: PTQDetConfig, files: ModelFiles, skip_tensor_list: list[str]) -> list[str]:
+    """skip_tensor_list plus the weights of every layer whose op type is in cfg.skip_op_types.
+
+    Paddle's oneDNN INT8 run turns depthwise_conv2d into conv2d and quantizes it from the
+    scales around it even when PTQ.quantizable_op_type leaves it out: a layer stays in float
+    only when PTQ skips it by name, as this list does."""
+    by_type = layer_weights(files, cfg.skip_op_types) if cfg.skip_op_types else []
+    return list(dict.fromkeys([*skip_tensor_list, *by_type]))
+
+
 def quantized_weights(files: ModelFiles) -> set[str]:
     """Weights that the quantized program dequantizes (they run in INT8)."""
     program = read_program(files)
@@ -103,11 +113,13 @@ def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
 
 def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, settings: PTQSettings,
                    skip_tensor_list: list[str], device: str = "cpu", progress: bool = True) -> float:
-    """Calibrate and write the INT8 model to save_dir atomically; returns the seconds spent."""
+    """Calibrate and write the INT8 model to save_dir atomically, with the layers of
+    skip_tensor_list and of cfg.skip_op_types in float; returns the seconds spent."""
     known = set(layer_weights(files))
     unknown = [name for name in skip_tensor_list if name not in known]
     if unknown:
         raise ConfigError(f"{cfg.path}: skip_tensor_list names weights the model has no layer for: {unknown}")
+    skip_tensor_list = skip_weights(cfg, files, skip_tensor_list)
     loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
     save_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = save_dir.with_name(f".{save_dir.name}.tmp{os.getpid()}")
@@ -133,4 +145,4 @@ def quantize(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str |
     seconds = quantize_files(cfg, files, save_dir, settings, cfg.skip_tensor_list, device, progress)
     out_files = ModelFiles(save_dir, *SAVED_FILES)
     return QuantizeResult(save_dir=save_dir, seconds=seconds, settings=settings.to_dict(),
-                          skipped=list(cfg.skip_tensor_list), quantized_layers=sorted(quantized_weights(out_files)))
+                          skipped=skip_weights(cfg, files, cfg.skip_tensor_list), quantized_layers=sorted(quantized_weights(out_files)))

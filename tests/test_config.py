@@ -30,6 +30,16 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
         load_config(path)
 
 
+def test_skip_op_types_must_be_quantizable_op_types(tmp_path):
+    assert load_config("configs/demo/picodet_s_ptq_deploy.yaml").skip_op_types == ["depthwise_conv2d"]
+    path = write_config(tmp_path, "_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\nskip_op_types: [matmul_v2]\n")
+    with pytest.raises(ConfigError, match=r"skip_op_types \['matmul_v2'\] are not in PTQ.quantizable_op_type"):
+        load_config(path)
+    path = write_config(tmp_path, "_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\nskip_op_types: depthwise_conv2d\n", "b.yaml")
+    with pytest.raises(ConfigError, match=r"skip_op_types must be a list"):
+        load_config(path)
+
+
 def test_unknown_ptq_key_and_bad_algo(tmp_path):
     path = write_config(tmp_path, "_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\nPTQ:\n  batch_num: 3\n")
     with pytest.raises(ConfigError, match=r"PTQ.batch_num"):

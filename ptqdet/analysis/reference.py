@@ -28,6 +28,8 @@ import numpy as np
 from ..config import PTQDetConfig, PTQSettings
 from ..data import BatchSource, build_source, calibration_loader
 from ..metrics import FunctionRunner, evaluate
+from ..model import resolve_model_files
+from ..quantize import skip_weights
 
 TARGET_DIR = "target_quant_model"
 
@@ -158,6 +160,7 @@ def run_reference_analysis(cfg: PTQDetConfig, fp32_model_dir: Path, save_dir: Pa
     counters = ReferenceCounters()
     start = time.perf_counter()
     settings = cfg.ptq
+    fp32_files = resolve_model_files(fp32_model_dir, cfg.model_filename, cfg.params_filename)
     loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
     evaluator = ProgramEvaluator(cfg, build_source(cfg, eval_key))
     bars: list[Any] = []  # the active progress bar, if any
@@ -184,7 +187,8 @@ def run_reference_analysis(cfg: PTQDetConfig, fp32_model_dir: Path, save_dir: Pa
     analyzer = ps_analysis.Analysis(
         float_model_dir=str(fp32_model_dir), model_filename=cfg.model_filename, params_filename=cfg.params_filename,
         data_loader=loader, eval_function=counted_eval(evaluator, counters, on_eval),
-        resume=False, save_dir=str(save_dir), quant_config=ptq_quant_config(settings, cfg.skip_tensor_list))
+        resume=False, save_dir=str(save_dir),
+        quant_config=ptq_quant_config(settings, skip_weights(cfg, fp32_files, cfg.skip_tensor_list)))
     state = instrument(analyzer, counters, max_layers, on_layers)
     counters.seconds["setup"] = time.perf_counter() - start
     t = time.perf_counter()
