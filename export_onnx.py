@@ -7,7 +7,10 @@ Writes --save_dir/model.onnx (checked with onnx.checker) and export.json. A mode
 with NMS inside (PicoDet) is cut before its NMS: the ONNX graph ends at the pre-NMS boxes
 and scores, and export.json keeps the NMS settings, which ptqdet's backends apply after the
 model (eval.py --backend openvino|onnxruntime --model_dir <save_dir>). INT8 models must be
-in QDQ format (PTQ.onnx_format: True, as in configs/demo/*_ptq_deploy.yaml).
+in QDQ format (PTQ.onnx_format: True, as in configs/demo/*_ptq_deploy.yaml); by default their
+ONNX QDQ nodes are written by ptqdet from the model's int8 weights and scales, on the input
+and weights of each quantized layer, so the ONNX model computes what Paddle Inference runs
+in INT8 (--qdq paddle2onnx: paddle2onnx's own conversion, which quantizes more).
 Exit code 1 with paddle2onnx's own error when the converter cannot handle the model.
 """
 from __future__ import annotations
@@ -27,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save_dir", required=True, type=Path, help="output folder (model.onnx, export.json)")
     parser.add_argument("--opset", type=int, default=13, help="ONNX opset to ask paddle2onnx for (default 13; "
                                                               "it raises it when an op needs a newer one)")
+    parser.add_argument("--qdq", choices=("ptqdet", "paddle2onnx"), default="ptqdet",
+                        help="INT8 models: who writes the ONNX QDQ nodes. ptqdet (default): QDQ on the quantized "
+                             "layers only, as Paddle Inference runs them; paddle2onnx: its conversion of every "
+                             "quantize/dequantize op of the model (for comparison)")
     args = parser.parse_args(argv)
     cli.quiet_libraries()
     from ptqdet.export import ExportError, check_onnx, export_onnx
@@ -34,13 +41,15 @@ def main(argv: list[str] | None = None) -> int:
 
     files = resolve_model_files(args.model_dir, args.model_filename, args.params_filename)
     try:
-        export = export_onnx(files, args.save_dir, opset=args.opset)
+        export = export_onnx(files, args.save_dir, opset=args.opset, qdq=args.qdq)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     check_onnx(export.onnx_path)
     nms = f"cut before NMS (applied after the model: {export.nms})" if export.nms else "model outputs as exported"
-    print(f"{export.precision} ONNX model (opset {export.opset}, paddle2onnx {export.paddle2onnx}, onnx.checker ok): "
+    qdq = (f", QDQ by {export.qdq}" + (f" on {export.quantized_layers} layers" if export.quantized_layers else "")
+           if export.qdq else "")
+    print(f"{export.precision} ONNX model (opset {export.opset}, paddle2onnx {export.paddle2onnx}{qdq}, onnx.checker ok): "
           f"{export.onnx_path}\n{nms}")
     return 0
 

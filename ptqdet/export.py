@@ -6,6 +6,11 @@ the cut op are stored beside it (`export.json`), so that ptqdet.backends applies
 same NMS after any runtime (OpenVINO cannot compile paddle2onnx's NMS). A model exported
 without NMS (PP-YOLOE, exclude_nms=True) is converted as it is.
 
+An INT8 (QDQ) model is exported, by default, as its float program plus QDQ nodes that ptqdet
+writes from the model's integer weights and scales (ptqdet.qdq): the ONNX model computes what
+Paddle Inference runs in INT8. `qdq="paddle2onnx"` keeps paddle2onnx's own conversion of the
+QDQ ops (for comparison: it quantizes more than the model does, see ptqdet.qdq).
+
 paddle2onnx runs in a child process: on some graphs it aborts the whole process (e.g.
 "Require the scale >= 0" on PicoDet's QDQ model with paddle2onnx 1.3.1); the child's last
 error line becomes an ExportError naming the model.
@@ -22,12 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, NMSSettings
-from .model import ModelFiles, is_quantized, read_ops
+from .model import ModelFiles, is_quantized, load_static_model, read_ops
+from .qdq import QDQExportError, QuantizedLayer, insert_qdq, strip_qdq
 
 NMS_OP_TYPES = ("multiclass_nms3", "multiclass_nms2", "multiclass_nms", "matrix_nms")
 EXPORT_META = "export.json"
 ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 13
+# INT8: "ptqdet" writes the QDQ nodes itself (ptqdet.qdq: what Paddle Inference runs in INT8);
+# "paddle2onnx" lets paddle2onnx convert the QDQ model's own quantize/dequantize ops
+QDQ_MODES = ("ptqdet", "paddle2onnx")
 
 
 class ExportError(RuntimeError):
@@ -46,6 +55,8 @@ class OnnxExport:
     nms: NMSSettings | None  # NMS cut from the model, to apply after it (None: outputs are the model's)
     opset: int
     paddle2onnx: str
+    qdq: str | None = None  # INT8: who wrote the QDQ nodes (QDQ_MODES)
+    quantized_layers: int | None = None  # INT8 with qdq "ptqdet": Conv nodes with QDQ
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -64,7 +75,8 @@ def load_export(path: str | Path) -> OnnxExport:
     nms = NMSSettings(**data["nms"]) if data.get("nms") else None
     return OnnxExport(onnx_path=folder / ONNX_FILE, source=data["source"], precision=data["precision"],
                       input_names=list(data["input_names"]), output_names=list(data["output_names"]), nms=nms,
-                      opset=int(data["opset"]), paddle2onnx=data["paddle2onnx"])
+                      opset=int(data["opset"]), paddle2onnx=data["paddle2onnx"], qdq=data.get("qdq"),
+                      quantized_layers=data.get("quantized_layers"))
 
 
 def is_onnx_export(path: str | Path) -> bool:
@@ -87,37 +99,51 @@ def _nms_settings(attrs: dict[str, Any], op_type: str) -> NMSSettings:
                        nms_top_k=int(attrs["nms_top_k"]), keep_top_k=int(attrs["keep_top_k"]))
 
 
-def cut_before_nms(files: ModelFiles, out_dir: Path) -> tuple[ModelFiles, NMSSettings] | None:
-    """Save the model up to the inputs of its NMS op in out_dir; None when it has no NMS op."""
-    if not any(op.type in NMS_OP_TYPES for op in read_ops(files)):
-        return None
+def prepare_program(files: ModelFiles, out_dir: Path, strip: bool) -> tuple[ModelFiles, NMSSettings | None,
+                                                                             list[QuantizedLayer]]:
+    """The Paddle model paddle2onnx converts: cut before its NMS op (if it has one) and, with
+    `strip`, turned into its float program (ptqdet.qdq.strip_qdq, which also returns the
+    quantized layers). The model as it is when neither applies; otherwise saved in out_dir."""
+    has_nms = any(op.type in NMS_OP_TYPES for op in read_ops(files))
+    if not has_nms and not strip:
+        return files, None, []
     import paddle
 
     was_dynamic = paddle.in_dynamic_mode()
     paddle.enable_static()
     try:
         scope = paddle.static.Scope()
-        exe = paddle.static.Executor(paddle.CPUPlace())
+        place = paddle.CPUPlace()
+        exe = paddle.static.Executor(place)
         with paddle.static.scope_guard(scope):
-            program, feed_names, _ = paddle.static.load_inference_model(
-                str(files.model_dir), exe, model_filename=files.model_filename, params_filename=files.params_filename)
+            program, feed_names, fetch_vars = load_static_model(files, exe)
             block = program.global_block()
-            nms_ops = [op for op in block.ops if op.type in NMS_OP_TYPES]
-            if len(nms_ops) != 1:
-                raise ExportError(f"{files.model_path}: expected one NMS op, found {len(nms_ops)}")
-            op = nms_ops[0]
-            nms = _nms_settings({name: op.attr(name) for name in op.attr_names}, op.type)
+            layers = strip_qdq(program, scope, place) if strip else []
+            fetch_names = [v.name for v in fetch_vars]
             # save_inference_model names its fetch scale ops save_infer_model/scale_<i>: free
             # those names (the old fetch ops are pruned anyway)
+            renamed = {}
             for var_name in [v for v in block.vars if v.startswith("save_infer_model/")]:
-                block._rename_var(var_name, f"orig_{var_name.replace('/', '_')}")  # noqa: SLF001
-            fetch = [block.var(op.input("BBoxes")[0]), block.var(op.input("Scores")[0])]
+                renamed[var_name] = f"orig_{var_name.replace('/', '_')}"
+                block._rename_var(var_name, renamed[var_name])  # noqa: SLF001
+            nms = None
+            if has_nms:
+                nms_ops = [op for op in block.ops if op.type in NMS_OP_TYPES]
+                if len(nms_ops) != 1:
+                    raise ExportError(f"{files.model_path}: expected one NMS op, found {len(nms_ops)}")
+                op = nms_ops[0]
+                nms = _nms_settings({name: op.attr(name) for name in op.attr_names}, op.type)
+                fetch = [block.var(op.input("BBoxes")[0]), block.var(op.input("Scores")[0])]
+            else:
+                fetch = [block.var(renamed.get(name, name)) for name in fetch_names]
             feed = [block.var(name) for name in feed_names]
             paddle.static.save_inference_model(str(out_dir / "model"), feed, fetch, exe, program=program)
+    except QDQExportError as exc:
+        raise ExportError(f"{files.model_dir}: {exc}") from exc
     finally:
         if was_dynamic:
             paddle.disable_static()
-    return ModelFiles(out_dir, "model.pdmodel", "model.pdiparams"), nms
+    return ModelFiles(out_dir, "model.pdmodel", "model.pdiparams"), nms, layers
 
 
 def _paddle2onnx_version() -> str:
@@ -162,25 +188,42 @@ def _onnx_io(onnx_path: Path) -> tuple[list[str], list[str], int]:
     return inputs, [o.name for o in model.graph.output], opset
 
 
-def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPSET) -> OnnxExport:
+def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPSET, qdq: str = "ptqdet") -> OnnxExport:
     """Export one Paddle inference model to out_dir/model.onnx (+ export.json); atomic: out_dir
-    appears only when the export is complete. Raises ExportError when paddle2onnx fails."""
+    appears only when the export is complete. INT8 models are QDQ models (PTQ.onnx_format);
+    `qdq` says who writes their ONNX QDQ nodes (QDQ_MODES). Raises ExportError when the
+    export fails."""
     out_dir = Path(out_dir)
     if out_dir.resolve() == files.model_dir.resolve():
         raise ConfigError(f"the ONNX output folder must not be the model folder: {out_dir}")
+    if qdq not in QDQ_MODES:
+        raise ConfigError(f"qdq must be one of {QDQ_MODES}, not {qdq!r}")
     version = _paddle2onnx_version()
+    ops = read_ops(files)
+    quantized = is_quantized(files)
+    if quantized and not any(op.type == "quantize_linear" for op in ops):
+        raise ExportError(f"{files.model_dir} is an INT8 model without QDQ ops: ONNX export needs one quantized "
+                          "with PTQ.onnx_format: True (see configs/demo/*_ptq_deploy.yaml)")
+    strip = quantized and qdq == "ptqdet"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
         tmp_dir = Path(tmp)
-        cut = cut_before_nms(files, tmp_dir / "pre_nms")
-        source, nms = (cut[0], cut[1]) if cut else (files, None)
+        source, nms, layers = prepare_program(files, tmp_dir / "paddle", strip)
         onnx_path = tmp_dir / "out" / ONNX_FILE
         onnx_path.parent.mkdir()
-        run_paddle2onnx(source, onnx_path, opset, label=str(files.model_dir) + (" (cut before NMS)" if cut else ""))
+        steps = [s for s, on in (("cut before NMS", nms is not None), ("float program", strip)) if on]
+        run_paddle2onnx(source, onnx_path, opset, label=str(files.model_dir) + (f" ({', '.join(steps)})" if steps else ""))
+        written = None
+        if strip:
+            try:
+                written = insert_qdq(onnx_path, layers)
+            except QDQExportError as exc:
+                raise ExportError(f"{files.model_dir}: {exc}") from exc
         inputs, outputs, real_opset = _onnx_io(onnx_path)
         export = OnnxExport(onnx_path=out_dir / ONNX_FILE, source=str(files.model_dir),
-                            precision="INT8" if is_quantized(files) else "FP32", input_names=inputs,
-                            output_names=outputs, nms=nms, opset=real_opset, paddle2onnx=version)
+                            precision="INT8" if quantized else "FP32", input_names=inputs,
+                            output_names=outputs, nms=nms, opset=real_opset, paddle2onnx=version,
+                            qdq=qdq if quantized else None, quantized_layers=written)
         (onnx_path.parent / EXPORT_META).write_text(json.dumps(export.to_dict(), indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -6,7 +6,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -84,6 +84,18 @@ def read_program(files: ModelFiles) -> ProgramInfo:
                           {n: list(op.output(n)) for n in op.output_names()}))
     persistables = frozenset(v.name() for v in block.all_vars() if v.persistable())
     return ProgramInfo(ops, persistables)
+
+
+def load_static_model(files: ModelFiles, exe: Any) -> tuple[Any, list[str], list[Any]]:
+    """paddle.static.load_inference_model on these files (program, feed names, fetch vars), by
+    path prefix when the two files share one (the other form prints a deprecation warning)."""
+    import paddle
+
+    model, params = Path(files.model_filename), Path(files.params_filename)
+    if model.suffix == ".pdmodel" and params.suffix == ".pdiparams" and model.stem == params.stem:
+        return paddle.static.load_inference_model(str(files.model_dir / model.stem), exe)
+    return paddle.static.load_inference_model(str(files.model_dir), exe, model_filename=files.model_filename,
+                                              params_filename=files.params_filename)
 
 
 def read_ops(files: ModelFiles) -> list[OpInfo]:

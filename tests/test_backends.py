@@ -134,18 +134,63 @@ def test_fp32_export_passes_onnx_checker(prepared, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODEL_CONFIGS))
-def test_int8_export_is_qdq_and_passes_checker(prepared, name):
-    """Both demo models export in INT8 (PicoDet thanks to its deploy config's skip list, see
-    configs/demo/picodet_s_ptq_deploy.yaml)."""
+def test_int8_export_quantizes_exactly_the_paddle_int8_layers(prepared, name):
+    """ptqdet's QDQ export: one quantized ONNX Conv per quantized Paddle layer, with the
+    model's own int8 weights, and no QuantizeLinear anywhere else."""
     import onnx
+    from onnx import numpy_helper
+
+    from ptqdet.model import read_ops
+    from ptqdet.quantize import quantized_weights
 
     _, models, _ = prepared[name]
     assert not isinstance(models.onnx["INT8"], str), models.onnx["INT8"]  # the export error, if any
     export = load_export(models.onnx["INT8"])
     check_onnx(export.onnx_path)
-    ops = {n.op_type for n in onnx.load(str(export.onnx_path)).graph.node}
-    assert export.precision == "INT8" and {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert export.precision == "INT8" and export.qdq == "ptqdet"
     assert (export.nms is not None) == (name == "picodet_s")
+    ops = read_ops(models.int8)
+    paddle_weights = quantized_weights(models.int8)
+    dequantized = {y for op in ops if op.type == "dequantize_linear" and op.inputs["X"][0] in paddle_weights
+                   for y in op.outputs["Y"]}
+    paddle_layers = [op for op in ops if op.type in ("conv2d", "depthwise_conv2d")
+                     and op.inputs["Filter"][0] in dequantized]
+    graph = onnx.load(str(export.onnx_path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    quantized_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in producer
+                       and producer[n.input[1]].op_type == "DequantizeLinear"]
+    assert export.quantized_layers == len(quantized_convs) == len(paddle_layers) > 0
+    for conv in quantized_convs:  # input through Q -> DQ, weights int8 constants
+        assert producer[conv.input[0]].op_type == "DequantizeLinear"
+        assert producer[producer[conv.input[0]].input[0]].op_type == "QuantizeLinear"
+    quantize_inputs = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    conv_inputs = {producer[producer[c.input[0]].input[0]].input[0] for c in quantized_convs}
+    assert quantize_inputs == conv_inputs
+    int8 = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith(".int8")}
+    assert int8 and all(a.dtype == np.int8 and np.abs(a).max() <= 127 for a in int8.values())
+
+
+@pytest.mark.slow
+def test_skip_op_types_keeps_every_depthwise_layer_in_float(prepared):
+    """The PicoDet deploy config keeps depthwise convolutions in float by op type."""
+    from ptqdet.quantize import layer_weights, quantized_weights
+
+    cfg, models, _ = prepared["picodet_s"]
+    assert cfg.skip_op_types == ["depthwise_conv2d"]
+    depthwise = set(layer_weights(models.fp32, ["depthwise_conv2d"]))
+    quantized = quantized_weights(models.int8)
+    assert len(depthwise) == 33 and not depthwise & quantized
+    assert set(layer_weights(models.fp32, ["conv2d"])) == quantized
+
+
+@pytest.mark.slow
+def test_paddle2onnx_qdq_mode_is_still_available(prepared, tmp_path):
+    _, models, _ = prepared["ppyoloe_s"]
+    export = export_onnx(models.int8, tmp_path / "p2o", qdq="paddle2onnx")
+    check_onnx(export.onnx_path)
+    assert export.qdq == "paddle2onnx" and export.quantized_layers is None
+    with pytest.raises(ConfigError, match="qdq must be one of"):
+        export_onnx(models.int8, tmp_path / "bad", qdq="tensorrt")
 
 
 @pytest.mark.slow
@@ -194,23 +239,21 @@ def test_tuned_onednn_int8_agrees_with_untuned_and_runs_int8(prepared, name):
     assert assert_detections_agree(ref, got, min_iou=0.99, score_tol=1e-3) >= 2 * 5
 
 
-OPENVINO_INT8_DRIFT = ("OpenVINO 2024.6 (and 2025.3) INT8 on the paddle2onnx QDQ export of PP-YOLOE-s drifts "
-                       "from the QDQ graph: pre-NMS score correlation ~0.6 with Paddle's fake-quant graph "
-                       "(ONNX Runtime: 0.99; OpenVINO with LP_TRANSFORMS_MODE off: 0.995). The benchmark "
-                       "shows its own mAP beside its latency.")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param(
-    "openvino", marks=pytest.mark.xfail(strict=True, reason=OPENVINO_INT8_DRIFT))])
-def test_int8_backend_computes_the_paddle_qdq_model(prepared, backend):
-    """The QDQ semantics survive export: the backend's INT8 vs Paddle running the same fake-quant graph."""
-    cfg, models, _ = prepared["ppyoloe_s"]
-    feed = _batch_feed(cfg, 2)
-    sim = open_backend("paddle", models.int8.model_dir, BackendOptions(threads=2, mkldnn=False)).run(feed)
-    out = open_backend(backend, models.onnx["INT8"], BackendOptions(threads=2)).run(feed)
-    assert np.corrcoef(out[1].ravel(), sim[1].ravel())[0, 1] > 0.98
-    assert np.abs(out[0] - sim[0]).mean() < 3.0  # pixels
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+def test_int8_backend_computes_what_paddle_int8_computes(prepared, name, backend):
+    """The ONNX INT8 model on another runtime gives Paddle Inference's INT8 detections (OpenVINO
+    drifted by 15 mAP points on PP-YOLOE-s with symmetric int8 activations: see ptqdet.qdq).
+    Tolerance, 5 best detections per image of PP-YOLOE-s: Paddle's own two INT8 runs (oneDNN,
+    fake-quant graph) agree at IoU >= 0.95 and scores within 0.032; FP32 vs INT8: IoU 0.77, 0.21."""
+    cfg, models, _ = prepared[name]
+    feed = _batch_feed(cfg, 4)
+    ref = to_detections(open_backend("paddle", models.int8.model_dir, BackendOptions(threads=2)).run(feed),
+                        cfg.nms_outside, cfg.nms)
+    got = to_detections(open_backend(backend, models.onnx["INT8"], BackendOptions(threads=2)).run(feed),
+                        cfg.nms_outside, cfg.nms)
+    assert assert_detections_agree(ref, got, top=5, min_iou=0.9, score_tol=0.05) >= 4 * 5
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import WEIGHT_SLOTS, ModelFiles
+from ..model import WEIGHT_SLOTS, ModelFiles, load_static_model
 
 DEQUANT_PREFIXES = ("fake_dequantize", "fake_channel_wise_dequantize")
 ACT_QUANT_PREFIXES = ("fake_quantize", "fake_channel_wise_quantize")
@@ -44,9 +44,7 @@ class QuantGraph:
         self.scope = paddle.static.Scope()
         self.exe = paddle.static.Executor(self.place)
         with paddle.static.scope_guard(self.scope):
-            self.program, self.feed_names, self.fetch_targets = paddle.static.load_inference_model(
-                str(quant_files.model_dir), self.exe, model_filename=quant_files.model_filename,
-                params_filename=quant_files.params_filename)
+            self.program, self.feed_names, self.fetch_targets = load_static_model(quant_files, self.exe)
         self.layers = self._find_layers()
         self._load_fp32_weights(fp32_files)
         self.pre_nms = self._pre_nms_vars()
@@ -75,9 +73,7 @@ class QuantGraph:
 
         fp_scope = paddle.static.Scope()
         with paddle.static.scope_guard(fp_scope):
-            paddle.static.load_inference_model(str(fp32_files.model_dir), self.exe,
-                                               model_filename=fp32_files.model_filename,
-                                               params_filename=fp32_files.params_filename)
+            load_static_model(fp32_files, self.exe)
         block = self.program.global_block()
         self.fp32_weights: dict[str, np.ndarray] = {}
         for weight in self.layers:
