@@ -84,6 +84,8 @@ def strip_qdq(program: Any, scope: Any, place: Any) -> list[QuantizedLayer]:
         if op.type != "dequantize_linear":
             continue
         x, y = op.input("X")[0], op.output("Y")[0]
+        if op.attr("bit_length") != 8:
+            raise QDQExportError(f"{x!r} is quantized to {op.attr('bit_length')} bits; the ONNX QDQ export writes 8")
         steps = _steps(value(op.input("Scale")[0]), op.attr("bit_length"))
         var = block.var(x)
         if var.persistable:  # a weight: stored as integers, dequantized by this op
@@ -159,9 +161,12 @@ def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
         new = before.setdefault(id(node), [])
         if layer.weight not in weight_dq:
             base = layer.weight
+            steps = _safe_steps(layer.weight_step)
+            if layer.axis is None:  # per tensor: ONNX wants scalars
+                steps = steps.reshape(())
             initializers += [numpy_helper.from_array(layer.weight_int8, f"{base}.int8"),
-                             numpy_helper.from_array(_safe_steps(layer.weight_step), f"{base}.step"),
-                             numpy_helper.from_array(np.zeros(layer.weight_step.shape, np.int8), f"{base}.zero")]
+                             numpy_helper.from_array(steps, f"{base}.step"),
+                             numpy_helper.from_array(np.zeros(steps.shape, np.int8), f"{base}.zero")]
             attrs = {"axis": layer.axis} if layer.axis is not None else {}
             new.append(helper.make_node("DequantizeLinear", [f"{base}.int8", f"{base}.step", f"{base}.zero"],
                                         [f"{base}.dequantized"], name=f"{base}.DequantizeLinear", **attrs))
