@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, NMSSettings
-from .model import ModelFiles, is_quantized, load_static_model, read_ops
+from .model import ModelFiles, OpInfo, is_quantized, load_static_model, read_ops
 from .qdq import QDQExportError, QuantizedLayer, insert_qdq, strip_qdq
 
 NMS_OP_TYPES = ("multiclass_nms3", "multiclass_nms2", "multiclass_nms", "matrix_nms")
@@ -99,12 +99,13 @@ def _nms_settings(attrs: dict[str, Any], op_type: str) -> NMSSettings:
                        nms_top_k=int(attrs["nms_top_k"]), keep_top_k=int(attrs["keep_top_k"]))
 
 
-def prepare_program(files: ModelFiles, out_dir: Path, strip: bool) -> tuple[ModelFiles, NMSSettings | None,
-                                                                             list[QuantizedLayer]]:
+def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpInfo] | None = None
+                    ) -> tuple[ModelFiles, NMSSettings | None, list[QuantizedLayer]]:
     """The Paddle model paddle2onnx converts: cut before its NMS op (if it has one) and, with
     `strip`, turned into its float program (ptqdet.qdq.strip_qdq, which also returns the
-    quantized layers). The model as it is when neither applies; otherwise saved in out_dir."""
-    has_nms = any(op.type in NMS_OP_TYPES for op in read_ops(files))
+    quantized layers). The model as it is when neither applies; otherwise saved in out_dir.
+    `ops`: the model's ops, if already read."""
+    has_nms = any(op.type in NMS_OP_TYPES for op in (read_ops(files) if ops is None else ops))
     if not has_nms and not strip:
         return files, None, []
     import paddle
@@ -200,7 +201,7 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
         raise ConfigError(f"qdq must be one of {QDQ_MODES}, not {qdq!r}")
     version = _paddle2onnx_version()
     ops = read_ops(files)
-    quantized = is_quantized(files)
+    quantized = is_quantized(files, ops)
     if quantized and not any(op.type == "quantize_linear" for op in ops):
         raise ExportError(f"{files.model_dir} is an INT8 model without QDQ ops: ONNX export needs one quantized "
                           "with PTQ.onnx_format: True (see configs/demo/*_ptq_deploy.yaml)")
@@ -208,7 +209,7 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
         tmp_dir = Path(tmp)
-        source, nms, layers = prepare_program(files, tmp_dir / "paddle", strip)
+        source, nms, layers = prepare_program(files, tmp_dir / "paddle", strip, ops)
         onnx_path = tmp_dir / "out" / ONNX_FILE
         onnx_path.parent.mkdir()
         steps = [s for s, on in (("cut before NMS", nms is not None), ("float program", strip)) if on]

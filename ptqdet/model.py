@@ -102,8 +102,9 @@ def read_ops(files: ModelFiles) -> list[OpInfo]:
     return read_program(files).ops
 
 
-def is_quantized(files: ModelFiles) -> bool:
-    return any(op.type.startswith(QUANT_OP_PREFIXES) for op in read_ops(files))
+def is_quantized(files: ModelFiles, ops: list[OpInfo] | None = None) -> bool:
+    """`ops`: the model's ops, if already read."""
+    return any(op.type.startswith(QUANT_OP_PREFIXES) for op in (read_ops(files) if ops is None else ops))
 
 
 def quantized_layer_types(files: ModelFiles, ops: list[OpInfo] | None = None) -> set[str]:

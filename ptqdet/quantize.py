@@ -145,4 +145,5 @@ def quantize(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str |
     seconds = quantize_files(cfg, files, save_dir, settings, cfg.skip_tensor_list, device, progress)
     out_files = ModelFiles(save_dir, *SAVED_FILES)
     return QuantizeResult(save_dir=save_dir, seconds=seconds, settings=settings.to_dict(),
-                          skipped=skip_weights(cfg, files, cfg.skip_tensor_list), quantized_layers=sorted(quantized_weights(out_files)))
+                          skipped=skip_weights(cfg, files, cfg.skip_tensor_list),
+                          quantized_layers=sorted(quantized_weights(out_files)))
