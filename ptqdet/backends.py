@@ -8,7 +8,9 @@
 
 Every backend returns what the Paddle model returns, so ptqdet.postprocess and
 ptqdet.metrics.evaluate work unchanged: when the export was cut before the model's NMS,
-the backend applies that NMS (ptqdet.postprocess.multiclass_nms with the cut op's settings).
+the backend applies that NMS with the cut op's settings. OpenVINO runs it inside the compiled
+model (its MulticlassNms-9 op has multiclass_nms3's semantics: same detections, row for row,
+tested); ONNX Runtime runs the model, then PaddleDetection's op (ptqdet.postprocess).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError
+from .config import ConfigError, NMSSettings
 from .export import OnnxExport, export_onnx, is_onnx_export, load_export
 from .model import Predictor, PredictorOptions, default_threads, resolve_model_files
 from .postprocess import multiclass_nms
@@ -42,6 +44,7 @@ class BackendOptions:
     threads: int | None = None  # None: default_threads()
     mkldnn: bool = True  # paddle on CPU: oneDNN kernels
     openvino_precision: str = "f32"  # openvino: INFERENCE_PRECISION_HINT, f32 or bf16
+    openvino_nms: bool = True  # openvino, export cut before NMS: NMS inside the compiled model (else after it)
     tensorrt: str | None = None  # paddle on GPU: fp32 | fp16 | int8
 
     def resolved_threads(self) -> int:
@@ -68,6 +71,7 @@ class OnnxRunner:
         self.threads = options.resolved_threads()
         self.quantized = export.precision == "INT8"
         self.input_names = list(export.input_names)
+        self.nms_after = export.nms  # NMS this runner applies after the model (None: none, or inside it)
         # paddle2onnx may fix an input's batch dimension to 1 (PicoDet's scale_factor [1, 2]):
         # such a model is run image by image and its outputs concatenated
         self.batch1 = False
@@ -90,9 +94,9 @@ class OnnxRunner:
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         outputs = self._infer_batch(self._feed(feed))
-        if self.export.nms is None:
+        if self.nms_after is None:
             return outputs
-        bbox, num = multiclass_nms(outputs[0], outputs[1], self.export.nms)
+        bbox, num = multiclass_nms(outputs[0], outputs[1], self.nms_after)
         return [bbox, num]
 
 
@@ -129,14 +133,37 @@ class OpenVINOBackend(OnnxRunner):
         self._ov = require("openvino", "openvino")
         self._core = self._ov.Core()
         self._model = self._core.read_model(str(export.onnx_path))
+        if export.nms is not None and options.openvino_nms:
+            self._append_nms(export.nms)
+            self.nms_after = None
         self.output_names = [o.get_any_name() for o in self._model.outputs]
         self.batch1 = any(i.get_partial_shape().rank.is_static and i.get_partial_shape()[0].is_static
                           and i.get_partial_shape()[0].get_length() == 1 for i in self._model.inputs)
         self._compiled: dict[tuple, Any] = {}
         self._config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
                         "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": options.openvino_precision}
+        nms_inside = export.nms is not None and self.nms_after is None
         self.mode = f"OpenVINO {self._ov.__version__.split('-')[0]} CPU {options.openvino_precision}" + \
-            (" (QDQ INT8)" if self.quantized else "")
+            (" (QDQ INT8)" if self.quantized else "") + (" + NMS" if nms_inside else "")
+
+    def _append_nms(self, nms: NMSSettings) -> None:
+        """Replace the outputs (boxes [B, M, 4], scores [B, C, M]) by MulticlassNms-9 on them:
+        bbox [N, 6] (class, score, x1, y1, x2, y2) and bbox_num [B], as the Paddle model's NMS."""
+        opset = importlib.import_module("openvino.runtime.opset9")
+        results = list(self._model.get_results())
+        if len(results) < 2:
+            raise ConfigError(f"{self.export.onnx_path}: an export cut before NMS must output boxes and scores; "
+                              f"it has {len(results)} output(s)")
+        boxes, scores = results[0].input_value(0), results[1].input_value(0)
+        node = opset.multiclass_nms(boxes, scores, sort_result_type="classid", sort_result_across_batch=False,
+                                    output_type="i32", iou_threshold=nms.nms_threshold,
+                                    score_threshold=nms.score_threshold, nms_top_k=nms.nms_top_k,
+                                    keep_top_k=nms.keep_top_k, background_class=-1, nms_eta=1.0, normalized=True)
+        for result in results:
+            self._model.remove_result(result)
+        node.output(0).get_tensor().set_names({"multiclass_nms.bbox"})
+        node.output(2).get_tensor().set_names({"multiclass_nms.bbox_num"})
+        self._model.add_results([opset.result(node.output(0)), opset.result(node.output(2))])
 
     def _request(self, feed: dict[str, np.ndarray]):
         key = tuple((n, a.shape) for n, a in feed.items())

@@ -207,6 +207,22 @@ def test_fp32_backend_agrees_with_paddle(prepared, name, backend):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("precision", ["FP32", "INT8"])
+def test_openvino_nms_inside_the_model_is_paddles_nms_row_for_row(prepared, precision):
+    """PicoDet-s (NMS cut from the export): OpenVINO's MulticlassNms in the compiled model gives
+    exactly the rows PaddleDetection's multiclass_nms3 gives on the same model outputs."""
+    cfg, models, _ = prepared["picodet_s"]
+    feed = _batch_feed(cfg, 4)
+    inside = open_backend("openvino", models.onnx[precision], BackendOptions(threads=2))
+    after = open_backend("openvino", models.onnx[precision], BackendOptions(threads=2, openvino_nms=False))
+    assert inside.nms_after is None and after.nms_after is not None and inside.mode.endswith("+ NMS")
+    (bbox_in, num_in), (bbox_after, num_after) = inside.run(feed), after.run(feed)
+    assert num_in.tolist() == num_after.tolist() and num_in.sum() >= 4 * 5
+    np.testing.assert_array_equal(bbox_in[:, 0], bbox_after[:, 0])  # classes, in the same order
+    np.testing.assert_allclose(bbox_in[:, 1:], bbox_after[:, 1:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_openvino_bf16_is_really_bf16_and_close(prepared):
     """bf16 is OpenVINO's default on this CPU; our FP32 rows pin f32. Both are what they say."""
     cfg, models, _ = prepared["ppyoloe_s"]
