@@ -5,8 +5,9 @@
 
 Writes --save_dir/model.onnx (checked with onnx.checker) and export.json. A model exported
 with NMS inside (PicoDet) is cut before its NMS: the ONNX graph ends at the pre-NMS boxes
-and scores, and export.json keeps the NMS settings, which ptqdet's backends apply after the
-model (eval.py --backend openvino|onnxruntime --model_dir <save_dir>). INT8 models must be
+and scores, and export.json keeps the NMS settings, which ptqdet's backends apply (OpenVINO
+inside the compiled model, ONNX Runtime after it: eval.py --backend openvino|onnxruntime
+--model_dir <save_dir>). INT8 models must be
 in QDQ format (PTQ.onnx_format: True, as in configs/demo/*_ptq_deploy.yaml); by default their
 ONNX QDQ nodes are written by ptqdet from the model's int8 weights and scales, on the input
 and weights of each quantized layer, so the ONNX model computes what Paddle Inference runs
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     check_onnx(export.onnx_path)
-    nms = f"cut before NMS (applied after the model: {export.nms})" if export.nms else "model outputs as exported"
+    nms = (f"cut before NMS (ptqdet's backends apply it: OpenVINO in the compiled model, ONNX Runtime after it): "
+           f"{export.nms}" if export.nms else "model outputs as exported")
     qdq = (f", QDQ by {export.qdq}" + (f" on {export.quantized_layers} layers" if export.quantized_layers else "")
            if export.qdq else "")
     print(f"{export.precision} ONNX model (opset {export.opset}, paddle2onnx {export.paddle2onnx}{qdq}, onnx.checker ok): "
