@@ -23,7 +23,7 @@ import numpy as np
 
 from .backends import BACKENDS, BackendOptions, open_backend
 from .config import ConfigError, PTQDetConfig
-from .export import ExportError, export_onnx
+from .export import ExportError, export_onnx, load_export
 from .metrics import evaluate
 from .model import ModelFiles, resolve_model_files
 from .report import markdown_table, mAP_points, write_json
@@ -40,6 +40,9 @@ class BenchSettings:
     repeats: int = 20  # timed runs per runner and round
     dataset_key: str = "EvalDataset"
     openvino_bf16: bool = True  # also an FP32 row at OpenVINO's bf16 precision
+    # also OpenVINO FP32/INT8 rows that run a cut-off NMS after the model (PaddleDetection's op)
+    # instead of inside it: what running it inside saves, measured in the same rounds
+    openvino_nms_after: bool = False
     goal_ratio: float | None = None  # INT8/FP32 latency the best backend should reach
     progress: bool = True
 
@@ -47,8 +50,9 @@ class BenchSettings:
 @dataclass
 class Row:
     backend: str
-    precision: str  # FP32, INT8, FP32 (bf16)
+    precision: str  # FP32, INT8, FP32 (bf16), FP32 (NMS after), INT8 (NMS after)
     model: str
+    baseline: str = "FP32"  # precision of the row this row's latency ratio is taken to
     runtime: str = ""
     times_ms: list[float] = field(default_factory=list)
     map: float | None = None
@@ -115,21 +119,30 @@ def _variants(models: ModelSet, backend: str, settings: BenchSettings) -> list[t
     """(row, options, model) per runner of one backend; model None = cannot run (row.error set)."""
     base = BackendOptions(threads=settings.threads)
     out: list[tuple[Row, BackendOptions, Path | None]] = []
-    specs = [("FP32", "f32"), ("INT8", "f32")]
+    specs = [("FP32", "f32", True), ("INT8", "f32", True)]
     if backend == "openvino" and settings.openvino_bf16:
-        specs.insert(1, ("FP32 (bf16)", "bf16"))
-    for precision, ov_precision in specs:
+        specs.insert(1, ("FP32 (bf16)", "bf16", True))
+    if backend == "openvino" and settings.openvino_nms_after and _nms_cut(models):
+        specs += [("FP32 (NMS after)", "f32", False), ("INT8 (NMS after)", "f32", False)]
+    for precision, ov_precision, nms_inside in specs:
         key = precision.split()[0]
-        options = BackendOptions(threads=base.threads, openvino_precision=ov_precision)
+        options = BackendOptions(threads=base.threads, openvino_precision=ov_precision, openvino_nms=nms_inside)
+        baseline = "FP32" if nms_inside else "FP32 (NMS after)"
         if backend == "paddle":
             model: Path | str = (models.fp32 if key == "FP32" else models.int8).model_dir
         else:
             model = models.onnx.get(key, "ONNX export not made")
         if isinstance(model, Path):
-            out.append((Row(backend, precision, str(model)), options, model))
+            out.append((Row(backend, precision, str(model), baseline=baseline), options, model))
         else:
-            out.append((Row(backend, precision, "-", error=f"not supported: {model}"), options, None))
+            out.append((Row(backend, precision, "-", baseline=baseline, error=f"not supported: {model}"), options, None))
     return out
+
+
+def _nms_cut(models: ModelSet) -> bool:
+    """Whether the FP32 ONNX export was cut before the model's NMS."""
+    fp32 = models.onnx.get("FP32")
+    return isinstance(fp32, Path) and load_export(fp32).nms is not None
 
 
 def _short_error(exc: BaseException) -> str:
@@ -189,7 +202,7 @@ class BenchResult:
         paddle = {p: by_key.get(("paddle", p)) for p in ("FP32", "INT8")}
         table_rows = []
         for r in self.rows:
-            fp32 = by_key.get((r.backend, "FP32"))
+            fp32 = by_key.get((r.backend, r.baseline))
             ratio = (r.median / fp32.median) if r.median and fp32 and fp32.median and r is not fp32 else None
             ref = paddle.get(r.precision.split()[0])
             delta = (mAP_points(r.map) - mAP_points(ref.map)) if r.map is not None and ref and ref.map is not None \
@@ -208,7 +221,8 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "verdict": self.verdict,
                 "settings": {k: v for k, v in self.settings.__dict__.items() if k != "progress"},
-                "rows": [{"backend": r.backend, "precision": r.precision, "model": r.model, "runtime": r.runtime,
+                "rows": [{"backend": r.backend, "precision": r.precision, "ratio_to": r.baseline, "model": r.model,
+                          "runtime": r.runtime,
                           "median_ms": r.median, "spread_ms": r.spread(), "runs": len(r.times_ms),
                           "map": r.map, "error": r.error} for r in self.rows]}
 

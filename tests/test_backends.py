@@ -300,6 +300,27 @@ def test_benchmark_rows_and_honest_failures(prepared, tmp_path, monkeypatch):
     assert (work / "benchmark.json").is_file()
 
 
+@pytest.mark.slow
+def test_benchmark_openvino_nms_after_rows_measure_the_same_model(prepared):
+    """--openvino_nms_after: PicoDet-s also with its NMS after the OpenVINO model; same detections
+    (same mAP), and the ratio of an NMS-after INT8 row is taken to the NMS-after FP32 row."""
+    from ptqdet.benchmark import BenchSettings, run_benchmark
+
+    cfg, _, work = prepared["picodet_s"]
+    settings = BenchSettings(backends=("openvino",), threads=2, warmup=1, rounds=2, repeats=2, openvino_bf16=False,
+                             openvino_nms_after=True, dataset_key="FastEvalDataset", progress=False)
+    result = run_benchmark(cfg, work, settings, log=lambda _: None)
+    rows = {r.precision: r for r in result.rows}
+    assert list(rows) == ["FP32", "INT8", "FP32 (NMS after)", "INT8 (NMS after)"]
+    assert all(r.error is None and len(r.times_ms) == 4 for r in rows.values())
+    assert rows["FP32"].runtime.endswith("+ NMS") and not rows["FP32 (NMS after)"].runtime.endswith("+ NMS")
+    assert rows["FP32 (NMS after)"].map == rows["FP32"].map and rows["INT8 (NMS after)"].map == rows["INT8"].map
+    assert rows["INT8 (NMS after)"].baseline == "FP32 (NMS after)" and rows["INT8"].baseline == "FP32"
+    ratio_cells = [line.split("|")[7].strip() for line in result.table().splitlines()[2:]]
+    after = rows["INT8 (NMS after)"].median / rows["FP32 (NMS after)"].median
+    assert ratio_cells == ["-", f"{rows['INT8'].median / rows['FP32'].median:.2f}", "-", f"{after:.2f}"]
+
+
 @pytest.mark.parametrize("script", ["export_onnx.py", "tools/bench_latency.py"])
 def test_new_scripts_explain_their_flags(script):
     import subprocess

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="EvalDataset", choices=("EvalDataset", "FastEvalDataset"),
                         help="dataset of the mAP column (default EvalDataset)")
     parser.add_argument("--no_bf16", action="store_true", help="skip the OpenVINO FP32-at-bf16 row")
+    parser.add_argument("--openvino_nms_after", action="store_true",
+                        help="models exported with NMS inside (PicoDet): also OpenVINO FP32/INT8 rows that run the NMS "
+                             "after the model (PaddleDetection's op) instead of inside it, in the same rounds")
     parser.add_argument("--goal_ratio", type=float, nargs="*", default=None,
                         help="INT8/FP32 latency goal of the best backend, one per config (e.g. 0.6 0.5)")
     parser.add_argument("--work_dir", type=Path, default=Path("outputs/deploy"),
@@ -63,13 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = BenchSettings(backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
                                  threads=args.threads, warmup=args.warmup, rounds=args.rounds, repeats=args.repeats,
                                  dataset_key=args.dataset, openvino_bf16=not args.no_bf16,
+                                 openvino_nms_after=args.openvino_nms_after,
                                  goal_ratio=args.goal_ratio[i] if args.goal_ratio else None, progress=not args.quiet)
         result = run_benchmark(cfg, args.work_dir / cfg.path.stem, settings)
         sections.append(f"{result.table()}\n\n{cfg.path.stem}: {result.verdict}")
         results.append(result.to_dict())
         print(sections[-1], flush=True)
     header = (f"Deployment benchmark, {machine['date']}, {machine['cpu']} ({machine['cores']} cores), "
-              f"paddle {machine['paddle']}; batch 1, {args.threads} threads, {args.rounds} interleaved rounds x "
+              f"paddle {machine['paddle']}; batch 1, {args.threads} thread{'s' if args.threads > 1 else ''}, {args.rounds} interleaved rounds x "
               f"{args.repeats} runs after {args.warmup} warm-up runs; mAP on {args.dataset}.\n"
               f"Command: python tools/bench_latency.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")
     atomic_write_text(args.out.with_suffix(".md"), header + "\n" + "\n\n".join(sections) + "\n")
