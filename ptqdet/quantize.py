@@ -1,9 +1,13 @@
 """Post-training quantization with paddleslim's quant_post_static, written atomically."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,9 @@ from .model import ModelFiles, read_program, resolve_model_files
 WEIGHT_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "conv2d_transpose": "Filter",
                  "mul": "Y", "matmul": "Y", "matmul_v2": "Y"}
 SAVED_FILES = ("model.pdmodel", "model.pdiparams")
+# Paddle modules that draw their own tqdm bars during quant_post_static
+PADDLE_BAR_MODULES = ("paddle.static.quantization.post_training_quantization",
+                      "paddle.static.quantization.quantization_pass")
 
 
 @dataclass
@@ -76,8 +83,26 @@ def quantized_weights(files: ModelFiles) -> set[str]:
     return quantized
 
 
+@contextlib.contextmanager
+def paddle_bars(show: bool) -> Iterator[None]:
+    """Paddle's PTQ draws its own progress bars ("Sampling stage", "Adding quant op"); hide
+    them when the caller's progress is off (--quiet), and only them."""
+    if show:
+        yield
+        return
+    modules = [importlib.import_module(name) for name in PADDLE_BAR_MODULES]
+    saved = [(module, module.tqdm) for module in modules if hasattr(module, "tqdm")]
+    for module, bar in saved:
+        module.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        for module, bar in saved:
+            module.tqdm = bar
+
+
 def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings,
-                          skip_tensor_list: list[str], device: str = "cpu") -> None:
+                          skip_tensor_list: list[str], device: str = "cpu", progress: bool = True) -> None:
     import paddle
     from paddleslim.quant import quant_post_static
 
@@ -85,16 +110,17 @@ def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PT
     paddle.enable_static()
     place = paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace()
     executor = paddle.static.Executor(place)
-    quant_post_static(
-        executor=executor, model_dir=str(files.model_dir), quantize_model_path=str(out_dir),
-        data_loader=loader, model_filename=files.model_filename, params_filename=files.params_filename,
-        save_model_filename=SAVED_FILES[0], save_params_filename=SAVED_FILES[1],
-        batch_size=settings.batch_size, batch_nums=settings.batch_nums, algo=settings.algo,
-        round_type=settings.round_type, hist_percent=settings.hist_percent,
-        bias_correction=settings.bias_correction, quantizable_op_type=list(settings.quantizable_op_type),
-        is_full_quantize=settings.is_full_quantize, activation_quantize_type=settings.activation_quantize_type,
-        weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
-        skip_tensor_list=list(skip_tensor_list) or None)
+    with paddle_bars(progress):
+        quant_post_static(
+            executor=executor, model_dir=str(files.model_dir), quantize_model_path=str(out_dir),
+            data_loader=loader, model_filename=files.model_filename, params_filename=files.params_filename,
+            save_model_filename=SAVED_FILES[0], save_params_filename=SAVED_FILES[1],
+            batch_size=settings.batch_size, batch_nums=settings.batch_nums, algo=settings.algo,
+            round_type=settings.round_type, hist_percent=settings.hist_percent,
+            bias_correction=settings.bias_correction, quantizable_op_type=list(settings.quantizable_op_type),
+            is_full_quantize=settings.is_full_quantize, activation_quantize_type=settings.activation_quantize_type,
+            weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
+            skip_tensor_list=list(skip_tensor_list) or None)
     if was_dynamic:  # leave the mode as it was (analysis runs static programs around PTQ)
         paddle.disable_static()
 
@@ -126,7 +152,7 @@ def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, setting
     shutil.rmtree(tmp_dir, ignore_errors=True)
     start = time.perf_counter()
     try:
-        run_quant_post_static(files, tmp_dir, loader, settings, skip_tensor_list, device)
+        run_quant_post_static(files, tmp_dir, loader, settings, skip_tensor_list, device, progress)
         infer_cfg = files.model_dir / "infer_cfg.yml"
         if infer_cfg.is_file():
             shutil.copy2(infer_cfg, tmp_dir / "infer_cfg.yml")
