@@ -7,11 +7,11 @@ Writes --save_dir/model.onnx (checked with onnx.checker) and export.json. A mode
 with NMS inside (PicoDet) is cut before its NMS: the ONNX graph ends at the pre-NMS boxes
 and scores, and export.json keeps the NMS settings, which ptqdet's backends apply (OpenVINO
 inside the compiled model, ONNX Runtime after it: eval.py --backend openvino|onnxruntime
---model_dir <save_dir>). INT8 models must be
-in QDQ format (PTQ.onnx_format: True, as in configs/demo/*_ptq_deploy.yaml); by default their
-ONNX QDQ nodes are written by ptqdet from the model's int8 weights and scales, on the input
-and weights of each quantized layer, so the ONNX model computes what Paddle Inference runs
-in INT8 (--qdq paddle2onnx: paddle2onnx's own conversion, which quantizes more).
+--model_dir <save_dir>). INT8 models must be in QDQ format (PTQ.onnx_format: True, as in
+configs/demo/*_ptq_deploy.yaml); by default their ONNX QDQ nodes are written by ptqdet from
+the model's int8 weights and scales, on the input and weights of each quantized layer, so the
+ONNX model computes what Paddle Inference runs in INT8 (--qdq paddle2onnx: paddle2onnx's own
+conversion, which quantizes more).
 Exit code 1 with paddle2onnx's own error when the converter cannot handle the model.
 """
 from __future__ import annotations

@@ -133,7 +133,8 @@ class OpenVINOBackend(OnnxRunner):
         self._ov = require("openvino", "openvino")
         self._core = self._ov.Core()
         self._model = self._core.read_model(str(export.onnx_path))
-        if export.nms is not None and options.openvino_nms:
+        nms_inside = export.nms is not None and options.openvino_nms
+        if nms_inside:
             self._append_nms(export.nms)
             self.nms_after = None
         self.output_names = [o.get_any_name() for o in self._model.outputs]
@@ -142,7 +143,6 @@ class OpenVINOBackend(OnnxRunner):
         self._compiled: dict[tuple, Any] = {}
         self._config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
                         "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": options.openvino_precision}
-        nms_inside = export.nms is not None and self.nms_after is None
         self.mode = f"OpenVINO {self._ov.__version__.split('-')[0]} CPU {options.openvino_precision}" + \
             (" (QDQ INT8)" if self.quantized else "") + (" + NMS" if nms_inside else "")
 

@@ -3,7 +3,8 @@
 A model exported with NMS inside (PicoDet) is first cut before its `multiclass_nms3` op: the
 ONNX graph ends at the pre-NMS boxes [B, M, 4] and scores [B, C, M], and the NMS settings of
 the cut op are stored beside it (`export.json`), so that ptqdet.backends applies the very
-same NMS after any runtime (OpenVINO cannot compile paddle2onnx's NMS). A model exported
+same NMS on any runtime (OpenVINO cannot compile paddle2onnx's NMS: it gets its own
+MulticlassNms appended; ONNX Runtime's output goes through PaddleDetection's op). A model exported
 without NMS (PP-YOLOE, exclude_nms=True) is converted as it is.
 
 An INT8 (QDQ) model is exported, by default, as its float program plus QDQ nodes that ptqdet
@@ -52,7 +53,7 @@ class OnnxExport:
     precision: str  # FP32 or INT8
     input_names: list[str]
     output_names: list[str]
-    nms: NMSSettings | None  # NMS cut from the model, to apply after it (None: outputs are the model's)
+    nms: NMSSettings | None  # NMS cut from the model, for the runtime to apply (None: outputs are the model's)
     opset: int
     paddle2onnx: str
     qdq: str | None = None  # INT8: who wrote the QDQ nodes (QDQ_MODES)

@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import ConfigError, PTQDetConfig, PTQSettings
 from .data import calibration_loader, check_dataset
-from .model import ModelFiles, read_program, resolve_model_files
+from .model import ModelFiles, ProgramInfo, read_program, resolve_model_files
 
 # ops whose weight input is quantized by PTQ, and the name of that input
 WEIGHT_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "conv2d_transpose": "Filter",
@@ -43,9 +43,11 @@ def check_outputs(cfg: PTQDetConfig, save_dir: Path) -> ModelFiles:
     return files
 
 
-def layer_weights(files: ModelFiles, op_types: list[str] | None = None) -> list[str]:
-    """Weight names of the quantizable layers, in program order (e.g. conv2d_1.w_0)."""
-    program = read_program(files)
+def layer_weights(files: ModelFiles, op_types: list[str] | None = None, program: ProgramInfo | None = None
+                  ) -> list[str]:
+    """Weight names of the quantizable layers, in program order (e.g. conv2d_1.w_0).
+    `program`: the model's program, if already read."""
+    program = program or read_program(files)
     names: list[str] = []
     for op in program.ops:
         slot = WEIGHT_INPUTS.get(op.type)
@@ -55,12 +57,18 @@ def layer_weights(files: ModelFiles, op_types: list[str] | None = None) -> list[
 
 
 def skip_weights(cfg: PTQDetConfig, files: ModelFiles, skip_tensor_list: list[str]) -> list[str]:
-    """skip_tensor_list plus the weights of every layer whose op type is in cfg.skip_op_types.
+    """skip_tensor_list plus the weights of every layer whose op type is in cfg.skip_op_types;
+    ConfigError if skip_tensor_list names a weight the model has no layer for.
 
     Paddle's oneDNN INT8 run turns depthwise_conv2d into conv2d and quantizes it from the
     scales around it even when PTQ.quantizable_op_type leaves it out: a layer stays in float
     only when PTQ skips it by name, as this list does."""
-    by_type = layer_weights(files, cfg.skip_op_types) if cfg.skip_op_types else []
+    program = read_program(files)
+    known = set(layer_weights(files, program=program))
+    unknown = [name for name in skip_tensor_list if name not in known]
+    if unknown:
+        raise ConfigError(f"{cfg.path}: skip_tensor_list names weights the model has no layer for: {unknown}")
+    by_type = layer_weights(files, cfg.skip_op_types, program) if cfg.skip_op_types else []
     return list(dict.fromkeys([*skip_tensor_list, *by_type]))
 
 
@@ -138,13 +146,11 @@ def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
 
 
 def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, settings: PTQSettings,
-                   skip_tensor_list: list[str], device: str = "cpu", progress: bool = True) -> float:
+                   skip_tensor_list: list[str], device: str = "cpu", progress: bool = True
+                   ) -> tuple[float, list[str]]:
     """Calibrate and write the INT8 model to save_dir atomically, with the layers of
-    skip_tensor_list and of cfg.skip_op_types in float; returns the seconds spent."""
-    known = set(layer_weights(files))
-    unknown = [name for name in skip_tensor_list if name not in known]
-    if unknown:
-        raise ConfigError(f"{cfg.path}: skip_tensor_list names weights the model has no layer for: {unknown}")
+    skip_tensor_list and of cfg.skip_op_types in float; returns the seconds spent and the
+    weights of the layers kept in float."""
     skip_tensor_list = skip_weights(cfg, files, skip_tensor_list)
     loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
     save_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +165,7 @@ def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, setting
         replace_dir(tmp_dir, save_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, skip_tensor_list
 
 
 def quantize(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str | None = None,
@@ -168,8 +174,7 @@ def quantize(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str |
     save_dir = Path(save_dir)
     files = check_outputs(cfg, save_dir)
     settings = PTQSettings(**{**cfg.ptq.to_dict(), **({"algo": algo} if algo else {})})
-    seconds = quantize_files(cfg, files, save_dir, settings, cfg.skip_tensor_list, device, progress)
+    seconds, skipped = quantize_files(cfg, files, save_dir, settings, cfg.skip_tensor_list, device, progress)
     out_files = ModelFiles(save_dir, *SAVED_FILES)
-    return QuantizeResult(save_dir=save_dir, seconds=seconds, settings=settings.to_dict(),
-                          skipped=skip_weights(cfg, files, cfg.skip_tensor_list),
+    return QuantizeResult(save_dir=save_dir, seconds=seconds, settings=settings.to_dict(), skipped=skipped,
                           quantized_layers=sorted(quantized_weights(out_files)))
