@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
 DATA := dataset/shapes
 PYTEST_ARGS ?=
 
-.PHONY: venv data demo test test-fast clean-outputs images bench
+.PHONY: venv data demo test test-fast clean-outputs images bench coco-mini
 
 venv: $(STAMP)
 
@@ -25,6 +25,19 @@ $(STAMP): requirements.txt Makefile
 
 data: venv
 	$(PY) -m ptqdet.demo.shapes --out $(DATA)
+
+# coco_mini (193 real COCO images, ../shared/coco_mini): 64 calibration / 129 evaluation images,
+# disjoint, under dataset/coco_mini (configs/coco_mini/).
+COCO_MINI ?= ../shared/coco_mini
+COCO_MINI_OUT := dataset/coco_mini
+coco-mini: venv
+	test -d $(COCO_MINI)/train2017 || { echo "coco_mini not found at $(COCO_MINI) (set COCO_MINI=...)"; exit 2; }
+	mkdir -p $(COCO_MINI_OUT)/annotations
+	ln -sfn $(abspath $(COCO_MINI))/train2017 $(COCO_MINI_OUT)/train2017
+	$(PY) -m ptqdet.annotations --anno $(COCO_MINI)/annotations/instances_train2017_mini.json --split 64 \
+		--out $(COCO_MINI_OUT)/annotations/instances_calib.json --out_rest $(COCO_MINI_OUT)/annotations/instances_eval.json
+	$(PY) -m ptqdet.annotations --anno $(COCO_MINI_OUT)/annotations/instances_eval.json --count 40 \
+		--out $(COCO_MINI_OUT)/annotations/instances_eval_fast.json
 
 demo: data
 	$(PY) tools/run_demo.py

@@ -2,10 +2,14 @@
 
     python -m ptqdet.annotations --anno dataset/coco/annotations/instances_val2017.json \
         --count 500 --out dataset/coco/annotations/instances_val2017_first500.json
+    python -m ptqdet.annotations --anno ../shared/coco_mini/annotations/instances_train2017_mini.json \
+        --split 64 --out dataset/coco_mini/annotations/instances_calib.json \
+        --out_rest dataset/coco_mini/annotations/instances_eval.json
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -23,12 +27,41 @@ def write_subset(anno: Path, out: Path, count: int) -> Path:
     return atomic_write_text(Path(out), json.dumps(coco, sort_keys=True, separators=(",", ":")))
 
 
+def _with_images(coco: dict, keep: set, description: str) -> dict:
+    info = coco.get("info") or {}
+    return {**coco, "images": [im for im in coco["images"] if im["id"] in keep],
+            "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
+            "info": {**info, "description": f"{info.get('description', '')}, {description}".lstrip(", ")}}
+
+
+def write_split(anno: Path, out: Path, out_rest: Path, count: int) -> tuple[Path, Path]:
+    """Split `anno` into two disjoint annotation files: `count` images spread evenly over the
+    images sorted by id (every k-th one, the same for every run) and the rest."""
+    coco = json.loads(Path(anno).read_text())
+    ids = sorted(im["id"] for im in coco["images"])
+    if not 0 < count < len(ids):
+        raise ValueError(f"{anno}: cannot take {count} of its {len(ids)} images and keep some for the rest")
+    picked = {ids[int(i * len(ids) / count)] for i in range(count)}
+    rest = set(ids) - picked
+    dump = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"))
+    return (atomic_write_text(Path(out), dump(_with_images(coco, picked, f"{count} images spread by id"))),
+            atomic_write_text(Path(out_rest), dump(_with_images(coco, rest, f"the other {len(rest)} images"))))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--anno", type=Path, required=True, help="COCO annotation file to take images from")
-    parser.add_argument("--count", type=int, required=True, help="number of images (the first ones)")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--count", type=int, help="number of images (the first ones)")
+    group.add_argument("--split", type=int, help="number of images spread evenly by id into --out; the rest go to --out_rest")
     parser.add_argument("--out", type=Path, required=True, help="annotation file to write")
+    parser.add_argument("--out_rest", type=Path, help="with --split: annotation file of the other images")
     args = parser.parse_args(argv)
+    if args.split is not None:
+        if args.out_rest is None:
+            parser.error("--split needs --out_rest")
+        print(*write_split(args.anno, args.out, args.out_rest, args.split), sep="\n")
+        return 0
     print(write_subset(args.anno, args.out, args.count))
     return 0
 
