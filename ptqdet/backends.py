@@ -30,7 +30,7 @@ from .postprocess import multiclass_nms
 BACKENDS = ("paddle", "openvino", "onnxruntime")
 OPENVINO_PRECISIONS = ("f32", "bf16")
 # the versions verified with paddle 2.6.2, numpy 1.23 and protobuf 3.20.3 (requirements.txt)
-PIP_HINTS = {"openvino": "openvino==2024.6.0", "onnxruntime": "onnxruntime==1.19.2", "onnx": "onnx==1.16.2",
+PIP_HINTS = {"openvino": "openvino==2026.4.1", "onnxruntime": "onnxruntime==1.19.2", "onnx": "onnx==1.16.2",
              "paddle2onnx": "paddle2onnx==1.3.1"}
 
 
@@ -149,7 +149,7 @@ class OpenVINOBackend(OnnxRunner):
     def _append_nms(self, nms: NMSSettings) -> None:
         """Replace the outputs (boxes [B, M, 4], scores [B, C, M]) by MulticlassNms-9 on them:
         bbox [N, 6] (class, score, x1, y1, x2, y2) and bbox_num [B], as the Paddle model's NMS."""
-        opset = importlib.import_module("openvino.runtime.opset9")
+        opset = importlib.import_module("openvino.opset9")  # openvino >= 2025 (openvino.runtime is gone)
         results = list(self._model.get_results())
         if len(results) < 2:
             raise ConfigError(f"{self.export.onnx_path}: an export cut before NMS must output boxes and scores; "

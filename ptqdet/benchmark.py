@@ -78,7 +78,7 @@ class ModelSet:
     onnx: dict[str, Path | str]  # FP32/INT8 -> export folder, or the error text
 
 
-def _fingerprint(files: ModelFiles, settings: dict[str, Any]) -> str:
+def fingerprint(files: ModelFiles, settings: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for path in (files.model_path, files.params_path):
         digest.update(path.read_bytes())
@@ -95,7 +95,7 @@ def prepare_models(cfg: PTQDetConfig, work_dir: Path, need_onnx: bool, progress:
     fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
     int8_dir = work_dir / "int8"
     stamp = work_dir / "int8.source.json"
-    key = _fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list,
+    key = fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list,
                                "skip_types": cfg.skip_op_types})
     if not (stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and (int8_dir / "model.pdmodel").is_file()):
         log(f"quantizing {fp32.model_dir} -> {int8_dir} (PTQ section of {cfg.path})")
@@ -151,8 +151,8 @@ def _short_error(exc: BaseException) -> str:
 
 
 def bench_backend(cfg: PTQDetConfig, models: ModelSet, backend: str, feed: dict[str, np.ndarray],
-                  settings: BenchSettings, source: Any = None) -> list[Row]:
-    """Interleaved latency rounds, then the mAP, of every runner of one backend."""
+                  settings: BenchSettings, source: Any = None, measure_map: bool = True) -> list[Row]:
+    """Interleaved latency rounds, then (measure_map) the mAP, of every runner of one backend."""
     runners: list[tuple[Row, Any]] = []
     rows: list[Row] = []
     for row, options, model in _variants(models, backend, settings):
@@ -181,7 +181,7 @@ def bench_backend(cfg: PTQDetConfig, models: ModelSet, backend: str, feed: dict[
                 start = time.perf_counter()
                 runner.run(feed)
                 row.times_ms.append((time.perf_counter() - start) * 1000)
-    for row, runner in runners:
+    for row, runner in runners if measure_map else ():
         try:
             row.map = evaluate(runner, cfg, settings.dataset_key, source=source, progress=settings.progress,
                                desc=f"mAP {backend} {row.precision}").map

@@ -60,11 +60,18 @@ PTQ_DEFAULTS: dict[str, Any] = {
     "bias_correction": False,
     "round_type": "round",
     "onnx_format": False,
+    "equalize_depthwise": False,
+    "equalize_strength": 1.0,
+    "reconstruction": "none",
+    "recon_epochs": 20,
 }
 PTQ_ALGOS = ("KL", "hist", "avg", "mse", "emd", "abs_max", "min_max", "ptf")
 WEIGHT_TYPES = ("abs_max", "channel_wise_abs_max")
 ACT_TYPES = ("range_abs_max", "moving_average_abs_max", "abs_max")
 ROUND_TYPES = ("round", "adaround")
+# paddleslim quant_recon_static: none, AdaRound (layer-wise), BRECQ (region-wise), QDrop (region-wise
+# with activation quantization dropped at random while the rounding is learned)
+RECONSTRUCTIONS = ("none", "adaround", "brecq", "qdrop")
 
 NMS_DEFAULTS: dict[str, Any] = {  # PP-YOLOE's MultiClassNMS in PaddleDetection
     "score_threshold": 0.01,
@@ -89,6 +96,10 @@ class PTQSettings:
     bias_correction: bool = PTQ_DEFAULTS["bias_correction"]
     round_type: str = PTQ_DEFAULTS["round_type"]
     onnx_format: bool = PTQ_DEFAULTS["onnx_format"]
+    equalize_depthwise: bool = PTQ_DEFAULTS["equalize_depthwise"]
+    equalize_strength: float = PTQ_DEFAULTS["equalize_strength"]
+    reconstruction: str = PTQ_DEFAULTS["reconstruction"]
+    recon_epochs: int = PTQ_DEFAULTS["recon_epochs"]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,9 +224,23 @@ def _ptq_settings(path: Path, raw: dict) -> PTQSettings:
         raise ConfigError(f"{path}: PTQ.activation_quantize_type {settings.activation_quantize_type!r} is not one of {ACT_TYPES}")
     if settings.round_type not in ROUND_TYPES:
         raise ConfigError(f"{path}: PTQ.round_type {settings.round_type!r} is not one of {ROUND_TYPES}")
-    for name in ("batch_size", "batch_nums"):
-        if not isinstance(getattr(settings, name), int) or getattr(settings, name) < 1:
-            raise ConfigError(f"{path}: PTQ.{name} must be a positive integer")
+    if settings.reconstruction not in RECONSTRUCTIONS:
+        raise ConfigError(f"{path}: PTQ.reconstruction {settings.reconstruction!r} is not one of {RECONSTRUCTIONS}")
+    for name in ("batch_size", "batch_nums", "recon_epochs"):
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{path}: PTQ.{name} must be a positive integer, got {value!r}")
+    for name in ("is_full_quantize", "bias_correction", "onnx_format", "equalize_depthwise"):
+        if not isinstance(getattr(settings, name), bool):
+            raise ConfigError(f"{path}: PTQ.{name} must be True or False, got {getattr(settings, name)!r}")
+    strength = settings.equalize_strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise ConfigError(f"{path}: PTQ.equalize_strength must be a number in (0, 1], got {strength!r}")
+    if not isinstance(settings.hist_percent, (int, float)) or not 0 < settings.hist_percent <= 1:
+        raise ConfigError(f"{path}: PTQ.hist_percent must be a number in (0, 1], got {settings.hist_percent!r}")
+    if settings.reconstruction != "none" and settings.round_type == "adaround":
+        raise ConfigError(f"{path}: PTQ.round_type adaround and PTQ.reconstruction {settings.reconstruction!r} "
+                          "both learn the rounding: choose one")
     if not isinstance(settings.quantizable_op_type, list) or not settings.quantizable_op_type:
         raise ConfigError(f"{path}: PTQ.quantizable_op_type must be a non-empty list of op types")
     return settings

@@ -111,26 +111,42 @@ def paddle_bars(show: bool) -> Iterator[None]:
 
 def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings,
                           skip_tensor_list: list[str], device: str = "cpu", progress: bool = True) -> None:
+    """paddleslim's calibration (quant_post_static), or its reconstruction (quant_recon_static)
+    when settings.reconstruction is not none."""
     import paddle
-    from paddleslim.quant import quant_post_static
+    from paddleslim.quant import quant_post_static, quant_recon_static
 
-    was_dynamic = paddle.in_dynamic_mode()
-    paddle.enable_static()
-    place = paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace()
-    executor = paddle.static.Executor(place)
-    with paddle_bars(progress):
-        quant_post_static(
-            executor=executor, model_dir=str(files.model_dir), quantize_model_path=str(out_dir),
-            data_loader=loader, model_filename=files.model_filename, params_filename=files.params_filename,
-            save_model_filename=SAVED_FILES[0], save_params_filename=SAVED_FILES[1],
-            batch_size=settings.batch_size, batch_nums=settings.batch_nums, algo=settings.algo,
-            round_type=settings.round_type, hist_percent=settings.hist_percent,
-            bias_correction=settings.bias_correction, quantizable_op_type=list(settings.quantizable_op_type),
-            is_full_quantize=settings.is_full_quantize, activation_quantize_type=settings.activation_quantize_type,
-            weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
-            skip_tensor_list=list(skip_tensor_list) or None)
-    if was_dynamic:  # leave the mode as it was (analysis runs static programs around PTQ)
-        paddle.disable_static()
+    from .paddle_static import static_mode
+
+    common = dict(model_dir=str(files.model_dir), quantize_model_path=str(out_dir), data_loader=loader,
+                  model_filename=files.model_filename, params_filename=files.params_filename,
+                  save_model_filename=SAVED_FILES[0], save_params_filename=SAVED_FILES[1],
+                  batch_size=settings.batch_size, batch_nums=settings.batch_nums, algo=settings.algo,
+                  hist_percent=settings.hist_percent, bias_correction=settings.bias_correction,
+                  quantizable_op_type=list(settings.quantizable_op_type), is_full_quantize=settings.is_full_quantize,
+                  activation_quantize_type=settings.activation_quantize_type,
+                  weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
+                  skip_tensor_list=list(skip_tensor_list) or None)
+    with static_mode(), paddle_bars(progress):
+        executor = paddle.static.Executor(paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace())
+        if settings.reconstruction == "none":
+            quant_post_static(executor=executor, round_type=settings.round_type, **common)
+        else:
+            quant_recon_static(executor=executor, epochs=settings.recon_epochs,
+                               recon_level="layer-wise" if settings.reconstruction == "adaround" else "region-wise",
+                               simulate_activation_quant=settings.reconstruction == "qdrop", **common)
+
+
+def recover_fp32(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings, skip_tensor_list: list[str]
+                 ) -> ModelFiles:
+    """The FP32 model PTQ calibrates: `files` itself, or (PTQ.equalize_depthwise) an equivalent
+    FP32 model with equalized depthwise inputs written to out_dir."""
+    if not settings.equalize_depthwise:
+        return files
+    from .recovery import equalize_depthwise_inputs
+
+    equalize_depthwise_inputs(files, out_dir, list(loader), settings.equalize_strength, skip_tensor_list)
+    return ModelFiles(Path(out_dir), *SAVED_FILES)
 
 
 def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
@@ -146,25 +162,30 @@ def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
 
 
 def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, settings: PTQSettings,
-                   skip_tensor_list: list[str], device: str = "cpu", progress: bool = True
-                   ) -> tuple[float, list[str]]:
+                   skip_tensor_list: list[str], device: str = "cpu", progress: bool = True,
+                   recovered_dir: Path | None = None) -> tuple[float, list[str]]:
     """Calibrate and write the INT8 model to save_dir atomically, with the layers of
     skip_tensor_list and of cfg.skip_op_types in float; returns the seconds spent and the
-    weights of the layers kept in float."""
+    weights of the layers kept in float. recovered_dir: where to keep the FP32 model that
+    recovery (PTQ.equalize_depthwise) made, if any (default: a temporary folder)."""
     skip_tensor_list = skip_weights(cfg, files, skip_tensor_list)
     loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
     save_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = save_dir.with_name(f".{save_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     start = time.perf_counter()
+    fp32_dir = recovered_dir or tmp_dir.with_name(f"{tmp_dir.name}.fp32")
     try:
-        run_quant_post_static(files, tmp_dir, loader, settings, skip_tensor_list, device, progress)
+        source = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
+        run_quant_post_static(source, tmp_dir, loader, settings, skip_tensor_list, device, progress)
         infer_cfg = files.model_dir / "infer_cfg.yml"
         if infer_cfg.is_file():
             shutil.copy2(infer_cfg, tmp_dir / "infer_cfg.yml")
         replace_dir(tmp_dir, save_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if recovered_dir is None:
+            shutil.rmtree(fp32_dir, ignore_errors=True)
     return time.perf_counter() - start, skip_tensor_list
 
 

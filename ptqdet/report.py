@@ -52,7 +52,21 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "paddle": paddle.__version__}
+            "cpu_features": cpu_features(), "python": platform.python_version(), "paddle": paddle.__version__}
+
+
+# CPU flags that decide what INT8 and bf16 cost (x86): VNNI int8 dot products, native bf16, AMX tiles
+CPU_FEATURES = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_features() -> list[str]:
+    """Which of CPU_FEATURES this CPU has (from /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in CPU_FEATURES if f in flags]
 
 
 def _cell(value: Any) -> str:

@@ -104,14 +104,18 @@ def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
     target = _target(cfg, opts, refs["fp32_full"])
 
     # 2. one calibration, all quantizable layers but cfg.skip_tensor_list
+    # recovery (PTQ.equalize_depthwise) first: layers are ranked for what recovery could not fix,
+    # and a reverted layer reads the recovered FP32 model's weights (same function as the original)
     calibrated = ModelFiles(work / "calibrated", *SAVED_FILES)
+    recovered = ModelFiles(work / "recovered_fp32", *SAVED_FILES) if cfg.ptq.equalize_depthwise else fp32_files
     settings = PTQSettings(**{**cfg.ptq.to_dict(), "onnx_format": False})
-    if not calibrated.model_path.is_file():
+    if not calibrated.model_path.is_file() or not recovered.model_path.is_file():
         start = time.perf_counter()
-        quantize_files(cfg, fp32_files, calibrated.model_dir, settings, cfg.skip_tensor_list, opts.device, opts.progress)
+        quantize_files(cfg, fp32_files, calibrated.model_dir, settings, cfg.skip_tensor_list, opts.device,
+                       opts.progress, recovered_dir=recovered.model_dir if recovered != fp32_files else None)
         counters.calibrations += 1
         counters.seconds["calibration"] = time.perf_counter() - start
-    graph = QuantGraph(calibrated, fp32_files)
+    graph = QuantGraph(calibrated, recovered)
     layers = list(graph.layers)
     full_eval = Evaluator(cfg, graph, build_source(cfg, "EvalDataset"))
     fast_eval = full_eval if fast_key == "EvalDataset" else Evaluator(cfg, graph, build_source(cfg, fast_key))

@@ -1,0 +1,143 @@
+"""Recovery benchmark: PTQ recipes x models -> mAP, layers in float, PTQ time and deployed latency.
+
+For each config and recipe: PTQ in QDQ form (onnx_format forced on, so that the same model
+deploys), its mAP as the quantized graph computes it (Paddle, fake-quant ops on FP32 kernels:
+"simulated") and on the recommended runtime (OpenVINO, ptqdet's QDQ export), then latency on
+that runtime at each thread count: FP32 (f32), FP32 at bf16 (the float a CPU with native bf16
+would run) and INT8, timed in interleaved rounds, batch 1, one evaluation image.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends import BackendOptions, open_backend
+from .benchmark import BenchSettings, ModelSet, bench_backend, fingerprint
+from .config import PTQDetConfig
+from .export import ExportError, export_onnx
+from .metrics import evaluate
+from .model import ModelFiles, resolve_model_files
+from .quantize import layer_weights, quantize
+from .recipes import Recipe, apply_recipe
+from .report import mAP_points, markdown_table, write_json
+
+RUNTIME = "openvino"
+
+
+@dataclass
+class RecipeRow:
+    model: str
+    recipe: str
+    fp32_map: float | None = None
+    sim_map: float | None = None  # the quantized Paddle graph on FP32 kernels
+    runtime_map: float | None = None  # OpenVINO INT8
+    float_layers: int | None = None
+    total_layers: int | None = None
+    ptq_seconds: float | None = None
+    latency: dict[int, dict[str, float | None]] = field(default_factory=dict)  # threads -> precision -> ms
+    error: str | None = None
+
+    def ratio(self, threads: int, baseline: str) -> float | None:
+        times = self.latency.get(threads, {})
+        int8, base = times.get("INT8"), times.get(baseline)
+        return int8 / base if int8 and base else None
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def fp32_reference(cfg: PTQDetConfig, work_dir: Path, progress: bool) -> tuple[float, Path]:
+    """FP32 mAP (Paddle) and the FP32 ONNX export, once per model."""
+    fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
+    runner = open_backend("paddle", fp32.model_dir, BackendOptions(), fp32.model_filename, fp32.params_filename)
+    fp32_map = evaluate(runner, cfg, "EvalDataset", progress=progress, desc="FP32").map
+    return fp32_map, export_onnx(fp32, work_dir / "onnx_fp32").onnx_path.parent
+
+
+def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: float, fp32_onnx: Path,
+                 threads: list[int], feed: dict, progress: bool = True) -> RecipeRow:
+    """One recipe on one model: PTQ, simulated and runtime mAP, latency per thread count."""
+    row = RecipeRow(cfg.path.stem, recipe.name, fp32_map=fp32_map)
+    variant = apply_recipe(cfg, recipe, onnx_format=True)
+    int8_dir = work_dir / recipe.name.replace(", ", "_").replace(" ", "_")
+    fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
+    try:
+        row.ptq_seconds, quantized = quantize_once(variant, fp32, int8_dir, progress)
+        row.total_layers = len(layer_weights(fp32, variant.ptq.quantizable_op_type))
+        row.float_layers = row.total_layers - quantized
+        sim = open_backend("paddle", int8_dir / "int8", BackendOptions(mkldnn=False))
+        row.sim_map = evaluate(sim, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} simulated").map
+        int8_onnx = export_onnx(resolve_model_files(int8_dir / "int8"), int8_dir / "onnx_int8").onnx_path.parent
+    except (ExportError, RuntimeError, ValueError, OSError) as exc:
+        row.error = _short(exc)
+        return row
+    models = ModelSet(fp32, resolve_model_files(int8_dir / "int8"), {"FP32": fp32_onnx, "INT8": int8_onnx})
+    for n in threads:
+        settings = BenchSettings(backends=(RUNTIME,), threads=n, progress=progress)
+        rows = bench_backend(cfg, models, RUNTIME, feed, settings, measure_map=(n == threads[0]))
+        row.latency[n] = {r.precision: r.median for r in rows}
+        if n == threads[0]:
+            row.runtime_map = next((r.map for r in rows if r.precision == "INT8"), None)
+            errors = [f"{r.precision}: {r.error}" for r in rows if r.error]
+            row.error = "; ".join(errors) or None
+    return row
+
+
+def quantize_once(cfg: PTQDetConfig, fp32: ModelFiles, work_dir: Path, progress: bool) -> tuple[float, int]:
+    """PTQ into work_dir/int8 unless the same FP32 model and settings made it already (the stamp
+    keeps the first run's seconds and quantized-layer count). Returns (PTQ seconds, layers quantized)."""
+    stamp = work_dir / "int8.source.json"
+    key = fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list, "skip_types": cfg.skip_op_types})
+    if stamp.is_file() and (work_dir / "int8" / "model.pdmodel").is_file():
+        saved = json.loads(stamp.read_text())
+        if saved.get("key") == key:
+            return saved["seconds"], saved["quantized"]
+    start = time.perf_counter()
+    result = quantize(cfg, work_dir / "int8", progress=progress)
+    seconds = time.perf_counter() - start
+    write_json(stamp, {"key": key, "seconds": seconds, "quantized": len(result.quantized_layers)})
+    return seconds, len(result.quantized_layers)
+
+
+def run_recipes(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, threads: list[int], progress: bool = True,
+                log: Callable[[str], None] = print, on_row: Callable[[RecipeRow], None] | None = None
+                ) -> list[RecipeRow]:
+    from .pipeline import latency_feed
+
+    fp32_map, fp32_onnx = fp32_reference(cfg, work_dir, progress)
+    feed = latency_feed(cfg)
+    rows = []
+    for recipe in recipes:
+        log(f"{cfg.path.stem}: {recipe.name}")
+        rows.append(bench_recipe(cfg, recipe, work_dir, fp32_map, fp32_onnx, threads, feed, progress))
+        if on_row:
+            on_row(rows[-1])
+    return rows
+
+
+def recipes_table(rows: list[RecipeRow], threads: list[int]) -> str:
+    headers = ["model", "recipe", "mAP simulated", "mAP OpenVINO INT8", "FP32 mAP", "layers in float", "PTQ s"]
+    for n in threads:
+        headers += [f"INT8 ms ({n}T)", f"INT8/FP32 ({n}T)", f"INT8/bf16 ({n}T)"]
+    table = []
+    for r in rows:
+        cells: list[Any] = [r.model, r.recipe, _points(r.sim_map), _points(r.runtime_map), _points(r.fp32_map),
+                            f"{r.float_layers} / {r.total_layers}" if r.total_layers else None,
+                            round(r.ptq_seconds) if r.ptq_seconds else None]
+        for n in threads:
+            ms = r.latency.get(n, {}).get("INT8")
+            fp, bf = r.ratio(n, "FP32"), r.ratio(n, "FP32 (bf16)")
+            cells += [f"{ms:.1f}" if ms else None, f"{fp:.2f}" if fp else None, f"{bf:.2f}" if bf else None]
+        table.append(cells)
+    text = markdown_table(headers, table)
+    errors = [f"- {r.model} / {r.recipe}: {r.error}" for r in rows if r.error]
+    return text + ("\n\nErrors:\n" + "\n".join(errors) if errors else "")
+
+
+def _points(value: float | None) -> str | None:
+    return f"{mAP_points(value):.1f}" if value is not None else None

@@ -1,0 +1,112 @@
+"""Accuracy recovery applied to the FP32 model before PTQ calibrates it.
+
+Depthwise input equalization (`PTQ.equalize_depthwise`): a depthwise convolution's output
+channel c reads only its input channel c, so scaling that input channel by 1/s_c and the
+channel's filter by s_c computes the same function. With s_c set from each channel's range
+on the calibration images, every input channel of the depthwise convolution spans the same
+range, and the one per-tensor step that INT8 gives its input fits every channel: in effect a
+per-channel input scale, which INT8 runtimes do not offer for activations. The 1/s_c factors
+become one `elementwise_mul` (per-channel constant) in front of each depthwise convolution,
+an op every runtime runs (and OpenVINO fuses into the preceding convolution); the s_c
+factors go into the filters, whose per-channel weight quantization does not see them.
+The transformed model is still an FP32 model with the same outputs (up to float rounding).
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .model import ModelFiles, load_static_model
+
+EQUALIZED_SUFFIX = ".dw_eq"
+
+
+@dataclass
+class EqualizationResult:
+    """What equalize_depthwise_inputs did: the layers it changed and how uneven their inputs were."""
+
+    layers: list[str] = field(default_factory=list)  # depthwise filter names, program order
+    spread: dict[str, float] = field(default_factory=dict)  # max/median channel range, per layer
+
+
+def channel_ranges(executor, program, feeds: Iterable[dict[str, np.ndarray]], names: list[str]) -> dict[str, np.ndarray]:
+    """Max |x| per channel (axis 1) of each named variable over the fed batches."""
+    ranges: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        values = executor.run(program, feed=feed, fetch_list=names, return_numpy=True)
+        for name, value in zip(names, values):
+            per_channel = np.abs(value).max(axis=tuple(i for i in range(value.ndim) if i != 1))
+            ranges[name] = per_channel if name not in ranges else np.maximum(ranges[name], per_channel)
+    return ranges
+
+
+def equalization_scales(ranges: np.ndarray, strength: float = 1.0, floor: float = 1e-3) -> np.ndarray:
+    """s_c = (r_c / max r)^strength, with dead channels (r_c below floor x max) held at the floor:
+    dividing input channel c by s_c brings every channel's range to max r (strength 1)."""
+    top = float(ranges.max()) if ranges.size else 0.0
+    if top <= 0:
+        return np.ones_like(ranges, dtype=np.float32)
+    ratio = np.maximum(ranges / top, floor)
+    return np.power(ratio, strength).astype(np.float32)
+
+
+def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict[str, np.ndarray]],
+                              strength: float = 1.0, skip: Iterable[str] = ()) -> EqualizationResult:
+    """Write files' model to out_dir (model.pdmodel/.pdiparams) with each depthwise convolution's
+    input channels equalized on `feeds` (calibration batches); layers whose filter is in `skip`
+    stay as they are. Returns the equalized layers."""
+    import paddle
+
+    from .paddle_static import static_mode
+
+    skip = set(skip)
+    result = EqualizationResult()
+    with static_mode():
+        place = paddle.CPUPlace()
+        exe = paddle.static.Executor(place)
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            program, feed_names, fetches = load_static_model(files, exe)
+            block = program.global_block()
+            targets = [op for op in block.ops
+                       if op.type == "depthwise_conv2d" and op.input("Filter")[0] not in skip]
+            inputs = list(dict.fromkeys(op.input("Input")[0] for op in targets))
+            ranges = channel_ranges(exe, program, ({k: v for k, v in f.items() if k in feed_names} for f in feeds),
+                                    inputs)
+            for op in targets:
+                _equalize_one(block, scope, place, op, ranges[op.input("Input")[0]], strength, result)
+            paddle.static.save_inference_model(str(Path(out_dir) / "model"), [block.var(n) for n in feed_names],
+                                               fetches, exe, program=program)
+    info = files.model_dir / "infer_cfg.yml"
+    if info.is_file():
+        shutil.copy2(info, Path(out_dir) / "infer_cfg.yml")
+    return result
+
+
+def _equalize_one(block, scope, place, op, ranges: np.ndarray, strength: float, result: EqualizationResult) -> None:
+    """Insert x * (1/s) before one depthwise op and fold s into its filter."""
+    x_name, w_name = op.input("Input")[0], op.input("Filter")[0]
+    scales = equalization_scales(ranges, strength)
+    weight = scope.find_var(w_name).get_tensor()
+    w = np.array(weight)
+    multiplier = w.shape[0] // scales.shape[0]  # output channels per input channel
+    w = w * np.repeat(scales, multiplier).reshape(-1, 1, 1, 1)
+    weight.set(w.astype(np.float32), place)
+
+    inv_name = f"{w_name}{EQUALIZED_SUFFIX}.inv_scale"
+    block.create_var(name=inv_name, shape=list(scales.shape), dtype="float32", persistable=True)
+    scope.var(inv_name).get_tensor().set((1.0 / scales).astype(np.float32), place)
+    x_var = block.var(x_name)
+    out_name = f"{x_name}{EQUALIZED_SUFFIX}"
+    block.create_var(name=out_name, shape=x_var.shape, dtype=x_var.dtype)
+    index = block.ops.index(op)
+    block._insert_op(index, type="elementwise_mul", inputs={"X": [x_name], "Y": [inv_name]},
+                     outputs={"Out": [out_name]}, attrs={"axis": 1})
+    op._rename_input(x_name, out_name)
+    positive = ranges[ranges > 0]
+    result.layers.append(w_name)
+    result.spread[w_name] = float(ranges.max() / np.median(positive)) if positive.size else 1.0

@@ -1,0 +1,98 @@
+"""Accuracy recovery before PTQ: depthwise input equalization keeps the FP32 function and
+evens out the depthwise inputs' channel ranges."""
+import numpy as np
+import pytest
+
+from ptqdet.config import ConfigError, load_config
+from ptqdet.data import calibration_loader
+from ptqdet.model import ModelFiles, load_static_model, read_program, resolve_model_files
+from ptqdet.recovery import channel_ranges, equalization_scales, equalize_depthwise_inputs
+from conftest import DEMO_CONFIGS, write_config
+
+
+def test_scales_bring_every_channel_to_the_top_range():
+    ranges = np.array([4.0, 1.0, 0.5, 0.0], dtype=np.float32)
+    scales = equalization_scales(ranges)
+    assert scales[0] == pytest.approx(1.0)
+    np.testing.assert_allclose((ranges / scales)[:3], [4.0, 4.0, 4.0], rtol=1e-6)
+    assert scales[3] == pytest.approx(1e-3)  # a dead channel is held at the floor, never divided by zero
+    half = equalization_scales(ranges, strength=0.5)
+    np.testing.assert_allclose(half[:3], np.sqrt(scales[:3]), rtol=1e-6)
+
+
+def _outputs(files: ModelFiles, feeds, fetch: list[str]):
+    import paddle
+
+    from ptqdet.paddle_static import static_mode
+
+    with static_mode():
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            program, names, _ = load_static_model(files, exe)
+            return [exe.run(program, feed={k: f[k] for k in names}, fetch_list=fetch) for f in feeds]
+
+
+def test_equalized_model_computes_the_same_and_evens_the_depthwise_inputs(pico_cfg, tmp_path):
+    files = resolve_model_files(pico_cfg.model_dir)
+    feeds = list(calibration_loader(pico_cfg, 4, 2, progress=False))
+    result = equalize_depthwise_inputs(files, tmp_path, feeds)
+    dw_ops = [op for op in read_program(files).ops if op.type == "depthwise_conv2d"]
+    assert len(result.layers) == len(dw_ops) > 0
+    assert max(result.spread.values()) > 4  # the demo's depthwise inputs are uneven to begin with
+
+    out = ModelFiles(tmp_path, "model.pdmodel", "model.pdiparams")
+    # the same pre-NMS outputs (boxes and scores feed the NMS) up to float rounding
+    pre_nms = [op for op in read_program(files).ops if op.type == "multiclass_nms3"][0].inputs
+    fetch = [pre_nms["BBoxes"][0], pre_nms["Scores"][0]]
+    for before, after in zip(_outputs(files, feeds, fetch), _outputs(out, feeds, fetch)):
+        for a, b in zip(before, after):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+    # every equalized depthwise input now spans one range across its channels
+    import paddle
+
+    from ptqdet.paddle_static import static_mode
+
+    eq_inputs = [op.inputs["Input"][0] for op in read_program(out).ops if op.type == "depthwise_conv2d"]
+    with static_mode():
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        with paddle.static.scope_guard(paddle.static.Scope()):
+            program, names, _ = load_static_model(out, exe)
+            ranges = channel_ranges(exe, program, ({k: f[k] for k in names} for f in feeds), eq_inputs)
+    for name, r in ranges.items():
+        live = r[r > 1e-3 * r.max()]
+        assert live.min() > 0.99 * live.max(), name
+
+
+def test_skipped_depthwise_layers_are_left_alone(pico_cfg, tmp_path):
+    files = resolve_model_files(pico_cfg.model_dir)
+    dw = [op.inputs["Filter"][0] for op in read_program(files).ops if op.type == "depthwise_conv2d"]
+    feeds = list(calibration_loader(pico_cfg, 4, 1, progress=False))
+    result = equalize_depthwise_inputs(files, tmp_path, feeds, skip=dw[:3])
+    assert result.layers == dw[3:]
+
+
+@pytest.mark.parametrize("line, key", [
+    ("equalize_depthwise: 1", "PTQ.equalize_depthwise"),
+    ("equalize_strength: 0", "PTQ.equalize_strength"),
+    ("equalize_strength: 1.5", "PTQ.equalize_strength"),
+    ("reconstruction: brecqq", "PTQ.reconstruction"),
+    ("recon_epochs: 0", "PTQ.recon_epochs"),
+])
+def test_bad_recovery_keys_are_refused_by_name(tmp_path, line, key):
+    path = write_config(tmp_path, f"_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\nPTQ:\n  {line}\n")
+    with pytest.raises(ConfigError, match=key):
+        load_config(path)
+
+
+def test_adaround_twice_is_a_conflict(tmp_path):
+    path = write_config(tmp_path, "_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\nPTQ:\n  round_type: adaround\n"
+                                  "  reconstruction: brecq\n")
+    with pytest.raises(ConfigError, match="choose one"):
+        load_config(path)
+
+
+def test_demo_configs_default_to_equalized_depthwise_inputs():
+    for name in ("picodet_s_ptq.yaml", "picodet_s_ptq_deploy.yaml"):
+        assert load_config(DEMO_CONFIGS / name).ptq.equalize_depthwise, name
