@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
 DATA := dataset/shapes
 PYTEST_ARGS ?=
 
-.PHONY: venv data demo test test-fast clean-outputs images bench coco-mini
+.PHONY: venv data demo test test-fast clean-outputs images bench coco-mini real-model
 
 venv: $(STAMP)
 
@@ -38,6 +38,13 @@ coco-mini: venv
 		--out $(COCO_MINI_OUT)/annotations/instances_calib.json --out_rest $(COCO_MINI_OUT)/annotations/instances_eval.json
 	$(PY) -m ptqdet.annotations --anno $(COCO_MINI_OUT)/annotations/instances_eval.json --count 40 \
 		--out $(COCO_MINI_OUT)/annotations/instances_eval_fast.json
+
+# The real COCO PicoDet-s (NMS inside) from the wheel of paddlelabel-ml==1.0.0 on PyPI, sha256-checked
+# (../shared/models/picodet_s_416_coco_lcnet/PROVENANCE.md), into ./picodet_s_416_coco_lcnet
+# (where configs/picodet_s_*.yaml and configs/coco_mini/ look). No download when already there.
+REAL_MODEL ?= picodet_s_416_coco_lcnet
+real-model: venv
+	$(PY) -m ptqdet.fetch --out $(REAL_MODEL)
 
 demo: data
 	$(PY) tools/run_demo.py
