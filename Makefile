@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
 DATA := dataset/shapes
 PYTEST_ARGS ?=
 
-.PHONY: venv data demo test test-fast clean-outputs images bench coco-mini
+.PHONY: venv data demo test test-fast clean-outputs images bench coco-mini real-model
 
 venv: $(STAMP)
 
@@ -27,17 +27,18 @@ data: venv
 	$(PY) -m ptqdet.demo.shapes --out $(DATA)
 
 # coco_mini (193 real COCO images, ../shared/coco_mini): 64 calibration / 129 evaluation images,
-# disjoint, under dataset/coco_mini (configs/coco_mini/).
+# disjoint, under dataset/coco_mini (configs/coco_mini/); tests/test_real_model.py runs the same function.
 COCO_MINI ?= ../shared/coco_mini
 COCO_MINI_OUT := dataset/coco_mini
 coco-mini: venv
-	test -d $(COCO_MINI)/train2017 || { echo "coco_mini not found at $(COCO_MINI) (set COCO_MINI=...)"; exit 2; }
-	mkdir -p $(COCO_MINI_OUT)/annotations
-	ln -sfn $(abspath $(COCO_MINI))/train2017 $(COCO_MINI_OUT)/train2017
-	$(PY) -m ptqdet.annotations --anno $(COCO_MINI)/annotations/instances_train2017_mini.json --split 64 \
-		--out $(COCO_MINI_OUT)/annotations/instances_calib.json --out_rest $(COCO_MINI_OUT)/annotations/instances_eval.json
-	$(PY) -m ptqdet.annotations --anno $(COCO_MINI_OUT)/annotations/instances_eval.json --count 40 \
-		--out $(COCO_MINI_OUT)/annotations/instances_eval_fast.json
+	$(PY) -m ptqdet.annotations --coco_mini $(COCO_MINI) --out $(COCO_MINI_OUT)
+
+# The real COCO PicoDet-s (NMS inside) from the wheel of paddlelabel-ml==1.0.0 on PyPI, sha256-checked
+# (../shared/models/picodet_s_416_coco_lcnet/PROVENANCE.md), into ./picodet_s_416_coco_lcnet
+# (where configs/picodet_s_*.yaml and configs/coco_mini/ look). No download when already there.
+REAL_MODEL ?= picodet_s_416_coco_lcnet
+real-model: venv
+	$(PY) -m ptqdet.fetch --out $(REAL_MODEL)
 
 demo: data
 	$(PY) tools/run_demo.py

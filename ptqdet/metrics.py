@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import contextlib
 import io
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,30 @@ def create_metric(cfg: PTQDetConfig, source: BatchSource, output_dir: Path):
                      classwise=False)
 
 
+def coco_stats(raw: Any) -> tuple[float, dict[str, float]]:
+    """mAP and named stats from pycocotools' 12 summary numbers (None: no detection at all)."""
+    if raw is None:  # no detection at all: pycocotools is never called
+        return 0.0, dict.fromkeys(COCO_STAT_NAMES, 0.0)
+    stats = {n: float(max(v, 0.0)) for n, v in zip(COCO_STAT_NAMES, raw)}
+    return stats["mAP"], stats
+
+
+def coco_map_of_records(anno_file: Path, records: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
+    """COCO bbox mAP of detection records (COCO results format: image_id, category_id, bbox
+    xywh, score) against `anno_file`, through the pycocotools call ppdet's COCOMetric makes
+    for ptqdet's own evaluation (`cocoapi_eval`)."""
+    from ppdet.metrics.coco_utils import cocoapi_eval
+
+    if not records:
+        return coco_stats(None)
+    with tempfile.TemporaryDirectory(prefix="ptqdet_coco_") as tmp:
+        path = Path(tmp) / "bbox.json"
+        path.write_text(json.dumps(records))
+        with contextlib.redirect_stdout(io.StringIO()):
+            raw = cocoapi_eval(str(path), "bbox", anno_file=str(anno_file))
+    return coco_stats(raw)
+
+
 class MetricSession:
     """Feeds detections into a ppdet metric; keeps pycocotools' printing out of the way."""
 
@@ -65,11 +90,7 @@ class MetricSession:
         results = self.metric.get_results()
         self._tmp.cleanup()
         if self.cfg.metric == "COCO":
-            raw = results.get("bbox")
-            if raw is None:  # no detection at all: pycocotools is never called
-                return 0.0, dict.fromkeys(COCO_STAT_NAMES, 0.0)
-            stats = {n: float(max(v, 0.0)) for n, v in zip(COCO_STAT_NAMES, raw)}
-            return stats["mAP"], stats
+            return coco_stats(results.get("bbox"))
         value = float(np.asarray(results["bbox"]).ravel()[0]) / 100.0
         return value, {"mAP": value}
 
