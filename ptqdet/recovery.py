@@ -55,10 +55,13 @@ def equalization_scales(ranges: np.ndarray, strength: float = 1.0, floor: float 
 
 
 def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict[str, np.ndarray]],
-                              strength: float = 1.0, skip: Iterable[str] = ()) -> EqualizationResult:
+                              strength: float = 1.0, skip: Iterable[str] = (), conv_strength: float = 0.0
+                              ) -> EqualizationResult:
     """Write files' model to out_dir (model.pdmodel/.pdiparams) with each depthwise convolution's
     input channels equalized on `feeds` (calibration batches); layers whose filter is in `skip`
-    stay as they are. Returns the equalized layers."""
+    stay as they are. conv_strength > 0: also the inputs of ordinary (groups 1) convolutions,
+    whose filters take s_c on input channel c, at that strength (their per-output-channel weight
+    steps do see it: a partial migration, as SmoothQuant's). Returns the equalized layers."""
     import paddle
 
     from .paddle_static import static_mode
@@ -72,13 +75,15 @@ def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict
         with paddle.static.scope_guard(scope):
             program, feed_names, fetches = load_static_model(files, exe)
             block = program.global_block()
+            strengths = {"depthwise_conv2d": strength, "conv2d": conv_strength}
             targets = [op for op in block.ops
-                       if op.type == "depthwise_conv2d" and op.input("Filter")[0] not in skip]
+                       if strengths.get(op.type, 0) > 0 and op.input("Filter")[0] not in skip
+                       and (op.type == "depthwise_conv2d" or op.attr("groups") == 1)]
             inputs = list(dict.fromkeys(op.input("Input")[0] for op in targets))
             ranges = channel_ranges(exe, program, ({k: v for k, v in f.items() if k in feed_names} for f in feeds),
                                     inputs)
             for op in targets:
-                _equalize_one(block, scope, place, op, ranges[op.input("Input")[0]], strength, result)
+                _equalize_one(block, scope, place, op, ranges[op.input("Input")[0]], strengths[op.type], result)
             paddle.static.save_inference_model(str(Path(out_dir) / "model"), [block.var(n) for n in feed_names],
                                                fetches, exe, program=program)
     info = files.model_dir / "infer_cfg.yml"
@@ -93,8 +98,10 @@ def _equalize_one(block, scope, place, op, ranges: np.ndarray, strength: float, 
     scales = equalization_scales(ranges, strength)
     weight = scope.find_var(w_name).get_tensor()
     w = np.array(weight)
-    multiplier = w.shape[0] // scales.shape[0]  # output channels per input channel
-    w = w * np.repeat(scales, multiplier).reshape(-1, 1, 1, 1)
+    if op.type == "depthwise_conv2d":  # filter [C*m, 1, kh, kw]: output channel o reads input channel o // m
+        w = w * np.repeat(scales, w.shape[0] // scales.shape[0]).reshape(-1, 1, 1, 1)
+    else:  # filter [O, C, kh, kw]: input channel c
+        w = w * scales.reshape(1, -1, 1, 1)
     weight.set(w.astype(np.float32), place)
 
     inv_name = f"{w_name}{EQUALIZED_SUFFIX}.inv_scale"
