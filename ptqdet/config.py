@@ -62,6 +62,7 @@ PTQ_DEFAULTS: dict[str, Any] = {
     "onnx_format": False,
     "equalize_depthwise": False,
     "equalize_strength": 1.0,
+    "equalize_conv_strength": 0.0,
     "reconstruction": "none",
     "recon_epochs": 20,
 }
@@ -72,6 +73,10 @@ ROUND_TYPES = ("round", "adaround")
 # paddleslim quant_recon_static: none, AdaRound (layer-wise), BRECQ (region-wise), QDrop (region-wise
 # with activation quantization dropped at random while the rounding is learned)
 RECONSTRUCTIONS = ("none", "adaround", "brecq", "qdrop")
+
+# PTQ keys ptqdet applies itself (ptqdet.recovery, quant_recon_static), not paddleslim's PTQ
+RECOVERY_KEYS = ("equalize_depthwise", "equalize_strength", "equalize_conv_strength", "reconstruction",
+                 "recon_epochs")
 
 NMS_DEFAULTS: dict[str, Any] = {  # PP-YOLOE's MultiClassNMS in PaddleDetection
     "score_threshold": 0.01,
@@ -98,11 +103,16 @@ class PTQSettings:
     onnx_format: bool = PTQ_DEFAULTS["onnx_format"]
     equalize_depthwise: bool = PTQ_DEFAULTS["equalize_depthwise"]
     equalize_strength: float = PTQ_DEFAULTS["equalize_strength"]
+    equalize_conv_strength: float = PTQ_DEFAULTS["equalize_conv_strength"]
     reconstruction: str = PTQ_DEFAULTS["reconstruction"]
     recon_epochs: int = PTQ_DEFAULTS["recon_epochs"]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def paddleslim_dict(self) -> dict[str, Any]:
+        """The keys paddleslim's PostTrainingQuantization takes (ptqdet's recovery keys left out)."""
+        return {k: v for k, v in asdict(self).items() if k not in RECOVERY_KEYS}
 
 
 @dataclass
@@ -236,6 +246,11 @@ def _ptq_settings(path: Path, raw: dict) -> PTQSettings:
     strength = settings.equalize_strength
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise ConfigError(f"{path}: PTQ.equalize_strength must be a number in (0, 1], got {strength!r}")
+    conv = settings.equalize_conv_strength
+    if isinstance(conv, bool) or not isinstance(conv, (int, float)) or not 0 <= conv < 1:
+        raise ConfigError(f"{path}: PTQ.equalize_conv_strength must be a number in [0, 1), got {conv!r}")
+    if conv > 0 and not settings.equalize_depthwise:
+        raise ConfigError(f"{path}: PTQ.equalize_conv_strength needs PTQ.equalize_depthwise: True")
     if not isinstance(settings.hist_percent, (int, float)) or not 0 < settings.hist_percent <= 1:
         raise ConfigError(f"{path}: PTQ.hist_percent must be a number in (0, 1], got {settings.hist_percent!r}")
     if settings.reconstruction != "none" and settings.round_type == "adaround":

@@ -146,7 +146,7 @@ def recover_fp32(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings
     from .recovery import equalize_depthwise_inputs
 
     equalize_depthwise_inputs(files, out_dir, list(loader), settings.equalize_strength, skip_tensor_list,
-                              conv_strength=float(os.environ.get("PTQDET_EQ_CONV", "0")))
+                              conv_strength=settings.equalize_conv_strength)
     return ModelFiles(Path(out_dir), *SAVED_FILES)
 
 

@@ -171,16 +171,17 @@ def test_int8_export_quantizes_exactly_the_paddle_int8_layers(prepared, name):
 
 
 @pytest.mark.slow
-def test_skip_op_types_keeps_every_depthwise_layer_in_float(prepared):
-    """The PicoDet deploy config keeps depthwise convolutions in float by op type."""
+def test_picodet_deploy_model_runs_every_convolution_in_int8(prepared):
+    """The PicoDet deploy config equalizes the depthwise inputs instead of keeping the depthwise
+    convolutions in float: every convolution, depthwise included, is quantized."""
     from ptqdet.quantize import layer_weights, quantized_weights
 
     cfg, models, _ = prepared["picodet_s"]
-    assert cfg.skip_op_types == ["depthwise_conv2d"]
+    assert cfg.ptq.equalize_depthwise and not cfg.skip_op_types and not cfg.skip_tensor_list
     depthwise = set(layer_weights(models.fp32, ["depthwise_conv2d"]))
     quantized = quantized_weights(models.int8)
-    assert len(depthwise) == 33 and not depthwise & quantized
-    assert set(layer_weights(models.fp32, ["conv2d"])) == quantized
+    assert len(depthwise) == 33 and depthwise <= quantized
+    assert set(layer_weights(models.fp32, ["conv2d", "depthwise_conv2d"])) == quantized
 
 
 @pytest.mark.slow

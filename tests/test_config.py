@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from ptqdet.config import ConfigError, load_config
@@ -5,7 +7,7 @@ from conftest import write_config
 
 
 def test_demo_config_loads_with_ptq_section(pico_cfg):
-    assert pico_cfg.ptq.algo == "avg"
+    assert pico_cfg.ptq.algo == "abs_max" and pico_cfg.ptq.equalize_depthwise
     assert pico_cfg.ptq.batch_nums == 8
     assert pico_cfg.feed_names == {"image": "image", "scale_factor": "scale_factor"}
     assert not pico_cfg.nms_outside
@@ -30,8 +32,9 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
         load_config(path)
 
 
-def test_deploy_config_keeps_depthwise_layers_in_float():
-    assert load_config("configs/demo/picodet_s_ptq_deploy.yaml").skip_op_types == ["depthwise_conv2d"]
+def test_deploy_config_quantizes_depthwise_layers_after_equalizing_their_inputs():
+    cfg = load_config("configs/demo/picodet_s_ptq_deploy.yaml")
+    assert cfg.skip_op_types == [] and cfg.ptq.equalize_depthwise and cfg.ptq.onnx_format
 
 
 @pytest.mark.parametrize("text, match", [
@@ -58,3 +61,9 @@ def test_loads_do_not_leak_keys_between_configs(tmp_path):
     path = write_config(tmp_path, "_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\nnum_classes: 3\n")
     assert load_config(path).num_classes == 3
     assert load_config("configs/demo/picodet_s_ptq.yaml").num_classes == 6
+
+
+def test_docs_config_reference_is_generated_from_the_code():
+    from ptqdet.config_doc import reference_markdown
+
+    assert Path("docs/config.md").read_text() == reference_markdown(), "run: python -m ptqdet.config_doc > docs/config.md"

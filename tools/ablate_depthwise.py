@@ -3,7 +3,7 @@
     python tools/ablate_depthwise.py --config_path configs/demo/picodet_s_ptq_deploy.yaml
 
 Quantizes the config's FP32 model with its PTQ section and every depthwise convolution
-quantized (the config's skip_op_types and skip_tensor_list are ignored), exports it to ONNX
+quantized (the config's skip_op_types, skip_tensor_list and PTQ.equalize_depthwise are ignored), exports it to ONNX
 (ptqdet's QDQ) and evaluates on --dataset:
   - FP32 (Paddle);
   - FP32 with only the depthwise weights rounded to 8 bits, one step per output channel, as
@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if not layer_weights(fp32, ["depthwise_conv2d"]):
         raise ConfigError(f"{fp32.model_dir}: the model has no depthwise_conv2d layer")
     work, progress = args.work_dir, not args.quiet
-    all_dw = dataclasses.replace(cfg, skip_op_types=[], skip_tensor_list=[])
+    # plain PTQ: every depthwise convolution quantized, their inputs not equalized (PTQ.equalize_depthwise off)
+    all_dw = dataclasses.replace(cfg, skip_op_types=[], skip_tensor_list=[],
+                                 ptq=dataclasses.replace(cfg.ptq, equalize_depthwise=False))
     quantize(all_dw, work / "int8", progress=progress)
     export_onnx(resolve_model_files(work / "int8"), work / "onnx_int8")
     n_inputs = float_depthwise_inputs(work / "onnx_int8", work / "onnx_int8_dw_inputs_float")

@@ -64,7 +64,7 @@ def ptq_quant_config(settings: PTQSettings, skip_tensor_list: list[str]) -> dict
     onnx_format is forced to False: paddleslim 2.6.0's Analysis with onnx_format=True calls an
     undefined name (`post_training_quantization`) in get_quant_sensitive_metric.
     """
-    config = {**settings.to_dict(), "onnx_format": False}
+    config = {**settings.paddleslim_dict(), "onnx_format": False}
     if skip_tensor_list:
         config["skip_tensor_list"] = list(skip_tensor_list)
     return config
