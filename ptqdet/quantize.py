@@ -138,16 +138,17 @@ def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PT
 
 
 def recover_fp32(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings, skip_tensor_list: list[str]
-                 ) -> ModelFiles:
+                 ) -> tuple[ModelFiles, dict[str, float]]:
     """The FP32 model PTQ calibrates: `files` itself, or (PTQ.equalize_depthwise) an equivalent
-    FP32 model with equalized depthwise inputs written to out_dir."""
+    FP32 model with equalized depthwise inputs written to out_dir; and the max |x| of each
+    equalized input (their INT8 steps after calibration)."""
     if not settings.equalize_depthwise:
-        return files
+        return files, {}
     from .recovery import equalize_depthwise_inputs
 
-    equalize_depthwise_inputs(files, out_dir, list(loader), settings.equalize_strength, skip_tensor_list,
-                              conv_strength=settings.equalize_conv_strength)
-    return ModelFiles(Path(out_dir), *SAVED_FILES)
+    result = equalize_depthwise_inputs(files, out_dir, list(loader), settings.equalize_strength, skip_tensor_list,
+                                       conv_strength=settings.equalize_conv_strength)
+    return ModelFiles(Path(out_dir), *SAVED_FILES), result.input_max
 
 
 def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
@@ -177,8 +178,12 @@ def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, setting
     start = time.perf_counter()
     fp32_dir = recovered_dir or tmp_dir.with_name(f"{tmp_dir.name}.fp32")
     try:
-        source = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
+        source, maxima = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
         run_quant_post_static(source, tmp_dir, loader, settings, skip_tensor_list, device, progress)
+        if maxima:  # equalized inputs: no clipping, whatever the calibration algorithm
+            from .recovery import set_activation_maxima
+
+            set_activation_maxima(ModelFiles(tmp_dir, *SAVED_FILES), maxima)
         infer_cfg = files.model_dir / "infer_cfg.yml"
         if infer_cfg.is_file():
             shutil.copy2(infer_cfg, tmp_dir / "infer_cfg.yml")

@@ -31,6 +31,7 @@ class EqualizationResult:
 
     layers: list[str] = field(default_factory=list)  # depthwise filter names, program order
     spread: dict[str, float] = field(default_factory=dict)  # max/median channel range, per layer
+    input_max: dict[str, float] = field(default_factory=dict)  # equalized input variable -> its max |x|
 
 
 def channel_ranges(executor, program, feeds: Iterable[dict[str, np.ndarray]], names: list[str]) -> dict[str, np.ndarray]:
@@ -115,5 +116,43 @@ def _equalize_one(block, scope, place, op, ranges: np.ndarray, strength: float, 
                      outputs={"Out": [out_name]}, attrs={"axis": 1})
     op._rename_input(x_name, out_name)
     positive = ranges[ranges > 0]
+    result.input_max[out_name] = float((ranges / scales).max())
     result.layers.append(w_name)
     result.spread[w_name] = float(ranges.max() / np.median(positive)) if positive.size else 1.0
+
+
+# the ops that quantize an activation, and the input that holds its clip value (max |x|)
+ACTIVATION_QUANT_SCALES = {"quantize_linear": "Scale", "fake_quantize_moving_average_abs_max": "InScale",
+                           "fake_quantize_range_abs_max": "InScale", "fake_quantize_abs_max": None}
+
+
+def set_activation_maxima(files: ModelFiles, maxima: dict[str, float]) -> list[str]:
+    """In a quantized model, make the activation step of each variable in `maxima` its max |x|
+    (no clipping), and save the model in place. Returns the variables changed.
+
+    Equalized depthwise inputs have every channel at (nearly) the same maximum: a clipping
+    calibration (avg, KL, hist) would cut the peaks of every channel, where it cuts a few
+    outliers elsewhere. Their maxima are known exactly from the equalization."""
+    import paddle
+
+    from .paddle_static import static_mode
+
+    changed = []
+    with static_mode():
+        place = paddle.CPUPlace()
+        exe = paddle.static.Executor(place)
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            program, feed_names, fetches = load_static_model(files, exe)
+            block = program.global_block()
+            for op in block.ops:
+                slot = ACTIVATION_QUANT_SCALES.get(op.type)
+                if not slot or op.input("X")[0] not in maxima or op.input("X")[0] in changed:
+                    continue
+                tensor = scope.find_var(op.input(slot)[0]).get_tensor()
+                value = np.full(np.array(tensor).shape, maxima[op.input("X")[0]], dtype=np.float32)
+                tensor.set(value, place)
+                changed.append(op.input("X")[0])
+            paddle.static.save_inference_model(str(files.model_dir / Path(files.model_filename).stem),
+                                               [block.var(n) for n in feed_names], fetches, exe, program=program)
+    return changed
