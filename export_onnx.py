@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.quiet_libraries()
     from ptqdet.export import ExportError, check_onnx, export_onnx
-    from ptqdet.model import resolve_model_files
+    from ptqdet.model import check_model, resolve_model_files
 
     files = resolve_model_files(args.model_dir, args.model_filename, args.params_filename)
+    check_model(files)
     try:
         export = export_onnx(files, args.save_dir, opset=args.opset, qdq=args.qdq)
     except ExportError as exc:

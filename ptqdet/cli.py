@@ -45,8 +45,8 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     """Run a script's main; a ConfigError becomes one line on stderr and exit code 2."""
     try:
         return main(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # one line, even when the message quotes a library's multi-line text
+        print("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

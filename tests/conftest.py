@@ -45,3 +45,39 @@ def write_config(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text.replace("@DEMO@", str(DEMO_CONFIGS)))
     return path
+
+
+def coco_slice(split: str, out_dir: Path, count: int, boxes: bool = True) -> Path:
+    """The first `count` images of a demo split copied to out_dir/<split>/ with their COCO
+    json (out_dir/<split>.json; boxes=False: images and categories only). Returns the json."""
+    import json
+    import shutil
+
+    coco = json.loads((DEMO_DATA / "annotations" / f"instances_{split}.json").read_text())
+    coco["images"] = coco["images"][:count]
+    keep = {im["id"] for im in coco["images"]}
+    if boxes:
+        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+    else:
+        del coco["annotations"]
+    (out_dir / split).mkdir(parents=True, exist_ok=True)
+    for im in coco["images"]:
+        shutil.copy2(DEMO_DATA / split / im["file_name"], out_dir / split / im["file_name"])
+    anno = out_dir / f"{split}.json"
+    anno.write_text(json.dumps(coco))
+    return anno
+
+
+def run_script(script: str, argv: list[str], capfd) -> tuple[int, str, str]:
+    """A script's main through ptqdet.cli.run in this process: (exit code, stdout, stderr)."""
+    import importlib.util
+
+    from ptqdet import cli
+
+    spec = importlib.util.spec_from_file_location(f"script_{Path(script).stem}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capfd.readouterr()
+    code = cli.run(module.main, [str(a) for a in argv])
+    out, err = capfd.readouterr()
+    return code, out, err
