@@ -195,6 +195,8 @@ def build_source(cfg: PTQDetConfig, key: str, batch_size: int | None = None, ima
     dataset = cfg.ppdet[key]
     if images_only and hasattr(dataset, "data_fields"):
         dataset.data_fields = ["image"]
+        if hasattr(dataset, "allow_empty"):  # images without boxes count too (ppdet drops them), after the others
+            dataset.allow_empty = True
     reader = create("EvalReader")
     if type(dataset).__name__ == "ImageFolder":  # ppdet looks for image_dir outside dataset_dir
         dataset.set_images([str(p) for p in folder_images(dataset_paths(dataset)["image_dir"])])
