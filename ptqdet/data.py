@@ -75,6 +75,8 @@ class BatchSource:
             yield self.batch_transforms(samples)
 
 
+# what ppdet's VOCMetric reads from a batch besides the image
+VOC_GT_FIELDS = ("gt_bbox", "gt_class", "difficult")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -134,8 +136,9 @@ def _check_coco(where: str, paths: dict[str, Path], need_annotations: bool) -> N
                           f"e.g. {missing[0]}: {paths['anno_path']}")
 
 
-def _check_voc(where: str, dataset: Any, paths: dict[str, Path]) -> None:
+def _check_voc(where: str, dataset: Any, paths: dict[str, Path], need_annotations: bool) -> None:
     root = Path(str(getattr(dataset, "dataset_dir", "") or ""))
+    files_root = paths.get("image_dir", root)  # the file list names images and XMLs under image_dir
     anno = paths["anno_path"]
     _check_file(f"{where}.anno_path", anno)
     lines = [line.split() for line in anno.read_text(errors="replace").splitlines() if line.strip()]
@@ -143,13 +146,15 @@ def _check_voc(where: str, dataset: Any, paths: dict[str, Path]) -> None:
         raise ConfigError(f"{where}.anno_path is empty: {anno}")
     if any(len(parts) != 2 for parts in lines):
         raise ConfigError(f"{where}.anno_path is not a VOC file list ('image xml' per line): {anno}")
-    missing = [str(root / name) for parts in lines for name in parts if not (root / name).is_file()]
+    missing = [str(files_root / name) for parts in lines for name in parts if not (files_root / name).is_file()]
     if missing:
         raise ConfigError(f"{where}.anno_path refers to {len(missing)} file(s) that do not exist, "
                           f"e.g. {missing[0]}: {anno}")
     label_list = getattr(dataset, "label_list", None)
-    if label_list and not (root / label_list).is_file():
-        raise ConfigError(f"{where}.label_list does not exist: {root / label_list}")
+    if need_annotations and not label_list:
+        raise ConfigError(f"{where}.label_list is not set: VOC evaluation needs the class names file")
+    if label_list:
+        _check_file(f"{where}.label_list", root / label_list)
 
 
 def check_dataset(cfg: PTQDetConfig, key: str, need_annotations: bool = True) -> None:
@@ -174,7 +179,7 @@ def check_dataset(cfg: PTQDetConfig, key: str, need_annotations: bool = True) ->
     if "anno_path" not in paths:
         raise ConfigError(f"{where}: anno_path is not set")
     if kind == "VOCDataSet":
-        _check_voc(where, dataset, paths)
+        _check_voc(where, dataset, paths, need_annotations)
     else:
         _check_coco(where, paths, need_annotations)
     metric = "VOC" if kind == "VOCDataSet" else "COCO"
@@ -198,6 +203,11 @@ def build_source(cfg: PTQDetConfig, key: str, batch_size: int | None = None, ima
         if hasattr(dataset, "allow_empty"):  # images without boxes count too (ppdet drops them), after the others
             dataset.allow_empty = True
     reader = create("EvalReader")
+    if not images_only and cfg.metric == "VOC":
+        # ppdet's VOC metric reads the boxes from the batch; they differ in number per image,
+        # so they stay per-image lists (what PaddleDetection's VOC configs ask with collate_batch: false)
+        dataset.data_fields = list(dict.fromkeys([*dataset.data_fields, *VOC_GT_FIELDS]))
+        reader._batch_transforms.collate_batch = False
     if type(dataset).__name__ == "ImageFolder":  # ppdet looks for image_dir outside dataset_dir
         dataset.set_images([str(p) for p in folder_images(dataset_paths(dataset)["image_dir"])])
     else:

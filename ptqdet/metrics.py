@@ -70,8 +70,8 @@ class MetricSession:
                 return 0.0, dict.fromkeys(COCO_STAT_NAMES, 0.0)
             stats = {n: float(max(v, 0.0)) for n, v in zip(COCO_STAT_NAMES, raw)}
             return stats["mAP"], stats
-        value = float(np.asarray(results["bbox"]).ravel()[0]) / 100.0
-        return value, {"mAP": value}
+        value = float(np.asarray(results["bbox"]).ravel()[0])  # ppdet's DetectionMAP: 0-1, at IoU 0.5
+        return value, {"mAP": value, "mAP50": value}
 
 
 class FunctionRunner:

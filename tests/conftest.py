@@ -81,3 +81,40 @@ def run_script(script: str, argv: list[str], capfd) -> tuple[int, str, str]:
     code = cli.run(module.main, [str(a) for a in argv])
     out, err = capfd.readouterr()
     return code, out, err
+
+
+def write_voc(out_dir: Path, count: int, split: str = "val") -> Path:
+    """The first `count` images of a demo split as a Pascal VOC dataset in out_dir: JPEGImages/,
+    Annotations/*.xml, label_list.txt (class names in COCO category-id order, which is the
+    model's class order) and <split>.txt (the file list). Returns out_dir."""
+    import json
+    import shutil
+    from xml.etree import ElementTree as ET
+
+    coco = json.loads((DEMO_DATA / "annotations" / f"instances_{split}.json").read_text())
+    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    names = {c["id"]: c["name"] for c in categories}
+    (out_dir / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (out_dir / "Annotations").mkdir(exist_ok=True)
+    (out_dir / "label_list.txt").write_text("".join(f"{c['name']}\n" for c in categories))
+    lines = []
+    for im in coco["images"][:count]:
+        stem = Path(im["file_name"]).stem
+        shutil.copy2(DEMO_DATA / split / im["file_name"], out_dir / "JPEGImages" / f"{stem}.jpg")
+        root = ET.Element("annotation")
+        ET.SubElement(root, "filename").text = f"{stem}.jpg"
+        size = ET.SubElement(root, "size")
+        for tag, value in (("width", im["width"]), ("height", im["height"]), ("depth", 3)):
+            ET.SubElement(size, tag).text = str(value)
+        for ann in (a for a in coco["annotations"] if a["image_id"] == im["id"]):
+            x, y, w, h = ann["bbox"]
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = names[ann["category_id"]]
+            ET.SubElement(obj, "difficult").text = str(int(ann.get("iscrowd", 0)))
+            box = ET.SubElement(obj, "bndbox")
+            for tag, value in (("xmin", x), ("ymin", y), ("xmax", x + w), ("ymax", y + h)):
+                ET.SubElement(box, tag).text = f"{value:g}"
+        ET.ElementTree(root).write(out_dir / "Annotations" / f"{stem}.xml")
+        lines.append(f"JPEGImages/{stem}.jpg Annotations/{stem}.xml\n")
+    (out_dir / f"{split}.txt").write_text("".join(lines))
+    return out_dir

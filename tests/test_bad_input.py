@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_CONFIGS, DEMO_DATA, MODELS, ROOT, coco_slice, run_script, write_config
+from conftest import DEMO_CONFIGS, DEMO_DATA, MODELS, ROOT, coco_slice, run_script, write_config, write_voc
 from ptqdet.config import PTQ_DEFAULTS
 
 
@@ -167,6 +167,12 @@ def _garbage_image(env: Env) -> str:
     return f"image_dir: val, anno_path: val.json, dataset_dir: {data}"
 
 
+def _voc_without_xml(env: Env) -> Path:
+    voc = write_voc(env.tmp / "voc", 2)
+    next((voc / "Annotations").iterdir()).unlink()
+    return voc
+
+
 def _coco(**change) -> str:
     coco = json.loads((DEMO_DATA / "annotations" / "instances_val.json").read_text())
     coco["images"] = coco["images"][:4]
@@ -215,6 +221,12 @@ TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
                                             "cannot be decoded: "),
     "image folder without boxes as EvalDataset": ("eval.py", lambda e: e.eval(
         f"EvalDataset: !ImageFolder {{image_dir: {e.good.data / 'val'}}}\n"), "EvalDataset: an ImageFolder has no boxes"),
+    "VOC without label_list": ("eval.py", lambda e: e.eval(f"metric: VOC\nEvalDataset: !VOCDataSet {{dataset_dir: "
+                                                           f"{write_voc(e.tmp / 'voc', 2)}, anno_path: val.txt}}\n"),
+                               "EvalDataset.label_list is not set"),
+    "VOC file list naming a missing XML": ("eval.py", lambda e: e.eval(
+        f"metric: VOC\nEvalDataset: !VOCDataSet {{dataset_dir: {_voc_without_xml(e)}, anno_path: val.txt, "
+        f"label_list: label_list.txt}}\n"), "refers to 1 file(s) that do not exist"),
     # model files
     "model_dir missing": ("post_quant.py", lambda e: e.ptq(model=e.tmp / "nope"), "model_dir does not exist"),
     "model file missing": ("eval.py", lambda e: e.eval(model=e.model(lambda m: (m / "model.pdmodel").unlink())),
