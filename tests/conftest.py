@@ -77,8 +77,25 @@ def run_script(script: str, argv: list[str], capfd) -> tuple[int, str, str]:
     spec = importlib.util.spec_from_file_location(f"script_{Path(script).stem}", ROOT / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    import logging
+    import warnings
+
     capfd.readouterr()
-    code = cli.run(module.main, [str(a) for a in argv])
+    disabled, showwarning = logging.root.manager.disable, warnings.showwarning
+    # library handlers keep the stream they were made with (pytest's, at import): point them at
+    # the captured stderr meanwhile, so that every line a library logs is seen (stdout ones too)
+    handlers = [h for logger in [logging.root, *logging.root.manager.loggerDict.values()]
+                for h in getattr(logger, "handlers", []) if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    for handler in handlers:  # not setStream: it flushes the old stream, which may be closed
+        handler.stream = sys.stderr
+    try:
+        code = cli.run(module.main, [str(a) for a in argv])
+    finally:  # --quiet silences logging and warnings process-wide: not for the next tests
+        logging.disable(disabled)
+        warnings.showwarning = showwarning
+        for handler, stream in zip(handlers, streams):
+            handler.stream = stream
     out, err = capfd.readouterr()
     return code, out, err
 
