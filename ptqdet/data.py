@@ -173,8 +173,10 @@ def check_dataset(cfg: PTQDetConfig, key: str, need_annotations: bool = True) ->
     if kind == "ImageFolder":
         if need_annotations:
             raise ConfigError(f"{where}: an ImageFolder has no boxes; evaluation needs a COCO or VOC dataset")
-        if not folder_images(paths.get("image_dir", Path())):
-            raise ConfigError(f"{where}.image_dir holds no images: {paths.get('image_dir', Path())}")
+        if "image_dir" not in paths:
+            raise ConfigError(f"{where}.image_dir is not set: an ImageFolder needs its folder of images")
+        if not folder_images(paths["image_dir"]):
+            raise ConfigError(f"{where}.image_dir holds no images: {paths['image_dir']}")
         return
     if "anno_path" not in paths:
         raise ConfigError(f"{where}: anno_path is not set")

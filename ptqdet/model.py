@@ -184,8 +184,16 @@ def check_config_model(cfg: PTQDetConfig, files: ModelFiles) -> ProgramInfo:
     return check_model(files, list(cfg.feed_names.values()), cfg.nms_outside)
 
 
-def check_output_dir(path: Path, model_dir: Path | None, key: str = "save_dir") -> None:
-    """ConfigError unless `path` can be made an output folder that replaces nothing of the model's."""
+def holds_model(folder: Path) -> bool:
+    """True when a folder holds a Paddle or ONNX model at its top level (an earlier output)."""
+    return any(p.suffix in (".pdmodel", ".onnx") or p.name == LEGACY_NAMES["model.pdmodel"] for p in folder.iterdir())
+
+
+def check_output_dir(path: Path, model_dir: Path | None, key: str = "save_dir", replaced: bool = True) -> None:
+    """ConfigError unless `path` can be made an output folder that harms nothing: not model_dir,
+    not inside it, creatable. replaced: the folder will be replaced whole (post_quant.py,
+    export_onnx.py), so it must not hold model_dir nor be a non-empty folder without a model
+    (an earlier output is replaced, anything else is refused rather than deleted)."""
     path = Path(path)
     resolved = path.resolve()
     if model_dir is not None:
@@ -194,10 +202,14 @@ def check_output_dir(path: Path, model_dir: Path | None, key: str = "save_dir") 
             raise ConfigError(f"{key} {path} is model_dir: the model would be overwritten; choose another folder")
         if model in resolved.parents:
             raise ConfigError(f"{key} {path} is inside model_dir {model_dir}; choose a folder outside it")
-        if resolved in model.parents:
+        if replaced and resolved in model.parents:
             raise ConfigError(f"{key} {path} holds model_dir {model_dir}: replacing it would delete the model")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key} {path} is a file, not a folder")
+    if replaced and path.is_dir() and any(path.iterdir()) and not holds_model(path):
+        example = sorted(p.name for p in path.iterdir())[0]
+        raise ConfigError(f"{key} {path} holds files that are not a model (e.g. {example}) and would be replaced "
+                          "whole; choose a new or empty folder, or an earlier output")
     existing = next(p for p in (resolved, *resolved.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"{key} {path} cannot be created: {existing} is a file")

@@ -65,7 +65,7 @@ def evaluate_and_report(cfg: PTQDetConfig, model_dir: Path | None = None, datase
     json_path = output or Path("outputs/eval") / f"{target.name}{suffix}.json"
     if json_path.is_dir():
         raise ConfigError(f"output {json_path} is a folder; give a JSON file path")
-    check_output_dir(json_path.parent, None, key="output folder")
+    check_output_dir(json_path.parent, None, key="output folder", replaced=False)
     if is_onnx_export(target):
         model: ModelFiles | Path = target
         precision = load_export(target).precision

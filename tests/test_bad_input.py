@@ -257,6 +257,13 @@ TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
                                                         e.tmp / "model"], "is model_dir"),
     "save_dir holds model_dir": ("post_quant.py", lambda e: ["--config_path", e.config(model=e.model()), "--save_dir",
                                                              e.tmp], "holds model_dir"),
+    "save_dir holds files that are not a model": ("post_quant.py", lambda e: [
+        "--config_path", e.config(), "--save_dir", e.write("out/notes.txt", "mine").parent], "holds files that are not"),
+    "analysis save_dir inside model_dir": ("analysis.py", lambda e: [
+        "--config_path", e.config(model=e.model()), "--save_dir", e.tmp / "model" / "ana"], "is inside model_dir"),
+    "image folder without images (calibration)": ("post_quant.py", lambda e: e.ptq(
+        f"TrainDataset: !ImageFolder {{image_dir: {e.write('empty/notes.txt', 'x').parent}}}\n"),
+        "TrainDataset.image_dir holds no images"),
     "eval --output is a folder": ("eval.py", lambda e: ["--config_path", e.config(), "--output",
                                                         e.write("out/x", "").parent], "is a folder"),
     # config values

@@ -71,7 +71,7 @@ def _progress(iterable, progress: bool, **kw):
 
 def check_inputs(cfg: PTQDetConfig, opts: AnalysisOptions) -> ModelFiles:
     files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
-    check_output_dir(opts.save_dir, files.model_dir)
+    check_output_dir(opts.save_dir, files.model_dir, replaced=False)  # analysis adds files, keeps its cache
     check_config_model(cfg, files)
     check_dataset(cfg, "TrainDataset", need_annotations=False)
     check_dataset(cfg, "EvalDataset")
