@@ -77,8 +77,9 @@ class OpInfo:
 class ProgramInfo:
     ops: list[OpInfo]
     persistables: frozenset[str]  # parameter names
-    # the tensors stored in the params file: name -> (shape, VarType data type)
-    params: dict[str, tuple[tuple[int, ...], int]] = field(default_factory=dict)
+    # shapes of the tensors stored in the params file, and of every variable the program feeds
+    params: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def feed_names(self) -> list[str]:
@@ -109,9 +110,10 @@ def read_program(files: ModelFiles) -> ProgramInfo:
         ops.append(OpInfo(op.type(), {n: list(op.input(n)) for n in op.input_names()},
                           {n: list(op.output(n)) for n in op.output_names()}))
     variables = [v for v in block.all_vars() if v.persistable()]
-    params = {v.name(): (tuple(v.shape()), int(v.dtype())) for v in variables
-              if v.type() == core.VarDesc.VarType.LOD_TENSOR}
-    return ProgramInfo(ops, frozenset(v.name() for v in variables), params)
+    params = {v.name(): tuple(v.shape()) for v in variables if v.type() == core.VarDesc.VarType.LOD_TENSOR}
+    fed = [n for op in ops if op.type == "feed" for n in op.outputs.get("Out", [])]
+    inputs = {n: tuple(block.var(n.encode()).shape()) for n in fed if block.has_var(n.encode())}
+    return ProgramInfo(ops, frozenset(v.name() for v in variables), params, inputs)
 
 
 def check_params(files: ModelFiles, program: ProgramInfo) -> None:
@@ -144,7 +146,7 @@ def check_params(files: ModelFiles, program: ProgramInfo) -> None:
             desc.ParseFromString(take(struct.unpack("<i", take(4))[0]))
         except DecodeError:
             raise corrupt from None
-        shape = program.params[name][0]
+        shape = program.params[name]
         numel = int(np.prod(desc.dims, dtype=np.int64))
         if numel != int(np.prod(shape, dtype=np.int64)):  # scales: () in the params, (1,) in the program
             raise ConfigError(f"params file does not match the model ({name}: {tuple(desc.dims)} in the params, "
@@ -161,9 +163,9 @@ def check_model(files: ModelFiles, feed_names: list[str] | None = None, nms_outs
     says the model has no NMS (PPYOLOE). Returns the program."""
     program = read_program(files)
     inputs = program.feed_names
-    if "image" not in inputs or program.num_outputs < 2:
-        raise ConfigError(f"not a detector export (inputs {inputs}, {program.num_outputs} outputs; expected an "
-                          f"'image' input and box outputs): {files.model_path}")
+    if not any(len(shape) == 4 for shape in program.input_shapes.values()) or program.num_outputs < 2:
+        raise ConfigError(f"not a detector export (inputs {program.input_shapes}, {program.num_outputs} output(s); "
+                          f"expected an image input [N, C, H, W] and box outputs): {files.model_path}")
     check_params(files, program)
     if feed_names is not None:
         unknown = [n for n in feed_names if n not in inputs]
