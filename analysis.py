@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_drop", type=float, default=None,
                         help="target = FP32 mAP - MAX_DROP (0-1 scale), instead of target_metric")
     args = parser.parse_args(argv)
-    cli.quiet_libraries()
+    cli.quiet_libraries(args.quiet)
     from ptqdet.analysis.run import AnalysisOptions, analyze
     from ptqdet.config import ConfigError, load_config
     from ptqdet.report import mAP_points, markdown_table

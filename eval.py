@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="paddle on --devices gpu: run through TensorRT at this precision (int8 needs an INT8 model)")
     parser.add_argument("--output", type=Path, default=None, help="JSON report path")
     args = parser.parse_args(argv)
-    cli.quiet_libraries()
+    cli.quiet_libraries(args.quiet)
     from ptqdet.config import ConfigError, load_config
     from ptqdet.pipeline import evaluate_and_report
 

@@ -35,12 +35,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="INT8 models: who writes the ONNX QDQ nodes. ptqdet (default): QDQ on the quantized "
                              "layers only, as Paddle Inference runs them; paddle2onnx: its conversion of every "
                              "quantize/dequantize op of the model (for comparison)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no output from Paddle's or paddleslim's loggers and no warnings (README: every script)")
     args = parser.parse_args(argv)
-    cli.quiet_libraries()
+    cli.quiet_libraries(args.quiet)
     from ptqdet.export import ExportError, check_onnx, export_onnx
-    from ptqdet.model import resolve_model_files
+    from ptqdet.model import check_model, resolve_model_files
 
     files = resolve_model_files(args.model_dir, args.model_filename, args.params_filename)
+    check_model(files)
     try:
         export = export_onnx(files, args.save_dir, opset=args.opset, qdq=args.qdq)
     except ExportError as exc:

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="activation calibration algorithm, overrides PTQ.algo: KL, hist, avg, mse, emd, abs_max, min_max, ptf")
     parser.add_argument("--eval", action="store_true", help="also evaluate FP32 and INT8 mAP on EvalDataset")
     args = parser.parse_args(argv)
-    cli.quiet_libraries()
+    cli.quiet_libraries(args.quiet)
     from ptqdet.config import PTQ_ALGOS, ConfigError, load_config
     from ptqdet.pipeline import quantize_and_report
 

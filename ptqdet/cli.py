@@ -23,8 +23,11 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def quiet_libraries() -> None:
-    """Keep paddle/ppdet/paddleslim INFO chatter out of the results."""
+def quiet_libraries(quiet: bool = False) -> None:
+    """Keep paddle/ppdet/paddleslim INFO chatter out of the results; quiet (--quiet): their
+    warnings too (e.g. paddle.static.io's "The old way to load inference model is deprecated",
+    logged when paddleslim loads the model), and every Python warning. ptqdet's own warnings
+    (skipped images) are printed, not logged: they still show."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("FLAGS_call_stack_level", "1")
     warnings.filterwarnings("ignore")
@@ -39,14 +42,21 @@ def quiet_libraries() -> None:
         if name.startswith(("ppdet", "paddleslim", "paddle")):
             logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
+    if quiet:  # also loggers created later (paddleslim's, when quantize imports it)
+        logging.disable(logging.WARNING)
+        warnings.showwarning = _drop_warning
+
+
+def _drop_warning(*args: object, **kwargs: object) -> None:
+    """warnings.showwarning under --quiet: a library that resets the filters still prints nothing."""
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a script's main; a ConfigError becomes one line on stderr and exit code 2."""
     try:
         return main(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # one line, even when the message quotes a library's multi-line text
+        print("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -78,6 +78,9 @@ RECONSTRUCTIONS = ("none", "adaround", "brecq", "qdrop")
 RECOVERY_KEYS = ("equalize_depthwise", "equalize_strength", "equalize_conv_strength", "reconstruction",
                  "recon_epochs")
 
+# arch values whose exports have no NMS: ptqdet applies the NMS: settings after the model
+NMS_OUTSIDE_ARCHS = ("PPYOLOE", "PPYOLOE+", "PP-YOLOE", "YOLOE")
+
 NMS_DEFAULTS: dict[str, Any] = {  # PP-YOLOE's MultiClassNMS in PaddleDetection
     "score_threshold": 0.01,
     "nms_threshold": 0.7,
@@ -148,7 +151,7 @@ class PTQDetConfig:
     @property
     def nms_outside(self) -> bool:
         """True when the exported model has no NMS and ptqdet must apply it."""
-        return self.arch.upper() in ("PPYOLOE", "PPYOLOE+", "PP-YOLOE", "YOLOE")
+        return self.arch.upper() in NMS_OUTSIDE_ARCHS
 
     @property
     def feed_names(self) -> dict[str, str]:
@@ -176,7 +179,9 @@ def _read_user_yaml(path: Path) -> dict:
     try:
         data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     return data
@@ -261,6 +266,74 @@ def _ptq_settings(path: Path, raw: dict) -> PTQSettings:
     return settings
 
 
+# ranges of float settings: (low, low included, high included); types come from the defaults.
+# Integer settings must be positive (NMS top-k: or -1, no limit).
+SETTING_RANGES: dict[str, tuple[float, bool, float]] = {
+    "PTQ.hist_percent": (0.0, False, 1.0),
+    "NMS.score_threshold": (0.0, True, 1.0),
+    "NMS.nms_threshold": (0.0, False, 1.0),
+}
+
+
+def _type_error(path: Path, key: str, value: Any, default: Any) -> ConfigError | None:
+    """The error for a value whose type differs from its default's, or that is out of range."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else ConfigError(f"{path}: {key} must be True or False, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return ConfigError(f"{path}: {key} must be an integer, got {value!r}")
+        if value < 1 and not (key.startswith("NMS.") and value == -1):
+            return ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
+        return None
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return ConfigError(f"{path}: {key} must be a number, got {value!r}")
+        low, closed_low, high = SETTING_RANGES.get(key, (float("-inf"), True, float("inf")))
+        if not ((low <= value if closed_low else low < value) and value <= high):
+            return ConfigError(f"{path}: {key} must be in {'[' if closed_low else '('}{low:g}, {high:g}], "
+                               f"got {value!r}")
+        return None
+    if isinstance(default, str):
+        return None if isinstance(value, str) else ConfigError(f"{path}: {key} must be a string, got {value!r}")
+    if isinstance(default, list) and not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        return ConfigError(f"{path}: {key} must be a non-empty list of names, got {value!r}")
+    return None
+
+
+def _check_section_types(path: Path, section: str, raw: Any, defaults: dict[str, Any]) -> None:
+    """Each value of a `PTQ:`/`NMS:` section has its default's type and lies in its range."""
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {section!r} must be a mapping of settings")
+    for key, value in raw.items():
+        error = _type_error(path, f"{section}.{key}", value, defaults[key])
+        if error is not None:
+            raise error
+
+
+def _check_top_level_types(path: Path, cfg: Any) -> None:
+    """Types of the top-level ptqdet keys, and keys that contradict each other."""
+    expected = {"model_dir": str, "model_filename": str, "params_filename": str, "arch": str, "save_dir": str,
+                "num_classes": int, "worker_num": int, "plot_hist": bool, "get_target_quant_model": bool}
+    for key, kind in expected.items():
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{path}: {key} must be {'a' if kind is not int else 'an'} {kind.__name__}, "
+                              f"got {value!r}")
+    if cfg.get("num_classes") is not None and cfg["num_classes"] < 1:
+        raise ConfigError(f"{path}: num_classes must be a positive integer, got {cfg['num_classes']!r}")
+    input_list = cfg.get("input_list")
+    names = list(input_list.values()) if isinstance(input_list, dict) else input_list
+    if isinstance(names, list) and not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{path}: input_list must name model inputs (strings), got {input_list!r}")
+    if cfg.get("NMS") and str(cfg.get("arch", "")).upper() not in NMS_OUTSIDE_ARCHS:
+        raise ConfigError(f"{path}: NMS is only used with arch: PPYOLOE (a model without NMS), "
+                          f"but arch is {cfg.get('arch')!r}")
+
+
 def load_config(path: str | Path) -> PTQDetConfig:
     """Load, merge (_BASE_) and validate a ptqdet config. Raises ConfigError."""
     path = Path(path)
@@ -278,6 +351,9 @@ def load_config(path: str | Path) -> PTQDetConfig:
     except Exception as exc:  # ppdet raises assorted errors for bad _BASE_ or tags
         raise ConfigError(f"{path}: PaddleDetection could not load it: {exc}") from exc
     _check_keys(path, {k: v for k, v in cfg.items() if k in PTQDET_KEYS})
+    _check_top_level_types(path, cfg)
+    _check_section_types(path, "PTQ", cfg.get("PTQ"), PTQ_DEFAULTS)
+    _check_section_types(path, "NMS", cfg.get("NMS"), NMS_DEFAULTS)
 
     for required in ("model_dir", "EvalReader"):
         if cfg.get(required) is None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+import json
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +21,27 @@ import numpy as np
 from .config import ConfigError, PTQDetConfig
 
 
+def decodable(path: str | Path) -> bool:
+    """True when OpenCV (what ppdet's Decode uses) can decode the image file (read at 1/8 size)."""
+    import cv2
+
+    data = np.fromfile(str(path), dtype=np.uint8)
+    return data.size > 0 and cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8) is not None
+
+
 @dataclass
 class BatchSource:
-    """A parsed dataset with its sample and batch transforms."""
+    """A parsed dataset with its sample and batch transforms.
+
+    skip_bad_images: an image that cannot be decoded is skipped with a warning naming it
+    (calibration); otherwise it is a ConfigError naming it (evaluation). `skipped` lists them."""
 
     key: str
     dataset: Any  # ppdet DetDataset
     batch_transforms: Any  # ppdet BatchCompose
     batch_size: int
+    skip_bad_images: bool = False
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -34,12 +50,34 @@ class BatchSource:
         n = len(self) if max_images is None else min(max_images, len(self))
         return (n + self.batch_size - 1) // self.batch_size
 
+    def _samples(self) -> Iterator[dict[str, Any]]:
+        """Transformed samples in dataset order; undecodable images skipped or refused."""
+        for i in range(len(self)):
+            path = self.dataset.roidbs[i].get("im_file")
+            if path is not None and not decodable(path):
+                if not self.skip_bad_images:
+                    raise ConfigError(f"{self.key}: image cannot be decoded: {path}")
+                self.skipped.append(str(path))
+                print(f"warning: {self.key}: skipped an image that cannot be decoded: {path}", file=sys.stderr)
+                continue
+            yield self.dataset[i]
+
     def batches(self, max_images: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Yield collated batches (dict of numpy arrays), in dataset order."""
+        """Yield collated batches (dict of numpy arrays) of at most max_images images, in dataset order."""
         n = len(self) if max_images is None else min(max_images, len(self))
-        for start in range(0, n, self.batch_size):
-            samples = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
+        samples: list[dict[str, Any]] = []
+        for sample in itertools.islice(self._samples(), n):
+            samples.append(sample)
+            if len(samples) == self.batch_size:
+                yield self.batch_transforms(samples)
+                samples = []
+        if samples:
             yield self.batch_transforms(samples)
+
+
+# what ppdet's VOCMetric reads from a batch besides the image
+VOC_GT_FIELDS = ("gt_bbox", "gt_class", "difficult")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def dataset_paths(dataset: Any) -> dict[str, Path]:
@@ -55,15 +93,101 @@ def dataset_paths(dataset: Any) -> dict[str, Path]:
     return paths
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files of a folder and its subfolders, sorted (an ImageFolder dataset)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _check_file(what: str, path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"{what} {'is not a file' if path.exists() else 'does not exist'}: {path}")
+
+
+def _read_coco(where: str, anno: Path) -> dict:
+    """The annotation file as a COCO dict with a non-empty 'images' list; ConfigError otherwise."""
+    _check_file(f"{where}.anno_path", anno)
+    text = anno.read_text(errors="replace")
+    if not text.strip():
+        raise ConfigError(f"{where}.anno_path is empty: {anno}")
+    try:
+        coco = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}.anno_path is not JSON ({exc}): {anno}") from exc
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise ConfigError(f"{where}.anno_path is not a COCO annotation file (no 'images' list): {anno}")
+    if not coco["images"]:
+        raise ConfigError(f"{where}.anno_path holds no images: {anno}")
+    if not all(isinstance(im, dict) and {"id", "file_name"} <= im.keys() for im in coco["images"]):
+        raise ConfigError(f"{where}.anno_path is not a COCO annotation file (an image without id or "
+                          f"file_name): {anno}")
+    return coco
+
+
+def _check_coco(where: str, paths: dict[str, Path], need_annotations: bool) -> None:
+    coco = _read_coco(where, paths["anno_path"])
+    if need_annotations and not (isinstance(coco.get("annotations"), list) and coco.get("categories")):
+        raise ConfigError(f"{where}.anno_path has no boxes ('annotations' and 'categories'), which evaluation "
+                          f"needs: {paths['anno_path']}")
+    image_dir = paths.get("image_dir", Path())
+    missing = [str(image_dir / im["file_name"]) for im in coco["images"]
+               if not (image_dir / str(im["file_name"])).is_file()]
+    if missing:
+        raise ConfigError(f"{where}.anno_path refers to {len(missing)} image(s) that do not exist, "
+                          f"e.g. {missing[0]}: {paths['anno_path']}")
+
+
+def _check_voc(where: str, dataset: Any, paths: dict[str, Path], need_annotations: bool) -> None:
+    root = Path(str(getattr(dataset, "dataset_dir", "") or ""))
+    files_root = paths.get("image_dir", root)  # the file list names images and XMLs under image_dir
+    anno = paths["anno_path"]
+    _check_file(f"{where}.anno_path", anno)
+    lines = [line.split() for line in anno.read_text(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"{where}.anno_path is empty: {anno}")
+    if any(len(parts) != 2 for parts in lines):
+        raise ConfigError(f"{where}.anno_path is not a VOC file list ('image xml' per line): {anno}")
+    missing = [str(files_root / name) for parts in lines for name in parts if not (files_root / name).is_file()]
+    if missing:
+        raise ConfigError(f"{where}.anno_path refers to {len(missing)} file(s) that do not exist, "
+                          f"e.g. {missing[0]}: {anno}")
+    label_list = getattr(dataset, "label_list", None)
+    if need_annotations and not label_list:
+        raise ConfigError(f"{where}.label_list is not set: VOC evaluation needs the class names file")
+    if label_list:
+        _check_file(f"{where}.label_list", root / label_list)
+
+
 def check_dataset(cfg: PTQDetConfig, key: str, need_annotations: bool = True) -> None:
-    """Raise ConfigError naming the key and path when a dataset cannot be read."""
+    """Raise ConfigError naming the key and path when a dataset cannot be read: a missing
+    folder or file, an annotation file that is empty, not JSON, not COCO (or not a VOC file
+    list), without images, or naming images that do not exist."""
     if not cfg.has_dataset(key):
         raise ConfigError(f"{cfg.path}: missing dataset {key!r}")
-    for field_name, path in dataset_paths(cfg.ppdet[key]).items():
-        if field_name == "anno_path" and not need_annotations and type(cfg.ppdet[key]).__name__ == "ImageFolder":
-            continue
-        if not path.exists():
-            raise ConfigError(f"{cfg.path}: {key}.{field_name} does not exist: {path}")
+    dataset = cfg.ppdet[key]
+    kind = type(dataset).__name__
+    where = f"{cfg.path}: {key}"
+    paths = dataset_paths(dataset)
+    if "image_dir" in paths and not paths["image_dir"].is_dir():
+        state = "is not a folder" if paths["image_dir"].exists() else "does not exist"
+        raise ConfigError(f"{where}.image_dir {state}: {paths['image_dir']}")
+    if kind == "ImageFolder":
+        if need_annotations:
+            raise ConfigError(f"{where}: an ImageFolder has no boxes; evaluation needs a COCO or VOC dataset")
+        if "image_dir" not in paths:
+            raise ConfigError(f"{where}.image_dir is not set: an ImageFolder needs its folder of images")
+        if not folder_images(paths["image_dir"]):
+            raise ConfigError(f"{where}.image_dir holds no images: {paths['image_dir']}")
+        return
+    if "anno_path" not in paths:
+        raise ConfigError(f"{where}: anno_path is not set")
+    if kind == "VOCDataSet":
+        _check_voc(where, dataset, paths, need_annotations)
+    else:
+        _check_coco(where, paths, need_annotations)
+    metric = "VOC" if kind == "VOCDataSet" else "COCO"
+    if need_annotations and metric != cfg.metric:
+        raise ConfigError(f"{where} is a {kind} but metric is {cfg.metric}: set metric: {metric} "
+                          f"(or use a {'VOCDataSet' if cfg.metric == 'VOC' else 'COCODataSet'})")
 
 
 def build_source(cfg: PTQDetConfig, key: str, batch_size: int | None = None, images_only: bool = False) -> BatchSource:
@@ -78,15 +202,25 @@ def build_source(cfg: PTQDetConfig, key: str, batch_size: int | None = None, ima
     dataset = cfg.ppdet[key]
     if images_only and hasattr(dataset, "data_fields"):
         dataset.data_fields = ["image"]
+        if hasattr(dataset, "allow_empty"):  # images without boxes count too (ppdet drops them), after the others
+            dataset.allow_empty = True
     reader = create("EvalReader")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
-        dataset.parse_dataset()
+    if not images_only and cfg.metric == "VOC":
+        # ppdet's VOC metric reads the boxes from the batch; they differ in number per image,
+        # so they stay per-image lists (what PaddleDetection's VOC configs ask with collate_batch: false)
+        dataset.data_fields = list(dict.fromkeys([*dataset.data_fields, *VOC_GT_FIELDS]))
+        reader._batch_transforms.collate_batch = False
+    if type(dataset).__name__ == "ImageFolder":  # ppdet looks for image_dir outside dataset_dir
+        dataset.set_images([str(p) for p in folder_images(dataset_paths(dataset)["image_dir"])])
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
+            dataset.parse_dataset()
     if len(dataset) == 0:
         raise ConfigError(f"{cfg.path}: dataset {key!r} holds no images")
     dataset.set_transform(reader._sample_transforms)
     dataset.set_kwargs(**reader.kwargs)
     return BatchSource(key=key, dataset=dataset, batch_transforms=reader._batch_transforms,
-                       batch_size=int(batch_size or reader.batch_size))
+                       batch_size=int(batch_size or reader.batch_size), skip_bad_images=images_only)
 
 
 def feed_from_batch(batch: dict[str, np.ndarray], feed_names: dict[str, str]) -> dict[str, np.ndarray]:
@@ -113,6 +247,11 @@ def calibration_loader(cfg: PTQDetConfig, batch_size: int, batch_nums: int, prog
         from tqdm import tqdm
         iterator = tqdm(iterator, total=source.num_batches(total), desc="loading calibration images", unit="batch")
     batches = [feed_from_batch(b, cfg.feed_names) for b in iterator]
+    if source.skipped:
+        print(f"warning: TrainDataset: skipped {len(source.skipped)} image(s) that cannot be decoded",
+              file=sys.stderr)
+    if not batches:
+        raise ConfigError(f"{cfg.path}: TrainDataset has no image that can be decoded")
 
     class FeedLoader(paddle.io.DataLoader):
         """Yields the pre-loaded feed dicts; no worker, no thread."""

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, NMSSettings
-from .model import ModelFiles, OpInfo, is_quantized, load_static_model, read_ops
+from .model import NMS_OP_TYPES, ModelFiles, OpInfo, check_output_dir, is_quantized, load_static_model, read_ops
 from .qdq import QDQExportError, QuantizedLayer, insert_qdq, strip_qdq
 
-NMS_OP_TYPES = ("multiclass_nms3", "multiclass_nms2", "multiclass_nms", "matrix_nms")
 EXPORT_META = "export.json"
 ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 13
@@ -196,8 +195,7 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
     `qdq` says who writes their ONNX QDQ nodes (QDQ_MODES). Raises ExportError when the
     export fails."""
     out_dir = Path(out_dir)
-    if out_dir.resolve() == files.model_dir.resolve():
-        raise ConfigError(f"the ONNX output folder must not be the model folder: {out_dir}")
+    check_output_dir(out_dir, files.model_dir)
     if qdq not in QDQ_MODES:
         raise ConfigError(f"qdq must be one of {QDQ_MODES}, not {qdq!r}")
     version = _paddle2onnx_version()

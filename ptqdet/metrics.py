@@ -91,8 +91,8 @@ class MetricSession:
         self._tmp.cleanup()
         if self.cfg.metric == "COCO":
             return coco_stats(results.get("bbox"))
-        value = float(np.asarray(results["bbox"]).ravel()[0]) / 100.0
-        return value, {"mAP": value}
+        value = float(np.asarray(results["bbox"]).ravel()[0])  # ppdet's DetectionMAP: 0-1, at IoU 0.5
+        return value, {"mAP": value, "mAP50": value}
 
 
 class FunctionRunner:

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from .backends import BackendOptions, open_backend
-from .config import PTQDetConfig
+from .config import ConfigError, PTQDetConfig
 from .export import is_onnx_export, load_export
 from .data import build_source, feed_from_batch
 from .metrics import EvalResult, evaluate
-from .model import ModelFiles, Predictor, PredictorOptions, default_threads, is_quantized, measure_latency, \
-    resolve_model_files
+from .model import ModelFiles, Predictor, PredictorOptions, check_config_model, check_output_dir, default_threads, \
+    is_quantized, measure_latency, resolve_model_files
 from .quantize import QuantizeResult, layer_weights, quantize
 from .report import machine_info, markdown_table, mAP_points, write_json
 
@@ -61,11 +61,17 @@ def evaluate_and_report(cfg: PTQDetConfig, model_dir: Path | None = None, datase
     options = BackendOptions(device=device, threads=threads, mkldnn=mkldnn, openvino_precision=openvino_precision,
                              tensorrt=tensorrt)
     target = Path(model_dir) if model_dir is not None else cfg.model_dir
+    suffix = "" if backend == "paddle" else f"_{backend}"
+    json_path = output or Path("outputs/eval") / f"{target.name}{suffix}.json"
+    if json_path.is_dir():
+        raise ConfigError(f"output {json_path} is a folder; give a JSON file path")
+    check_output_dir(json_path.parent, None, key="output folder", replaced=False)
     if is_onnx_export(target):
         model: ModelFiles | Path = target
         precision = load_export(target).precision
     else:
         model = resolve_model_files(target, cfg.model_filename, cfg.params_filename)
+        check_config_model(cfg, model)
         precision = "INT8" if is_quantized(model) else "FP32"
     result, latency = evaluate_model(cfg, model, dataset_key, progress=progress, benchmark=benchmark,
                                      repeats=repeats, backend=backend, options=options)
@@ -75,8 +81,6 @@ def evaluate_and_report(cfg: PTQDetConfig, model_dir: Path | None = None, datase
                            [row])
     data = {"config": str(cfg.path), "model_dir": str(target), "backend": backend, "precision": precision,
             "device": device, "eval": result.to_dict(), "latency": latency, "machine": machine_info()}
-    suffix = "" if backend == "paddle" else f"_{backend}"
-    json_path = output or Path("outputs/eval") / f"{target.name}{suffix}.json"
     write_json(json_path, data)
     return Report(table, json_path, data)
 

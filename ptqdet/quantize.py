@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import ConfigError, PTQDetConfig, PTQSettings
 from .data import calibration_loader, check_dataset
-from .model import ModelFiles, ProgramInfo, read_program, resolve_model_files
+from .model import ModelFiles, ProgramInfo, check_config_model, check_output_dir, read_program, resolve_model_files
 
 # ops whose weight input is quantized by PTQ, and the name of that input
 WEIGHT_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "conv2d_transpose": "Filter",
@@ -37,8 +37,8 @@ class QuantizeResult:
 def check_outputs(cfg: PTQDetConfig, save_dir: Path) -> ModelFiles:
     """Everything that must hold before quantizing; raises ConfigError, writes nothing."""
     files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
-    if save_dir.resolve() == files.model_dir.resolve():
-        raise ConfigError(f"save_dir {save_dir} is model_dir: the FP32 model would be overwritten; choose another folder")
+    check_output_dir(save_dir, files.model_dir)
+    check_config_model(cfg, files)
     check_dataset(cfg, "TrainDataset", need_annotations=False)
     return files
 

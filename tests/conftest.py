@@ -45,3 +45,93 @@ def write_config(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text.replace("@DEMO@", str(DEMO_CONFIGS)))
     return path
+
+
+def coco_slice(split: str, out_dir: Path, count: int, boxes: bool = True) -> Path:
+    """The first `count` images of a demo split copied to out_dir/<split>/ with their COCO
+    json (out_dir/<split>.json; boxes=False: images and categories only). Returns the json."""
+    import json
+    import shutil
+
+    coco = json.loads((DEMO_DATA / "annotations" / f"instances_{split}.json").read_text())
+    coco["images"] = coco["images"][:count]
+    keep = {im["id"] for im in coco["images"]}
+    if boxes:
+        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+    else:
+        del coco["annotations"]
+    (out_dir / split).mkdir(parents=True, exist_ok=True)
+    for im in coco["images"]:
+        shutil.copy2(DEMO_DATA / split / im["file_name"], out_dir / split / im["file_name"])
+    anno = out_dir / f"{split}.json"
+    anno.write_text(json.dumps(coco))
+    return anno
+
+
+def run_script(script: str, argv: list[str], capfd) -> tuple[int, str, str]:
+    """A script's main through ptqdet.cli.run in this process: (exit code, stdout, stderr)."""
+    import importlib.util
+
+    from ptqdet import cli
+
+    spec = importlib.util.spec_from_file_location(f"script_{Path(script).stem}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import logging
+    import warnings
+
+    capfd.readouterr()
+    disabled, showwarning = logging.root.manager.disable, warnings.showwarning
+    # library handlers keep the stream they were made with (pytest's, at import): point them at
+    # the captured stderr meanwhile, so that every line a library logs is seen (stdout ones too)
+    handlers = [h for logger in [logging.root, *logging.root.manager.loggerDict.values()]
+                for h in getattr(logger, "handlers", []) if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    for handler in handlers:  # not setStream: it flushes the old stream, which may be closed
+        handler.stream = sys.stderr
+    try:
+        code = cli.run(module.main, [str(a) for a in argv])
+    finally:  # --quiet silences logging and warnings process-wide: not for the next tests
+        logging.disable(disabled)
+        warnings.showwarning = showwarning
+        for handler, stream in zip(handlers, streams):
+            handler.stream = stream
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def write_voc(out_dir: Path, count: int, split: str = "val") -> Path:
+    """The first `count` images of a demo split as a Pascal VOC dataset in out_dir: JPEGImages/,
+    Annotations/*.xml, label_list.txt (class names in COCO category-id order, which is the
+    model's class order) and <split>.txt (the file list). Returns out_dir."""
+    import json
+    import shutil
+    from xml.etree import ElementTree as ET
+
+    coco = json.loads((DEMO_DATA / "annotations" / f"instances_{split}.json").read_text())
+    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    names = {c["id"]: c["name"] for c in categories}
+    (out_dir / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (out_dir / "Annotations").mkdir(exist_ok=True)
+    (out_dir / "label_list.txt").write_text("".join(f"{c['name']}\n" for c in categories))
+    lines = []
+    for im in coco["images"][:count]:
+        stem = Path(im["file_name"]).stem
+        shutil.copy2(DEMO_DATA / split / im["file_name"], out_dir / "JPEGImages" / f"{stem}.jpg")
+        root = ET.Element("annotation")
+        ET.SubElement(root, "filename").text = f"{stem}.jpg"
+        size = ET.SubElement(root, "size")
+        for tag, value in (("width", im["width"]), ("height", im["height"]), ("depth", 3)):
+            ET.SubElement(size, tag).text = str(value)
+        for ann in (a for a in coco["annotations"] if a["image_id"] == im["id"]):
+            x, y, w, h = ann["bbox"]
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = names[ann["category_id"]]
+            ET.SubElement(obj, "difficult").text = str(int(ann.get("iscrowd", 0)))
+            box = ET.SubElement(obj, "bndbox")
+            for tag, value in (("xmin", x), ("ymin", y), ("xmax", x + w), ("ymax", y + h)):
+                ET.SubElement(box, tag).text = f"{value:g}"
+        ET.ElementTree(root).write(out_dir / "Annotations" / f"{stem}.xml")
+        lines.append(f"JPEGImages/{stem}.jpg Annotations/{stem}.xml\n")
+    (out_dir / f"{split}.txt").write_text("".join(lines))
+    return out_dir

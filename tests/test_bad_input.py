@@ -1,10 +1,19 @@
 """Bad input: one clear error naming the key or path, exit code 2, nothing written."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, write_config
+from conftest import DEMO_CONFIGS, DEMO_DATA, MODELS, ROOT, coco_slice, run_script, write_config, write_voc
+from ptqdet.config import PTQ_DEFAULTS
 
 
 def _run(script, *args):
@@ -55,3 +64,263 @@ def test_target_above_fp32_is_refused_before_calibration(tmp_path):
     assert r.returncode == 2
     assert "above the FP32 model's mAP" in r.stderr
     assert not list((tmp_path / "ana").rglob("calibrated"))
+
+
+# --- the bad-input table: every script, in process, through ptqdet.cli.run ------------------
+
+@dataclass(frozen=True)
+class Good:
+    """Good fixtures shared by the table: the demo PicoDet-s and small slices of the demo data."""
+
+    root: Path
+    model: Path
+    data: Path
+    classifier: Path  # an inference model that is not a detector
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Good:
+    import paddle
+
+    root = tmp_path_factory.mktemp("good")
+    model = root / "model"
+    shutil.copytree(MODELS / "picodet_s_shapes", model, ignore=shutil.ignore_patterns("*.md", "*.png"))
+    data = root / "data"
+    coco_slice("val", data, 4)
+    coco_slice("calib", data, 4)
+    classifier = root / "classifier"
+    paddle.enable_static()
+    try:
+        with paddle.static.program_guard(paddle.static.Program(), paddle.static.Program()):
+            x = paddle.static.data("x", [1, 8], "float32")
+            y = paddle.static.nn.fc(x, 3)
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            exe.run(paddle.static.default_startup_program())
+            paddle.static.save_inference_model(str(classifier / "model"), [x], [y], exe)
+    finally:
+        paddle.disable_static()
+    return Good(root, model, data, classifier)
+
+
+@dataclass
+class Env:
+    """One case's folder: tmp (scratch, checked unchanged), out (must not appear) and the good fixtures."""
+
+    tmp: Path
+    good: Good
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "out"
+
+    def model(self, corrupt: Callable[[Path], None] | None = None) -> Path:
+        """A copy of the good model in tmp, changed by `corrupt`."""
+        model = self.tmp / "model"
+        shutil.copytree(self.good.model, model)
+        if corrupt:
+            corrupt(model)
+        return model
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def config(self, extra: str = "", model: Path | None = None, base: str = "picodet_s_ptq.yaml",
+               train: str = "", evaluation: str = "") -> Path:
+        """A config on the good fixtures; `train`/`evaluation` replace a dataset's fields."""
+        data = self.good.data
+        train = train or f"image_dir: calib, anno_path: calib.json, dataset_dir: {data}"
+        evaluation = evaluation or f"image_dir: val, anno_path: val.json, dataset_dir: {data}"
+        return self.write("cfg.yaml", f"_BASE_: ['{DEMO_CONFIGS / base}']\nmodel_dir: {model or self.good.model}\n"
+                                      f"TrainDataset: !COCODataSet {{{train}}}\n"
+                                      f"EvalDataset: !COCODataSet {{{evaluation}}}\n"
+                                      f"FastEvalDataset: !COCODataSet {{{evaluation}}}\n{extra}")
+
+    def ptq(self, *args, **kw) -> list:
+        return ["--config_path", self.config(*args, **kw), "--save_dir", self.out, "--quiet"]
+
+    def eval(self, *args, **kw) -> list:
+        return ["--config_path", self.config(*args, **kw), "--output", self.out / "eval.json", "--quiet"]
+
+    def analysis(self, *args, **kw) -> list:
+        return ["--config_path", self.config(*args, **kw), "--save_dir", self.out, "--quiet"]
+
+    def onnx(self, model: Path) -> list:
+        return ["--model_dir", model, "--save_dir", self.out]
+
+    def anno(self, text: str) -> str:
+        """Dataset fields of the good images with annotation file `text`."""
+        return f"image_dir: val, anno_path: {self.write('bad.json', text)}, dataset_dir: {self.good.data}"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garbage_image(env: Env) -> str:
+    """The val slice copied, its first image replaced by bytes that are not an image."""
+    data = env.tmp / "data"
+    shutil.copytree(env.good.data, data)
+    (data / "val" / "val_000000.jpg").write_bytes(b"\xff\xd8 not really a jpeg" * 20)
+    return f"image_dir: val, anno_path: val.json, dataset_dir: {data}"
+
+
+def _voc_without_xml(env: Env) -> Path:
+    voc = write_voc(env.tmp / "voc", 2)
+    next((voc / "Annotations").iterdir()).unlink()
+    return voc
+
+
+def _coco(**change) -> str:
+    coco = json.loads((DEMO_DATA / "annotations" / "instances_val.json").read_text())
+    coco["images"] = coco["images"][:4]
+    coco.update(change)
+    return json.dumps(coco)
+
+
+_BAD_VALUE = {bool: "'yes'", int: "'8'", float: "high", str: "3", list: "conv2d"}
+
+
+def _ptq_type_cases() -> dict:
+    """One case per PTQ key: a value of the wrong type (from the type of its default)."""
+    cases = {}
+    for key, default in PTQ_DEFAULTS.items():
+        kind = next((t for t in _BAD_VALUE if isinstance(default, t)), None)
+        if kind is not None:
+            cases[f"PTQ.{key} wrong type"] = ("post_quant.py", lambda e, k=key, v=_BAD_VALUE[kind]:
+                                              e.ptq(f"PTQ:\n  {k}: {v}\n"), f"PTQ.{key}")
+    return cases
+
+
+# name: (script, argv builder, text the one error line must hold)
+TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
+    # dataset files
+    "annotation file missing": ("eval.py", lambda e: e.eval(evaluation=f"image_dir: val, anno_path: nope.json, "
+                                                                      f"dataset_dir: {e.good.data}"),
+                                "EvalDataset.anno_path does not exist"),
+    "annotation file empty": ("eval.py", lambda e: e.eval(evaluation=e.anno("")), "EvalDataset.anno_path is empty"),
+    "annotation file not JSON": ("post_quant.py", lambda e: e.ptq(train=e.anno("{images: [")),
+                                 "TrainDataset.anno_path is not JSON"),
+    "annotation file not COCO": ("eval.py", lambda e: e.eval(evaluation=e.anno("[1, 2, 3]")),
+                                 "EvalDataset.anno_path is not a COCO annotation file"),
+    "annotation file without images": ("post_quant.py", lambda e: e.ptq(train=e.anno(_coco(images=[]))),
+                                       "TrainDataset.anno_path holds no images"),
+    "annotation file without boxes (eval)": ("eval.py", lambda e: e.eval(evaluation=e.anno(_coco(annotations=None))),
+                                             "EvalDataset.anno_path has no boxes"),
+    "images that do not exist": ("eval.py", lambda e: e.eval(evaluation=e.anno(_coco(images=[
+        {"id": 1, "file_name": "gone.jpg", "width": 10, "height": 10}]))), "gone.jpg"),
+    "image folder missing": ("post_quant.py", lambda e: e.ptq(train=f"image_dir: nowhere, anno_path: calib.json, "
+                                                                    f"dataset_dir: {e.good.data}"),
+                             "TrainDataset.image_dir does not exist"),
+    "image folder missing (analysis)": ("analysis.py", lambda e: e.analysis(
+        evaluation=f"image_dir: nowhere, anno_path: val.json, dataset_dir: {e.good.data}"),
+        "EvalDataset.image_dir does not exist"),
+    "image that cannot be decoded (eval)": ("eval.py", lambda e: e.eval(evaluation=_garbage_image(e)),
+                                            "cannot be decoded: "),
+    "image folder without boxes as EvalDataset": ("eval.py", lambda e: e.eval(
+        f"EvalDataset: !ImageFolder {{image_dir: {e.good.data / 'val'}}}\n"), "EvalDataset: an ImageFolder has no boxes"),
+    "VOC without label_list": ("eval.py", lambda e: e.eval(f"metric: VOC\nEvalDataset: !VOCDataSet {{dataset_dir: "
+                                                           f"{write_voc(e.tmp / 'voc', 2)}, anno_path: val.txt}}\n"),
+                               "EvalDataset.label_list is not set"),
+    "VOC file list naming a missing XML": ("eval.py", lambda e: e.eval(
+        f"metric: VOC\nEvalDataset: !VOCDataSet {{dataset_dir: {_voc_without_xml(e)}, anno_path: val.txt, "
+        f"label_list: label_list.txt}}\n"), "refers to 1 file(s) that do not exist"),
+    # model files
+    "model_dir missing": ("post_quant.py", lambda e: e.ptq(model=e.tmp / "nope"), "model_dir does not exist"),
+    "model file missing": ("eval.py", lambda e: e.eval(model=e.model(lambda m: (m / "model.pdmodel").unlink())),
+                           "model file not found"),
+    "program truncated": ("export_onnx.py", lambda e: e.onnx(e.model(lambda m: _truncate(m / "model.pdmodel"))),
+                          "model file is not a Paddle program"),
+    "params truncated": ("post_quant.py", lambda e: e.ptq(model=e.model(lambda m: _truncate(m / "model.pdiparams"))),
+                         "params file is truncated or corrupt"),
+    "params of another model": ("eval.py", lambda e: e.eval(model=e.model(lambda m: shutil.copy(
+        MODELS / "ppyoloe_s_shapes" / "model.pdiparams", m / "model.pdiparams"))), "params file does not match"),
+    "params corrupt": ("analysis.py", lambda e: e.analysis(model=e.model(lambda m: (m / "model.pdiparams").write_bytes(
+        b"\x00" * 4 + b"\xff" * 4096))), "params file is truncated or corrupt"),
+    "not a detector (post_quant)": ("post_quant.py", lambda e: e.ptq(model=e.good.classifier), "not a detector export"),
+    "not a detector (export_onnx)": ("export_onnx.py", lambda e: e.onnx(e.good.classifier), "not a detector export"),
+    "input_list names an input the model lacks": ("eval.py", lambda e: e.eval("input_list: [image, im_shape]\n"),
+                                                  "input_list names ['im_shape']"),
+    "input_list leaves a model input unfed": ("post_quant.py", lambda e: e.ptq("input_list: [image]\n"),
+                                              "does not feed the model inputs ['scale_factor']"),
+    "arch says no NMS but the model has one": ("eval.py", lambda e: e.eval("arch: PPYOLOE\n"), "arch: the model has NMS"),
+    # output locations
+    "save_dir cannot be created": ("post_quant.py", lambda e: ["--config_path", e.config(), "--save_dir",
+                                                               e.write("file", "x") / "out"], "cannot be created"),
+    "save_dir is a file": ("export_onnx.py", lambda e: ["--model_dir", e.good.model, "--save_dir", e.write("out", "x")],
+                           "is a file"),
+    "save_dir inside model_dir": ("post_quant.py", lambda e: ["--config_path", e.config(model=e.model()), "--save_dir",
+                                                              e.tmp / "model" / "int8"], "is inside model_dir"),
+    "save_dir is model_dir": ("analysis.py", lambda e: ["--config_path", e.config(model=e.model()), "--save_dir",
+                                                        e.tmp / "model"], "is model_dir"),
+    "save_dir holds model_dir": ("post_quant.py", lambda e: ["--config_path", e.config(model=e.model()), "--save_dir",
+                                                             e.tmp], "holds model_dir"),
+    "save_dir holds files that are not a model": ("post_quant.py", lambda e: [
+        "--config_path", e.config(), "--save_dir", e.write("out/notes.txt", "mine").parent], "holds files that are not"),
+    "analysis save_dir inside model_dir": ("analysis.py", lambda e: [
+        "--config_path", e.config(model=e.model()), "--save_dir", e.tmp / "model" / "ana"], "is inside model_dir"),
+    "image folder without images (calibration)": ("post_quant.py", lambda e: e.ptq(
+        f"TrainDataset: !ImageFolder {{image_dir: {e.write('empty/notes.txt', 'x').parent}}}\n"),
+        "TrainDataset.image_dir holds no images"),
+    "eval --output is a folder": ("eval.py", lambda e: ["--config_path", e.config(), "--output",
+                                                        e.write("out/x", "").parent], "is a folder"),
+    # config values
+    "config file missing": ("post_quant.py", lambda e: ["--config_path", e.tmp / "nope.yaml", "--save_dir", e.out],
+                            "config file not found"),
+    "config not YAML": ("eval.py", lambda e: ["--config_path", e.write("c.yaml", "a: [1\n"), "--output", e.out / "x.json"],
+                        "not valid YAML"),
+    "unknown key": ("post_quant.py", lambda e: e.ptq("modell_dir: x\n"), "unknown config key 'modell_dir'"),
+    "unknown PTQ key": ("analysis.py", lambda e: e.analysis("PTQ:\n  batch_num: 3\n"), "unknown key 'PTQ.batch_num'"),
+    "PTQ not a mapping": ("post_quant.py", lambda e: e.ptq("PTQ: [avg]\n"), "'PTQ' must be a mapping"),
+    "PTQ.batch_nums zero": ("post_quant.py", lambda e: e.ptq("PTQ:\n  batch_nums: 0\n"), "PTQ.batch_nums"),
+    "PTQ.hist_percent above 1": ("post_quant.py", lambda e: e.ptq("PTQ:\n  hist_percent: 1.5\n"), "PTQ.hist_percent"),
+    "PTQ.algo unknown": ("post_quant.py", lambda e: e.ptq("PTQ:\n  algo: best\n"), "PTQ.algo 'best'"),
+    "PTQ.weight_quantize_type unknown": ("post_quant.py", lambda e: e.ptq("PTQ:\n  weight_quantize_type: x\n"),
+                                         "PTQ.weight_quantize_type"),
+    "PTQ.activation_quantize_type unknown": ("post_quant.py", lambda e: e.ptq("PTQ:\n  activation_quantize_type: x\n"),
+                                             "PTQ.activation_quantize_type"),
+    "PTQ.round_type unknown": ("post_quant.py", lambda e: e.ptq("PTQ:\n  round_type: x\n"), "PTQ.round_type"),
+    "--algo unknown": ("post_quant.py", lambda e: [*e.ptq(), "--algo", "best"], "--algo 'best'"),
+    "NMS.score_threshold above 1": ("eval.py", lambda e: e.eval("NMS:\n  score_threshold: 2\n",
+                                                                base="ppyoloe_s_ptq.yaml"), "NMS.score_threshold"),
+    "num_classes zero": ("eval.py", lambda e: e.eval("num_classes: 0\n"), "num_classes"),
+    "plot_hist not a bool": ("analysis.py", lambda e: e.analysis("plot_hist: maybe\n"), "plot_hist"),
+    "target_metric out of range": ("analysis.py", lambda e: e.analysis("target_metric: 52\n"), "target_metric"),
+    "NMS without arch PPYOLOE (conflict)": ("post_quant.py", lambda e: e.ptq("NMS:\n  keep_top_k: 100\n"),
+                                            "NMS is only used with arch: PPYOLOE"),
+    "skip_op_types not quantized (conflict)": ("post_quant.py", lambda e: e.ptq("skip_op_types: [matmul_v2]\n"),
+                                               "skip_op_types ['matmul_v2']"),
+    "metric VOC on a COCO dataset (conflict)": ("eval.py", lambda e: e.eval("metric: VOC\n"),
+                                                "is a COCODataSet but metric is VOC"),
+    **_ptq_type_cases(),
+}
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file and folder under `folder` with its content hash: what 'nothing changed' compares."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_the_table_covers_every_script_and_class():
+    assert len(TABLE) >= 25
+    assert {script for script, _, _ in TABLE.values()} == {"post_quant.py", "eval.py", "analysis.py", "export_onnx.py"}
+    assert {f"PTQ.{key} wrong type" for key in PTQ_DEFAULTS} <= set(TABLE)
+
+
+@pytest.mark.parametrize("case", list(TABLE))
+def test_bad_input_gives_one_error_line_and_writes_nothing(tmp_path, good, capfd, case):
+    script, build, expected = TABLE[case]
+    env = Env(tmp_path, good)
+    argv = build(env)
+    before, good_before = _snapshot(tmp_path), _snapshot(good.root)
+    code, out, err = run_script(script, argv, capfd)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    assert expected in lines[0]
+    assert "Traceback" not in out + err
+    assert _snapshot(tmp_path) == before  # no output folder, no temporary left, fixtures untouched
+    assert _snapshot(good.root) == good_before  # the source model byte-identical

@@ -16,7 +16,8 @@ import yaml
 from ..config import ConfigError, PTQDetConfig, PTQSettings
 from ..data import build_source, check_dataset, feed_from_batch
 from ..metrics import evaluate
-from ..model import ModelFiles, Predictor, PredictorOptions, default_threads, resolve_model_files
+from ..model import (ModelFiles, Predictor, PredictorOptions, check_config_model, check_output_dir, default_threads,
+                     resolve_model_files)
 from ..quantize import SAVED_FILES, quantize_files
 from ..report import atomic_write_text, machine_info, markdown_table, mAP_points, write_json
 from . import plots
@@ -70,8 +71,8 @@ def _progress(iterable, progress: bool, **kw):
 
 def check_inputs(cfg: PTQDetConfig, opts: AnalysisOptions) -> ModelFiles:
     files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
-    if opts.save_dir.resolve() == files.model_dir.resolve():
-        raise ConfigError(f"save_dir {opts.save_dir} is model_dir; choose another folder")
+    check_output_dir(opts.save_dir, files.model_dir, replaced=False)  # analysis adds files, keeps its cache
+    check_config_model(cfg, files)
     check_dataset(cfg, "TrainDataset", need_annotations=False)
     check_dataset(cfg, "EvalDataset")
     if cfg.has_dataset("FastEvalDataset"):
