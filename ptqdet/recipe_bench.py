@@ -26,6 +26,7 @@ from .recipes import Recipe, apply_recipe
 from .report import mAP_points, markdown_table, write_json
 
 RUNTIME = "openvino"
+STAMP = "int8.source.json"
 
 
 @dataclass
@@ -61,47 +62,53 @@ def fp32_reference(cfg: PTQDetConfig, work_dir: Path, progress: bool) -> tuple[f
 
 def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: float, fp32_onnx: Path,
                  threads: list[int], feed: dict, progress: bool = True) -> RecipeRow:
-    """One recipe on one model: PTQ, simulated and runtime mAP, latency per thread count."""
+    """One recipe on one model: PTQ, simulated and runtime mAP (both kept with the PTQ model and
+    reused while it is), then latency per thread count."""
     row = RecipeRow(cfg.path.stem, recipe.name, fp32_map=fp32_map)
     variant = apply_recipe(cfg, recipe, onnx_format=True)
     int8_dir = work_dir / recipe.name.replace(", ", "_").replace(" ", "_")
     fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
     try:
-        row.ptq_seconds, quantized = quantize_once(variant, fp32, int8_dir, progress)
+        stamp = quantize_once(variant, fp32, int8_dir, progress)
+        row.ptq_seconds = stamp["seconds"]
         row.total_layers = len(layer_weights(fp32, variant.ptq.quantizable_op_type))
-        row.float_layers = row.total_layers - quantized
-        sim = open_backend("paddle", int8_dir / "int8", BackendOptions(mkldnn=False))
-        row.sim_map = evaluate(sim, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} simulated").map
+        row.float_layers = row.total_layers - stamp["quantized"]
         int8_onnx = export_onnx(resolve_model_files(int8_dir / "int8"), int8_dir / "onnx_int8").onnx_path.parent
-    except (ExportError, RuntimeError, ValueError, OSError) as exc:
+        if "sim_map" not in stamp:
+            sim = open_backend("paddle", int8_dir / "int8", BackendOptions(mkldnn=False))
+            stamp["sim_map"] = evaluate(sim, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} simulated").map
+            ov = open_backend(RUNTIME, int8_onnx, BackendOptions())
+            stamp["runtime_map"] = evaluate(ov, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} {RUNTIME}").map
+            write_json(int8_dir / STAMP, stamp)
+        row.sim_map, row.runtime_map = stamp["sim_map"], stamp["runtime_map"]
+    except (ExportError, RuntimeError, ValueError, OSError, AssertionError) as exc:
         row.error = _short(exc)
         return row
     models = ModelSet(fp32, resolve_model_files(int8_dir / "int8"), {"FP32": fp32_onnx, "INT8": int8_onnx})
+    errors = []
     for n in threads:
         settings = BenchSettings(backends=(RUNTIME,), threads=n, progress=progress)
-        rows = bench_backend(cfg, models, RUNTIME, feed, settings, measure_map=(n == threads[0]))
+        rows = bench_backend(cfg, models, RUNTIME, feed, settings, measure_map=False)
         row.latency[n] = {r.precision: r.median for r in rows}
-        if n == threads[0]:
-            row.runtime_map = next((r.map for r in rows if r.precision == "INT8"), None)
-            errors = [f"{r.precision}: {r.error}" for r in rows if r.error]
-            row.error = "; ".join(errors) or None
+        errors += [f"{r.precision} ({n}T): {r.error}" for r in rows if r.error]
+    row.error = "; ".join(errors) or None
     return row
 
 
-def quantize_once(cfg: PTQDetConfig, fp32: ModelFiles, work_dir: Path, progress: bool) -> tuple[float, int]:
-    """PTQ into work_dir/int8 unless the same FP32 model and settings made it already (the stamp
-    keeps the first run's seconds and quantized-layer count). Returns (PTQ seconds, layers quantized)."""
-    stamp = work_dir / "int8.source.json"
+def quantize_once(cfg: PTQDetConfig, fp32: ModelFiles, work_dir: Path, progress: bool) -> dict[str, Any]:
+    """PTQ into work_dir/int8 unless the same FP32 model and settings made it already. Returns the
+    stamp: the first run's PTQ seconds, the layers quantized, and what was measured on the model since."""
+    stamp = work_dir / STAMP
     key = fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list, "skip_types": cfg.skip_op_types})
     if stamp.is_file() and (work_dir / "int8" / "model.pdmodel").is_file():
         saved = json.loads(stamp.read_text())
         if saved.get("key") == key:
-            return saved["seconds"], saved["quantized"]
+            return saved
     start = time.perf_counter()
     result = quantize(cfg, work_dir / "int8", progress=progress)
-    seconds = time.perf_counter() - start
-    write_json(stamp, {"key": key, "seconds": seconds, "quantized": len(result.quantized_layers)})
-    return seconds, len(result.quantized_layers)
+    saved = {"key": key, "seconds": time.perf_counter() - start, "quantized": len(result.quantized_layers)}
+    write_json(stamp, saved)
+    return saved
 
 
 def run_recipes(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, threads: list[int], progress: bool = True,

@@ -7,7 +7,7 @@ from conftest import write_config
 
 
 def test_demo_config_loads_with_ptq_section(pico_cfg):
-    assert pico_cfg.ptq.algo == "abs_max" and pico_cfg.ptq.equalize_depthwise
+    assert pico_cfg.ptq.algo == "avg" and pico_cfg.ptq.equalize_depthwise
     assert pico_cfg.ptq.batch_nums == 8
     assert pico_cfg.feed_names == {"image": "image", "scale_factor": "scale_factor"}
     assert not pico_cfg.nms_outside
