@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
 DATA := dataset/shapes
 PYTEST_ARGS ?=
 
-.PHONY: venv data demo test test-fast clean-outputs images bench coco-mini real-model
+.PHONY: venv data lint demo test test-fast clean-outputs images bench coco-mini real-model
 
 venv: $(STAMP)
 
@@ -43,10 +43,13 @@ real-model: venv
 demo: data
 	$(PY) tools/run_demo.py
 
-test: data
+lint: venv
+	$(PY) -m ruff check .
+
+test: data lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: data
+test-fast: data lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The README's pictures, from the analysis that `make demo` ran.

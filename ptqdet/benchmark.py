@@ -121,7 +121,10 @@ def _variants(models: ModelSet, backend: str, settings: BenchSettings) -> list[t
     out: list[tuple[Row, BackendOptions, Path | None]] = []
     specs = [("FP32", "f32", True), ("INT8", "f32", True)]
     if backend == "openvino" and settings.openvino_bf16:
+        # bf16: the float model a CPU with native bf16 would run, and the INT8 model with its
+        # remaining float ops (activations, head, NMS inputs) in bf16
         specs.insert(1, ("FP32 (bf16)", "bf16", True))
+        specs.append(("INT8 (bf16)", "bf16", True))
     if backend == "openvino" and settings.openvino_nms_after and _nms_cut(models):
         specs += [("FP32 (NMS after)", "f32", False), ("INT8 (NMS after)", "f32", False)]
     for precision, ov_precision, nms_inside in specs:

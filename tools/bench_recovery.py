@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(n < 1 for n in args.threads):
         raise ConfigError(f"--threads {args.threads}: thread counts must be positive")
     recipes = [recipe_by_name(name) for name in args.recipes]
-    configs = [load_config(path) for path in args.config_path]
+    for path in args.config_path:  # every config is checked before any work
+        load_config(path)
     machine = machine_info()
     command = "python tools/bench_recovery.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out.with_suffix(".json"), {"machine": machine, "command": command, "threads": args.threads,
                                                    "rows": rows})
 
-    for cfg in configs:
+    for path in args.config_path:
+        cfg = load_config(path)  # loaded again right before use: ppdet keeps the last config's readers globally
         run_recipes(cfg, recipes, args.work_dir / cfg.path.stem, args.threads, progress=not args.quiet, on_row=write)
     print(recipes_table(rows, args.threads))
     print(f"\nreport: {args.out.with_suffix('.md')}")
