@@ -32,6 +32,9 @@ from ..model import resolve_model_files
 from ..quantize import skip_weights
 
 TARGET_DIR = "target_quant_model"
+# `PTQ:` keys of ptqdet's own recovery steps (ptqdet.recovery, quant_recon_static): not
+# PostTrainingQuantization arguments; the reference runs plain PTQ without them
+PTQDET_ONLY_KEYS = ("equalize_depthwise", "equalize_strength", "reconstruction", "recon_epochs")
 
 
 @dataclass
@@ -62,9 +65,11 @@ def ptq_quant_config(settings: PTQSettings, skip_tensor_list: list[str]) -> dict
     """The PostTrainingQuantization keyword arguments of a `PTQ:` section (what quant_post_static passes).
 
     onnx_format is forced to False: paddleslim 2.6.0's Analysis with onnx_format=True calls an
-    undefined name (`post_training_quantization`) in get_quant_sensitive_metric.
+    undefined name (`post_training_quantization`) in get_quant_sensitive_metric. ptqdet's own
+    recovery keys (PTQDET_ONLY_KEYS) are left out: PostTrainingQuantization refuses them.
     """
-    config = {**settings.to_dict(), "onnx_format": False}
+    config = {k: v for k, v in settings.to_dict().items() if k not in PTQDET_ONLY_KEYS}
+    config["onnx_format"] = False
     if skip_tensor_list:
         config["skip_tensor_list"] = list(skip_tensor_list)
     return config
