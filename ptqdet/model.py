@@ -6,19 +6,15 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from .config import ConfigError
+# load_static_model: imported from here by modules that load models (ptqdet.recovery)
+from .paddle_static import QUANT_OP_PREFIXES, WEIGHT_SLOTS, load_static_model  # noqa: F401
 
 LEGACY_NAMES = {"model.pdmodel": "__model__", "model.pdiparams": "__params__"}
-# op types that mark a model as quantized (fake-quant or ONNX-style QDQ)
-QUANT_OP_PREFIXES = ("fake_quantize", "fake_channel_wise", "fake_dequantize", "quantize_linear", "dequantize_linear")
-# the layers PTQ quantizes: op type -> (activation slot, weight slot)
-WEIGHT_SLOTS = {"conv2d": ("Input", "Filter"), "depthwise_conv2d": ("Input", "Filter"),
-                "conv2d_transpose": ("Input", "Filter"), "mul": ("X", "Y"), "matmul": ("X", "Y"),
-                "matmul_v2": ("X", "Y")}
 # what Paddle's oneDNN passes turn those op types into before they quantize them
 ONEDNN_FUSED_TYPES = {"conv2d": ("fused_conv2d",), "depthwise_conv2d": ("fused_conv2d",),
                       "conv2d_transpose": ("conv2d_transpose_bias",), "mul": ("fc",),
@@ -84,18 +80,6 @@ def read_program(files: ModelFiles) -> ProgramInfo:
                           {n: list(op.output(n)) for n in op.output_names()}))
     persistables = frozenset(v.name() for v in block.all_vars() if v.persistable())
     return ProgramInfo(ops, persistables)
-
-
-def load_static_model(files: ModelFiles, exe: Any) -> tuple[Any, list[str], list[Any]]:
-    """paddle.static.load_inference_model on these files (program, feed names, fetch vars), by
-    path prefix when the two files share one (the other form prints a deprecation warning)."""
-    import paddle
-
-    model, params = Path(files.model_filename), Path(files.params_filename)
-    if model.suffix == ".pdmodel" and params.suffix == ".pdiparams" and model.stem == params.stem:
-        return paddle.static.load_inference_model(str(files.model_dir / model.stem), exe)
-    return paddle.static.load_inference_model(str(files.model_dir), exe, model_filename=files.model_filename,
-                                              params_filename=files.params_filename)
 
 
 def read_ops(files: ModelFiles) -> list[OpInfo]:

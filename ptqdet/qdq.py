@@ -34,9 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import WEIGHT_SLOTS
-
-QDQ_OP_TYPES = ("quantize_linear", "dequantize_linear")
+from .paddle_static import QDQ_OP_TYPES, WEIGHT_SLOTS
 # quantized Paddle layers this export writes: they become ONNX Conv nodes
 SUPPORTED_LAYERS = ("conv2d", "depthwise_conv2d")
 ACTIVATION_ZERO_POINT = 128  # uint8

@@ -1,7 +1,6 @@
 """Per-layer sensitivity from one calibration: metric (mAP) and proxy (output SQNR) rankings."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -13,6 +12,8 @@ import numpy as np
 from ..config import PTQDetConfig
 from ..data import BatchSource
 from ..metrics import FunctionRunner, evaluate
+from ..model import ModelFiles
+from ..paddle_static import model_digest
 from ..report import write_json
 from .graph import QuantGraph
 
@@ -45,11 +46,8 @@ class Evaluator:
 
 def cache_key(cfg: PTQDetConfig, extra: dict[str, Any]) -> str:
     """Hash of everything a result depends on: model files, PTQ settings, datasets, skip list."""
-    h = hashlib.sha256()
-    for path in (cfg.model_dir / cfg.model_filename, cfg.model_dir / cfg.params_filename):
-        h.update(path.read_bytes())
-    h.update(json.dumps(cfg.ptq.to_dict(), sort_keys=True).encode())
-    h.update(json.dumps(sorted(cfg.skip_tensor_list)).encode())
+    files = ModelFiles(cfg.model_dir, cfg.model_filename, cfg.params_filename)
+    h = model_digest(files, cfg.ptq.to_dict(), sorted(cfg.skip_tensor_list))
     for key in ("TrainDataset", "EvalDataset", "FastEvalDataset"):
         if cfg.has_dataset(key):
             ds = cfg.ppdet[key]
