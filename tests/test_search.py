@@ -71,6 +71,16 @@ def test_noisy_curve_ends_on_a_crossing_and_steps_forward_on_a_missed_verificati
     assert out.simulated is None  # the verified prefix was never simulated
 
 
+def test_verification_gives_up_after_max_verifications_on_the_last_prefix_verified():
+    """Three misses: the result is the third prefix verified (the one the saved model has in
+    float), not one step beyond it (the analysis used to report that unverified prefix)."""
+    n = 100
+    verify = Curve([0.1] * (n + 1))
+    out = search_prefix(n, 0.38, Curve([0.5] * (n + 1)), verify, max_verifications=3)
+    assert verify.calls == [0, verification_step(n), 2 * verification_step(n)]
+    assert out.verifications == 3 and not out.met and out.num_float == verify.calls[-1] and out.verified == 0.1
+
+
 def test_progress_callback_once_per_simulation():
     steps = []
     sim = Curve([0.0] * 5 + [1.0] * 60)

@@ -61,7 +61,8 @@ def search_prefix(num_layers: int, target: float, simulate: Callable[[int], floa
     the result is the shortest prefix; for a noisy one, a k where the curve crosses the target
     (simulate(k) >= target > simulate(k - 1)). At most ceil(log2(num_layers + 1)) simulations.
     verify(k): mAP of the model that quantization makes with that skip list; at most
-    max_verifications calls, each miss adding verification_step(num_layers) layers.
+    max_verifications calls, each miss but the last adding verification_step(num_layers)
+    layers: the result is always the last prefix verified.
     on_step: called after each simulation (a progress bar).
     """
     tried: dict[int, float] = {}
@@ -79,10 +80,10 @@ def search_prefix(num_layers: int, target: float, simulate: Callable[[int], floa
     k = hi
     verified: float | None = None
     verifications = 0
-    for _ in range(max_verifications):
+    for attempt in range(1, max_verifications + 1):
         verified = verify(k)
         verifications += 1
-        if verified >= target or k >= num_layers:
+        if verified >= target or k >= num_layers or attempt == max_verifications:
             break
         k = min(num_layers, k + verification_step(num_layers))
     return SearchOutcome(num_float=k, simulated=tried.get(k), verified=verified,
