@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="target = FP32 mAP - MAX_DROP (0-1 scale), instead of target_metric")
     args = parser.parse_args(argv)
     cli.quiet_libraries(args.quiet)
-    from ptqdet.analysis.run import AnalysisOptions, analyze
+    from ptqdet.analysis.stages import AnalysisOptions, analyze
     from ptqdet.config import ConfigError, load_config
     from ptqdet.report import mAP_points, markdown_table
 
@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                                                       f"{r.counters.fast_evaluations}"],
             ["time", f"{r.counters.seconds.get('total', 0):.0f} s"]]
     if r.target:
-        rows += [["target mAP", mAP_points(r.target["target"])],
-                 ["layers kept in float", r.target["num_skipped"]],
-                 ["target model mAP (verified, simulated INT8)", mAP_points(r.target["verified_map"])],
-                 [f"target model mAP on {r.target['deployed_runtime']}", mAP_points(r.target["deployed_map"])],
-                 ["target met", "yes" if r.target["met"] else "NO"]]
+        t = r.target
+        rows += [["target mAP", mAP_points(t.target)],
+                 ["layers kept in float", t.num_skipped],
+                 ["target model mAP (verified, simulated INT8)", mAP_points(t.verified_map)],
+                 [f"target model mAP on {t.deployed_runtime}", mAP_points(t.deployed_map)],
+                 ["target met", "yes" if t.met else "NO"]]
     print(markdown_table(["quantization analysis", "value"], rows))
     print(f"\nreport: {r.files['report']}\nanalyzed config: {r.files['analyzed_config']}")
     return 0

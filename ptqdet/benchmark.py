@@ -10,7 +10,6 @@ caught. A row that cannot run (package missing, conversion failed) says why; no 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import time
@@ -26,6 +25,8 @@ from .config import ConfigError, PTQDetConfig
 from .export import ExportError, export_onnx, load_export
 from .metrics import evaluate
 from .model import ModelFiles, resolve_model_files
+# fingerprint: also imported from here by ptqdet.recipe_bench
+from .paddle_static import fingerprint
 from .report import markdown_table, mAP_points, write_json
 
 MAP_TOLERANCE = 1.0  # points: an INT8 row agrees with Paddle INT8 when within this
@@ -76,14 +77,6 @@ class ModelSet:
     fp32: ModelFiles
     int8: ModelFiles
     onnx: dict[str, Path | str]  # FP32/INT8 -> export folder, or the error text
-
-
-def fingerprint(files: ModelFiles, settings: dict[str, Any]) -> str:
-    digest = hashlib.sha256()
-    for path in (files.model_path, files.params_path):
-        digest.update(path.read_bytes())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    return digest.hexdigest()
 
 
 def prepare_models(cfg: PTQDetConfig, work_dir: Path, need_onnx: bool, progress: bool = True,

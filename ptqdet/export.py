@@ -19,7 +19,6 @@ error line becomes an ExportError naming the model.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, NMSSettings
-from .model import NMS_OP_TYPES, ModelFiles, OpInfo, check_output_dir, is_quantized, load_static_model, read_ops
+from .model import NMS_OP_TYPES, ModelFiles, OpInfo, check_output_dir, is_quantized, read_ops
+from .paddle_static import atomic_dir, loaded_program
 from .qdq import QDQExportError, QuantizedLayer, insert_qdq, strip_qdq
 
 EXPORT_META = "export.json"
@@ -108,19 +108,11 @@ def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpI
     has_nms = any(op.type in NMS_OP_TYPES for op in (read_ops(files) if ops is None else ops))
     if not has_nms and not strip:
         return files, None, []
-    import paddle
-
-    was_dynamic = paddle.in_dynamic_mode()
-    paddle.enable_static()
     try:
-        scope = paddle.static.Scope()
-        place = paddle.CPUPlace()
-        exe = paddle.static.Executor(place)
-        with paddle.static.scope_guard(scope):
-            program, feed_names, fetch_vars = load_static_model(files, exe)
-            block = program.global_block()
-            layers = strip_qdq(program, scope, place) if strip else []
-            fetch_names = [v.name for v in fetch_vars]
+        with loaded_program(files) as loaded:
+            block = loaded.program.global_block()
+            layers = strip_qdq(loaded.program, loaded.scope, loaded.place) if strip else []
+            fetch_names = [v.name for v in loaded.fetch_vars]
             # save_inference_model names its fetch scale ops save_infer_model/scale_<i>: free
             # those names (the old fetch ops are pruned anyway)
             renamed = {}
@@ -137,13 +129,9 @@ def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpI
                 fetch = [block.var(op.input("BBoxes")[0]), block.var(op.input("Scores")[0])]
             else:
                 fetch = [block.var(renamed.get(name, name)) for name in fetch_names]
-            feed = [block.var(name) for name in feed_names]
-            paddle.static.save_inference_model(str(out_dir / "model"), feed, fetch, exe, program=program)
+            loaded.save(out_dir, fetch)
     except QDQExportError as exc:
         raise ExportError(f"{files.model_dir}: {exc}") from exc
-    finally:
-        if was_dynamic:
-            paddle.disable_static()
     return ModelFiles(out_dir, "model.pdmodel", "model.pdiparams"), nms, layers
 
 
@@ -206,11 +194,10 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
                           "with PTQ.onnx_format: True (see configs/demo/*_ptq_deploy.yaml)")
     strip = quantized and qdq == "ptqdet"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
-        tmp_dir = Path(tmp)
-        source, nms, layers = prepare_program(files, tmp_dir / "paddle", strip, ops)
-        onnx_path = tmp_dir / "out" / ONNX_FILE
-        onnx_path.parent.mkdir()
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp, \
+            atomic_dir(out_dir) as staged:
+        source, nms, layers = prepare_program(files, Path(tmp) / "paddle", strip, ops)
+        onnx_path = staged / ONNX_FILE
         steps = [s for s, on in (("cut before NMS", nms is not None), ("float program", strip)) if on]
         run_paddle2onnx(source, onnx_path, opset, label=str(files.model_dir) + (f" ({', '.join(steps)})" if steps else ""))
         written = None
@@ -224,10 +211,7 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
                             precision="INT8" if quantized else "FP32", input_names=inputs,
                             output_names=outputs, nms=nms, opset=real_opset, paddle2onnx=version,
                             qdq=qdq if quantized else None, quantized_layers=written)
-        (onnx_path.parent / EXPORT_META).write_text(json.dumps(export.to_dict(), indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        (onnx_path.parent).rename(out_dir)
+        (staged / EXPORT_META).write_text(json.dumps(export.to_dict(), indent=2) + "\n")
     return export
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .paddle_static import atomic_dir
 
 
 class FetchError(RuntimeError):
@@ -92,10 +93,7 @@ def extract_model(wheel: Path, out: Path, source: ModelSource = PICODET_S_416_CO
     got = sha256_of(wheel)
     if got != source.wheel_sha256:
         raise FetchError(f"{wheel.name}: sha256 {got} is not the expected {source.wheel_sha256}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is an ordinary one
-    try:
+    with atomic_dir(out) as tmp:
         with zipfile.ZipFile(wheel) as zf:
             names = set(zf.namelist())
             for name in source.files:
@@ -107,12 +105,6 @@ def extract_model(wheel: Path, out: Path, source: ModelSource = PICODET_S_416_CO
         wrong = bad_files(tmp, source)
         if wrong:
             raise FetchError(f"{wheel.name}: sha256 mismatch for {', '.join(wrong)}")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() and not out.is_symlink() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

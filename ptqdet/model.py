@@ -11,19 +11,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from .config import ConfigError, PTQDetConfig
+# load_static_model: imported from here by modules that load models (ptqdet.recovery)
+from .paddle_static import QUANT_OP_PREFIXES, WEIGHT_SLOTS, load_static_model  # noqa: F401
 
 LEGACY_NAMES = {"model.pdmodel": "__model__", "model.pdiparams": "__params__"}
-# op types that mark a model as quantized (fake-quant or ONNX-style QDQ)
-QUANT_OP_PREFIXES = ("fake_quantize", "fake_channel_wise", "fake_dequantize", "quantize_linear", "dequantize_linear")
-# the layers PTQ quantizes: op type -> (activation slot, weight slot)
-WEIGHT_SLOTS = {"conv2d": ("Input", "Filter"), "depthwise_conv2d": ("Input", "Filter"),
-                "conv2d_transpose": ("Input", "Filter"), "mul": ("X", "Y"), "matmul": ("X", "Y"),
-                "matmul_v2": ("X", "Y")}
 # what Paddle's oneDNN passes turn those op types into before they quantize them
 # NMS ops of PaddleDetection exports (a model without one needs ptqdet's NMS: arch PPYOLOE)
 NMS_OP_TYPES = ("multiclass_nms3", "multiclass_nms2", "multiclass_nms", "matrix_nms")
@@ -217,18 +213,6 @@ def check_output_dir(path: Path, model_dir: Path | None, key: str = "save_dir", 
         raise ConfigError(f"{key} {path} cannot be created: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{key} {path} cannot be created: {existing} is not writable")
-
-
-def load_static_model(files: ModelFiles, exe: Any) -> tuple[Any, list[str], list[Any]]:
-    """paddle.static.load_inference_model on these files (program, feed names, fetch vars), by
-    path prefix when the two files share one (the other form prints a deprecation warning)."""
-    import paddle
-
-    model, params = Path(files.model_filename), Path(files.params_filename)
-    if model.suffix == ".pdmodel" and params.suffix == ".pdiparams" and model.stem == params.stem:
-        return paddle.static.load_inference_model(str(files.model_dir / model.stem), exe)
-    return paddle.static.load_inference_model(str(files.model_dir), exe, model_filename=files.model_filename,
-                                              params_filename=files.params_filename)
 
 
 def read_ops(files: ModelFiles) -> list[OpInfo]:

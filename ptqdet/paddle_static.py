@@ -1,8 +1,48 @@
-"""Paddle static-graph plumbing shared by the modules that edit or run programs."""
+"""Paddle static-graph plumbing shared by the modules that edit, run or write programs.
+
+- the static/dygraph mode switches (`static_mode`, `dynamic_mode`), restored on exit;
+- `load_static_model` and `loaded_program`: an inference model loaded into its own scope;
+- the op tables: which ops PTQ quantizes (and through which input slots) and the name
+  prefixes of the quantize/dequantize ops paddleslim writes (fake-quant and QDQ forms);
+- `model_digest`/`fingerprint`: what a cached result built from a model depends on;
+- `atomic_dir`: an output folder that appears only complete.
+
+Paddle is imported inside the functions: importing this module costs nothing.
+"""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import ModelFiles
+
+# the layers PTQ quantizes: op type -> (activation slot, weight slot)
+WEIGHT_SLOTS = {"conv2d": ("Input", "Filter"), "depthwise_conv2d": ("Input", "Filter"),
+                "conv2d_transpose": ("Input", "Filter"), "mul": ("X", "Y"), "matmul": ("X", "Y"),
+                "matmul_v2": ("X", "Y")}
+# op types that mark a model as quantized (fake-quant or ONNX-style QDQ)
+QUANT_OP_PREFIXES = ("fake_quantize", "fake_channel_wise", "fake_dequantize", "quantize_linear", "dequantize_linear")
+# fake-quant form (paddleslim's default): x -> fake_quantize*(x) -> layer(int8 weights) -> fake_*dequantize*(y)
+ACT_QUANT_PREFIXES = ("fake_quantize", "fake_channel_wise_quantize")
+DEQUANT_PREFIXES = ("fake_dequantize", "fake_channel_wise_dequantize")
+# ops that dequantize a weight itself (QDQ form, onnx_format, and fake quantize-dequantize)
+WEIGHT_DEQUANT_PREFIXES = ("dequantize_linear", "fake_quantize_dequantize", "fake_channel_wise_quantize_dequantize")
+# QDQ form (PTQ.onnx_format): a quantize_linear/dequantize_linear pair per quantized tensor
+QDQ_OP_TYPES = ("quantize_linear", "dequantize_linear")
+
+
+def weight_slot(op_type: str) -> str | None:
+    """The input slot holding a quantizable layer's weight (None: PTQ does not quantize this op)."""
+    slots = WEIGHT_SLOTS.get(op_type)
+    return slots[1] if slots else None
 
 
 @contextlib.contextmanager
@@ -17,3 +57,120 @@ def static_mode() -> Iterator[None]:
     finally:
         if was_dynamic:
             paddle.disable_static()
+
+
+@contextlib.contextmanager
+def dynamic_mode() -> Iterator[None]:
+    """Paddle in dygraph mode inside the block, restored to the caller's mode after it."""
+    import paddle
+
+    was_static = not paddle.in_dynamic_mode()
+    if was_static:
+        paddle.disable_static()
+    try:
+        yield
+    finally:
+        if was_static:
+            paddle.enable_static()
+
+
+def load_static_model(files: ModelFiles, exe: Any) -> tuple[Any, list[str], list[Any]]:
+    """paddle.static.load_inference_model on these files (program, feed names, fetch vars), by
+    path prefix when the two files share one (the other form prints a deprecation warning)."""
+    import paddle
+
+    model, params = Path(files.model_filename), Path(files.params_filename)
+    if model.suffix == ".pdmodel" and params.suffix == ".pdiparams" and model.stem == params.stem:
+        return paddle.static.load_inference_model(str(files.model_dir / model.stem), exe)
+    return paddle.static.load_inference_model(str(files.model_dir), exe, model_filename=files.model_filename,
+                                              params_filename=files.params_filename)
+
+
+@dataclass
+class LoadedProgram:
+    """An inference model loaded in static mode into its own scope, on CPU."""
+
+    program: Any
+    feed_names: list[str]
+    fetch_vars: list[Any]
+    scope: Any
+    exe: Any
+    place: Any
+
+    def save(self, out_dir: Path, fetch_vars: list[Any] | None = None) -> None:
+        """save_inference_model to out_dir/model.pdmodel + .pdiparams (default: the loaded fetch vars)."""
+        import paddle
+
+        block = self.program.global_block()
+        paddle.static.save_inference_model(str(Path(out_dir) / "model"), [block.var(n) for n in self.feed_names],
+                                           self.fetch_vars if fetch_vars is None else fetch_vars, self.exe,
+                                           program=self.program)
+
+
+@contextlib.contextmanager
+def loaded_program(files: ModelFiles) -> Iterator[LoadedProgram]:
+    """files' model in static mode, its own scope active inside the block; the caller's mode
+    and scope are restored after it."""
+    import paddle
+
+    with static_mode():
+        place = paddle.CPUPlace()
+        exe = paddle.static.Executor(place)
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            program, feed_names, fetch_vars = load_static_model(files, exe)
+            yield LoadedProgram(program, feed_names, fetch_vars, scope, exe, place)
+
+
+def model_digest(files: ModelFiles, *parts: Any) -> Any:
+    """sha256 over the model's program and params files, then each part as sorted-key JSON;
+    callers may update it further before taking its hexdigest."""
+    digest = hashlib.sha256()
+    for path in (files.model_path, files.params_path):
+        digest.update(path.read_bytes())
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest
+
+
+def fingerprint(files: ModelFiles, settings: dict[str, Any]) -> str:
+    """What a model built from `files` with `settings` depends on (hex sha256)."""
+    return model_digest(files, settings).hexdigest()
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
+    """Move a finished output folder into place; an old one (folder or link) is replaced only now."""
+    if save_dir.exists() or save_dir.is_symlink():
+        old = save_dir.with_name(f".{save_dir.name}.old")
+        _remove(old)
+        os.replace(save_dir, old)
+        os.replace(tmp_dir, save_dir)
+        _remove(old)
+    else:
+        os.replace(tmp_dir, save_dir)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path, create: bool = True) -> Iterator[Path]:
+    """A temporary folder beside out_dir to write the output into: when the block ends without
+    an error it replaces out_dir (an old out_dir is removed only then); otherwise it is
+    removed and out_dir is left as it was. create=False: the folder is not made (for writers
+    that refuse an existing folder)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    if create:
+        tmp_dir.mkdir()
+    try:
+        yield tmp_dir
+        replace_dir(tmp_dir, out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)

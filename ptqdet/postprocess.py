@@ -6,26 +6,10 @@ ptqdet applies PaddleDetection's multi-class NMS op with PaddleDetection's param
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import numpy as np
 
 from .config import NMSSettings
-
-
-@contextlib.contextmanager
-def _dygraph() -> Iterator[None]:
-    import paddle
-
-    was_static = not paddle.in_dynamic_mode()
-    if was_static:
-        paddle.disable_static()
-    try:
-        yield
-    finally:
-        if was_static:
-            paddle.enable_static()
+from .paddle_static import dynamic_mode
 
 
 def multiclass_nms(boxes: np.ndarray, scores: np.ndarray, nms: NMSSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +17,7 @@ def multiclass_nms(boxes: np.ndarray, scores: np.ndarray, nms: NMSSettings) -> t
     import paddle
     from ppdet.modeling import ops
 
-    with _dygraph():
+    with dynamic_mode():
         out, num, _ = ops.multiclass_nms(
             paddle.to_tensor(boxes.astype(np.float32)), paddle.to_tensor(scores.astype(np.float32)),
             score_threshold=nms.score_threshold, nms_top_k=nms.nms_top_k, keep_top_k=nms.keep_top_k,

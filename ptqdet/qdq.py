@@ -28,15 +28,13 @@ with this form. Weights are int8, symmetric.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .model import WEIGHT_SLOTS
-
-QDQ_OP_TYPES = ("quantize_linear", "dequantize_linear")
+from .paddle_static import QDQ_OP_TYPES, WEIGHT_SLOTS
 # quantized Paddle layers this export writes: they become ONNX Conv nodes
 SUPPORTED_LAYERS = ("conv2d", "depthwise_conv2d")
 ACTIVATION_ZERO_POINT = 128  # uint8
@@ -64,68 +62,94 @@ def _steps(scale: np.ndarray, bit_length: int) -> np.ndarray:
     return steps.astype(np.float32)
 
 
-def strip_qdq(program: Any, scope: Any, place: Any) -> list[QuantizedLayer]:
-    """Turn a loaded Paddle QDQ program (PaddleSlim onnx_format) into its float program, in
-    place: quantize/dequantize ops removed, integer weights replaced by their float values in
-    `scope`. Returns the quantized layers in program order."""
+@dataclass
+class _Dequantized:
+    """What the dequantize_linear ops of a QDQ program stand for."""
+
+    source: dict[str, str] = field(default_factory=dict)  # dequantize output -> the float tensor it stands for
+    input_steps: dict[str, float] = field(default_factory=dict)  # dequantized activation -> its step
+    weights: dict[str, tuple[np.ndarray, np.ndarray, int | None]] = field(default_factory=dict)  # int8, steps, axis
+
+
+def _float_weight(op: Any, var: Any, steps: np.ndarray, scope: Any, place: Any
+                  ) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Replace a weight's integers by their float values in `scope` (and its var's dtype by
+    FP32); returns its int8 values, steps and channel axis."""
     from paddle.base import core
 
-    block = program.global_block()
-    ops = list(block.ops)
+    tensor = scope.find_var(var.name).get_tensor()
+    ints = np.array(tensor)
+    axis = op.attr("quant_axis") if steps.size > 1 else None
+    shape = [1] * ints.ndim
+    if axis is not None:
+        shape[axis] = -1
+    tensor.set((ints.astype(np.float32) * steps.reshape(shape)), place)
+    var.desc.set_dtype(core.VarDesc.VarType.FP32)
+    return ints.astype(np.int8), steps, axis
+
+
+def _read_dequantize_ops(block: Any, ops: list[Any], scope: Any, place: Any) -> _Dequantized:
+    """Every dequantize_linear op: a weight's (its float values written back to `scope`) or an
+    activation's (behind a quantize_linear op)."""
     producer = {name: op for op in ops for name in op.output_arg_names}
-
-    def value(name: str) -> np.ndarray:
-        return np.array(scope.find_var(name).get_tensor())
-
-    source: dict[str, str] = {}  # output of a dequantize op -> the float tensor it stands for
-    input_steps: dict[str, float] = {}  # dequantized activation -> its step
-    weights: dict[str, tuple[np.ndarray, np.ndarray, int | None]] = {}
+    found = _Dequantized()
     for op in ops:
         if op.type != "dequantize_linear":
             continue
         x, y = op.input("X")[0], op.output("Y")[0]
         if op.attr("bit_length") != 8:
             raise QDQExportError(f"{x!r} is quantized to {op.attr('bit_length')} bits; the ONNX QDQ export writes 8")
-        steps = _steps(value(op.input("Scale")[0]), op.attr("bit_length"))
+        steps = _steps(np.array(scope.find_var(op.input("Scale")[0]).get_tensor()), op.attr("bit_length"))
         var = block.var(x)
         if var.persistable:  # a weight: stored as integers, dequantized by this op
-            if x not in weights:
-                ints = value(x)
-                axis = op.attr("quant_axis") if steps.size > 1 else None
-                shape = [1] * ints.ndim
-                if axis is not None:
-                    shape[axis] = -1
-                scope.find_var(x).get_tensor().set((ints.astype(np.float32) * steps.reshape(shape)), place)
-                var.desc.set_dtype(core.VarDesc.VarType.FP32)
-                weights[x] = (ints.astype(np.int8), steps, axis)
-            source[y] = x
+            if x not in found.weights:
+                found.weights[x] = _float_weight(op, var, steps, scope, place)
+            found.source[y] = x
         else:
             quant = producer.get(x)
             if quant is None or quant.type != "quantize_linear":
                 raise QDQExportError(f"dequantize_linear of {x!r} does not follow a quantize_linear op")
-            source[y] = quant.input("X")[0]
-            input_steps[y] = float(steps[0])
+            found.source[y] = quant.input("X")[0]
+            found.input_steps[y] = float(steps[0])
+    return found
 
+
+def _quantized_layer(op: Any, found: _Dequantized) -> QuantizedLayer | None:
+    """The quantized layer `op` is (None: not a layer with dequantized weights)."""
+    slots = WEIGHT_SLOTS.get(op.type)
+    if not slots:
+        return None
+    act, weight = op.input(slots[0])[0], op.input(slots[1])[0]
+    if weight not in found.source or found.source[weight] not in found.weights:
+        return None
+    name = found.source[weight]
+    if op.type not in SUPPORTED_LAYERS:
+        raise QDQExportError(f"the model quantizes a {op.type} layer ({name}); ptqdet's QDQ "
+                             f"export writes quantized {', '.join(SUPPORTED_LAYERS)} layers only "
+                             "(quantize without it: PTQ.quantizable_op_type)")
+    if act not in found.input_steps:
+        raise QDQExportError(f"the {op.type} layer {name} has quantized weights but no quantized input")
+    ints, steps, axis = found.weights[name]
+    return QuantizedLayer(op.type, name, ints, steps, axis, found.input_steps[act])
+
+
+def strip_qdq(program: Any, scope: Any, place: Any) -> list[QuantizedLayer]:
+    """Turn a loaded Paddle QDQ program (PaddleSlim onnx_format) into its float program, in
+    place: quantize/dequantize ops removed, integer weights replaced by their float values in
+    `scope`. Returns the quantized layers in program order."""
+    block = program.global_block()
+    ops = list(block.ops)
+    found = _read_dequantize_ops(block, ops, scope, place)
     layers: list[QuantizedLayer] = []
     for op in ops:
         if op.type in QDQ_OP_TYPES:
             continue
-        slots = WEIGHT_SLOTS.get(op.type)
-        if slots:
-            act, weight = op.input(slots[0])[0], op.input(slots[1])[0]
-            if weight in source and source[weight] in weights:
-                if op.type not in SUPPORTED_LAYERS:
-                    raise QDQExportError(f"the model quantizes a {op.type} layer ({source[weight]}); ptqdet's QDQ "
-                                         f"export writes quantized {', '.join(SUPPORTED_LAYERS)} layers only "
-                                         "(quantize without it: PTQ.quantizable_op_type)")
-                if act not in input_steps:
-                    raise QDQExportError(f"the {op.type} layer {source[weight]} has quantized weights but no "
-                                         "quantized input")
-                ints, steps, axis = weights[source[weight]]
-                layers.append(QuantizedLayer(op.type, source[weight], ints, steps, axis, input_steps[act]))
+        layer = _quantized_layer(op, found)
+        if layer is not None:
+            layers.append(layer)
         for name in op.input_arg_names:
-            if name in source:
-                op._rename_input(name, source[name])  # noqa: SLF001 - the public API has no rename
+            if name in found.source:
+                op._rename_input(name, found.source[name])  # noqa: SLF001 - the public API has no rename
     for i in reversed(range(len(block.ops))):
         if block.ops[i].type in QDQ_OP_TYPES:
             block._remove_op(i)  # noqa: SLF001
@@ -137,59 +161,43 @@ def _safe_steps(steps: np.ndarray) -> np.ndarray:
     return np.where(steps > 0, steps, np.float32(1.0)).astype(np.float32)
 
 
-def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
-    """Write QDQ nodes in front of the Conv nodes of the quantized layers (in place).
-    Returns how many Conv nodes were quantized; QDQExportError if a layer has no Conv."""
-    import onnx
+def _weight_dq(layer: QuantizedLayer) -> tuple[list[Any], Any]:
+    """The int8 weight, step and zero-point initializers of a layer and its DequantizeLinear node
+    (output `<weight>.dequantized`)."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(onnx_path))
-    graph = model.graph
-    pending: dict[str, list[QuantizedLayer]] = {}
-    for layer in layers:
-        pending.setdefault(layer.weight, []).append(layer)
+    base = layer.weight
+    steps = _safe_steps(layer.weight_step)
+    if layer.axis is None:  # per tensor: ONNX wants scalars
+        steps = steps.reshape(())
+    initializers = [numpy_helper.from_array(layer.weight_int8, f"{base}.int8"),
+                    numpy_helper.from_array(steps, f"{base}.step"),
+                    numpy_helper.from_array(np.zeros(steps.shape, np.int8), f"{base}.zero")]
+    attrs = {"axis": layer.axis} if layer.axis is not None else {}
+    node = helper.make_node("DequantizeLinear", [f"{base}.int8", f"{base}.step", f"{base}.zero"],
+                            [f"{base}.dequantized"], name=f"{base}.DequantizeLinear", **attrs)
+    return initializers, node
 
-    initializers: list[Any] = []
-    before: dict[int, list[Any]] = {}  # id(Conv node) -> nodes to insert in front of it
-    weight_dq: dict[str, str] = {}
-    input_qdq: dict[tuple[str, float], str] = {}
-    quantized = 0
-    for node in graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or not pending.get(node.input[1]):
-            continue
-        layer = pending[node.input[1]].pop(0)  # convs sharing a weight: program order
-        new = before.setdefault(id(node), [])
-        if layer.weight not in weight_dq:
-            base = layer.weight
-            steps = _safe_steps(layer.weight_step)
-            if layer.axis is None:  # per tensor: ONNX wants scalars
-                steps = steps.reshape(())
-            initializers += [numpy_helper.from_array(layer.weight_int8, f"{base}.int8"),
-                             numpy_helper.from_array(steps, f"{base}.step"),
-                             numpy_helper.from_array(np.zeros(steps.shape, np.int8), f"{base}.zero")]
-            attrs = {"axis": layer.axis} if layer.axis is not None else {}
-            new.append(helper.make_node("DequantizeLinear", [f"{base}.int8", f"{base}.step", f"{base}.zero"],
-                                        [f"{base}.dequantized"], name=f"{base}.DequantizeLinear", **attrs))
-            weight_dq[layer.weight] = f"{base}.dequantized"
-        key = (node.input[0], layer.input_step)
-        if key not in input_qdq:
-            base = f"{node.input[0]}.qdq{len(input_qdq)}"
-            step = layer.input_step if layer.input_step > 0 else float(np.finfo(np.float32).tiny)
-            initializers += [numpy_helper.from_array(np.array(step, np.float32), f"{base}.step"),
-                             numpy_helper.from_array(np.array(ACTIVATION_ZERO_POINT, np.uint8), f"{base}.zero")]
-            new.append(helper.make_node("QuantizeLinear", [node.input[0], f"{base}.step", f"{base}.zero"],
-                                        [f"{base}.quantized"], name=f"{base}.QuantizeLinear"))
-            new.append(helper.make_node("DequantizeLinear", [f"{base}.quantized", f"{base}.step", f"{base}.zero"],
-                                        [f"{base}.dequantized"], name=f"{base}.DequantizeLinear"))
-            input_qdq[key] = f"{base}.dequantized"
-        node.input[0] = input_qdq[key]
-        node.input[1] = weight_dq[layer.weight]
-        quantized += 1
-    missing = sorted(name for name, left in pending.items() if left)
-    if missing:
-        raise QDQExportError(f"no ONNX Conv reads the weights of quantized layers {missing[:5]}"
-                             f"{' ...' if len(missing) > 5 else ''}: paddle2onnx named or fused them differently")
 
+def _input_qdq(name: str, input_step: float, index: int) -> tuple[list[Any], list[Any]]:
+    """The step and zero-point initializers and the QuantizeLinear/DequantizeLinear pair on an
+    activation (uint8, zero point 128; output `<name>.qdq<index>.dequantized`)."""
+    from onnx import helper, numpy_helper
+
+    base = f"{name}.qdq{index}"
+    step = input_step if input_step > 0 else float(np.finfo(np.float32).tiny)
+    initializers = [numpy_helper.from_array(np.array(step, np.float32), f"{base}.step"),
+                    numpy_helper.from_array(np.array(ACTIVATION_ZERO_POINT, np.uint8), f"{base}.zero")]
+    nodes = [helper.make_node("QuantizeLinear", [name, f"{base}.step", f"{base}.zero"],
+                              [f"{base}.quantized"], name=f"{base}.QuantizeLinear"),
+             helper.make_node("DequantizeLinear", [f"{base}.quantized", f"{base}.step", f"{base}.zero"],
+                              [f"{base}.dequantized"], name=f"{base}.DequantizeLinear")]
+    return initializers, nodes
+
+
+def _splice(graph: Any, before: dict[int, list[Any]], initializers: list[Any]) -> None:
+    """Insert the new nodes in front of their Conv nodes and add the new initializers; drop the
+    float weight constants and initializers nothing reads any more."""
     nodes = []
     for node in graph.node:
         nodes.extend(before.get(id(node), []))
@@ -202,5 +210,45 @@ def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
     graph.node.extend(nodes)
     del graph.initializer[:]
     graph.initializer.extend(kept + initializers)
+
+
+def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
+    """Write QDQ nodes in front of the Conv nodes of the quantized layers (in place).
+    Returns how many Conv nodes were quantized; QDQExportError if a layer has no Conv."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    pending: dict[str, list[QuantizedLayer]] = {}
+    for layer in layers:
+        pending.setdefault(layer.weight, []).append(layer)
+    initializers: list[Any] = []
+    before: dict[int, list[Any]] = {}  # id(Conv node) -> nodes to insert in front of it
+    weight_dq: dict[str, str] = {}
+    input_qdq: dict[tuple[str, float], str] = {}
+    quantized = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or not pending.get(node.input[1]):
+            continue
+        layer = pending[node.input[1]].pop(0)  # convs sharing a weight: program order
+        new = before.setdefault(id(node), [])
+        if layer.weight not in weight_dq:
+            inits, dq = _weight_dq(layer)
+            initializers += inits
+            new.append(dq)
+            weight_dq[layer.weight] = dq.output[0]
+        key = (node.input[0], layer.input_step)
+        if key not in input_qdq:
+            inits, qdq = _input_qdq(node.input[0], layer.input_step, len(input_qdq))
+            initializers += inits
+            new += qdq
+            input_qdq[key] = qdq[-1].output[0]
+        node.input[0] = input_qdq[key]
+        node.input[1] = weight_dq[layer.weight]
+        quantized += 1
+    missing = sorted(name for name, left in pending.items() if left)
+    if missing:
+        raise QDQExportError(f"no ONNX Conv reads the weights of quantized layers {missing[:5]}"
+                             f"{' ...' if len(missing) > 5 else ''}: paddle2onnx named or fused them differently")
+    _splice(model.graph, before, initializers)
     onnx.save(model, str(onnx_path))
     return quantized

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -15,10 +14,8 @@ from typing import Any
 from .config import ConfigError, PTQDetConfig, PTQSettings
 from .data import calibration_loader, check_dataset
 from .model import ModelFiles, ProgramInfo, check_config_model, check_output_dir, read_program, resolve_model_files
+from .paddle_static import DEQUANT_PREFIXES, WEIGHT_DEQUANT_PREFIXES, atomic_dir, static_mode, weight_slot
 
-# ops whose weight input is quantized by PTQ, and the name of that input
-WEIGHT_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "conv2d_transpose": "Filter",
-                 "mul": "Y", "matmul": "Y", "matmul_v2": "Y"}
 SAVED_FILES = ("model.pdmodel", "model.pdiparams")
 # Paddle modules that draw their own tqdm bars during quant_post_static
 PADDLE_BAR_MODULES = ("paddle.static.quantization.post_training_quantization",
@@ -50,7 +47,7 @@ def layer_weights(files: ModelFiles, op_types: list[str] | None = None, program:
     program = program or read_program(files)
     names: list[str] = []
     for op in program.ops:
-        slot = WEIGHT_INPUTS.get(op.type)
+        slot = weight_slot(op.type)
         if slot and (op_types is None or op.type in op_types):
             names.extend(n for n in op.inputs.get(slot, []) if n in program.persistables and n not in names)
     return names
@@ -78,15 +75,15 @@ def quantized_weights(files: ModelFiles) -> set[str]:
     ops = program.ops
     quantized = set()
     for op in ops:  # QDQ (onnx_format) models dequantize the weight itself
-        if op.type.startswith(("dequantize_linear", "fake_quantize_dequantize", "fake_channel_wise_quantize_dequantize")):
+        if op.type.startswith(WEIGHT_DEQUANT_PREFIXES):
             quantized.update(n for n in op.inputs.get("X", []) if n in program.persistables)
     for op in ops:  # fake-quant models store int8 weights and dequantize the conv output
-        slot = WEIGHT_INPUTS.get(op.type)
+        slot = weight_slot(op.type)
         if not slot:
             continue
         outs = [n for names in op.outputs.values() for n in names]
         consumers = [o for o in ops if any(n in outs for names in o.inputs.values() for n in names)]
-        if any(c.type.startswith(("fake_dequantize", "fake_channel_wise_dequantize")) for c in consumers):
+        if any(c.type.startswith(DEQUANT_PREFIXES) for c in consumers):
             quantized.update(op.inputs.get(slot, []))
     return quantized
 
@@ -115,8 +112,6 @@ def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PT
     when settings.reconstruction is not none."""
     import paddle
     from paddleslim.quant import quant_post_static, quant_recon_static
-
-    from .paddle_static import static_mode
 
     common = dict(model_dir=str(files.model_dir), quantize_model_path=str(out_dir), data_loader=loader,
                   model_filename=files.model_filename, params_filename=files.params_filename,
@@ -151,18 +146,6 @@ def recover_fp32(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings
     return ModelFiles(Path(out_dir), *SAVED_FILES), result.input_max
 
 
-def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
-    """Move a finished output folder into place; an old one is replaced only now."""
-    if save_dir.exists():
-        old = save_dir.with_name(f".{save_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(save_dir, old)
-        os.replace(tmp_dir, save_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, save_dir)
-
-
 def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, settings: PTQSettings,
                    skip_tensor_list: list[str], device: str = "cpu", progress: bool = True,
                    recovered_dir: Path | None = None) -> tuple[float, list[str]]:
@@ -172,26 +155,22 @@ def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, setting
     recovery (PTQ.equalize_depthwise) made, if any (default: a temporary folder)."""
     skip_tensor_list = skip_weights(cfg, files, skip_tensor_list)
     loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
-    save_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = save_dir.with_name(f".{save_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
     start = time.perf_counter()
-    fp32_dir = recovered_dir or tmp_dir.with_name(f"{tmp_dir.name}.fp32")
-    try:
-        source, maxima = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
-        run_quant_post_static(source, tmp_dir, loader, settings, skip_tensor_list, device, progress)
-        if maxima:  # equalized inputs: no clipping, whatever the calibration algorithm
-            from .recovery import set_activation_maxima
+    with atomic_dir(save_dir, create=False) as tmp_dir:
+        fp32_dir = recovered_dir or tmp_dir.with_name(f"{tmp_dir.name}.fp32")
+        try:
+            source, maxima = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
+            run_quant_post_static(source, tmp_dir, loader, settings, skip_tensor_list, device, progress)
+            if maxima:  # equalized inputs: no clipping, whatever the calibration algorithm
+                from .recovery import set_activation_maxima
 
-            set_activation_maxima(ModelFiles(tmp_dir, *SAVED_FILES), maxima)
-        infer_cfg = files.model_dir / "infer_cfg.yml"
-        if infer_cfg.is_file():
-            shutil.copy2(infer_cfg, tmp_dir / "infer_cfg.yml")
-        replace_dir(tmp_dir, save_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        if recovered_dir is None:
-            shutil.rmtree(fp32_dir, ignore_errors=True)
+                set_activation_maxima(ModelFiles(tmp_dir, *SAVED_FILES), maxima)
+            infer_cfg = files.model_dir / "infer_cfg.yml"
+            if infer_cfg.is_file():
+                shutil.copy2(infer_cfg, tmp_dir / "infer_cfg.yml")
+        finally:
+            if recovered_dir is None:
+                shutil.rmtree(fp32_dir, ignore_errors=True)
     return time.perf_counter() - start, skip_tensor_list
 
 

@@ -4,7 +4,6 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from ptqdet.annotations import write_subset
@@ -32,13 +31,13 @@ def test_revert_all_equals_fp32_and_revert_none_equals_int8(tmp_path, pico_cfg):
     fp32 = evaluate(Predictor(fp32_files, plain), pico_cfg, "FastEvalDataset", progress=False).map
     int8 = evaluate(Predictor(int8_files, plain), pico_cfg, "FastEvalDataset", progress=False).map
     assert fp32 > 0.05 and int8 != fp32
-    assert trial(list(graph.layers)) == pytest.approx(fp32, abs=1e-4)  # same kernels modulo fusion: ~1e-6 apart
+    assert trial.evaluate_with_float(list(graph.layers)) == pytest.approx(fp32, abs=1e-4)  # same kernels modulo fusion: ~1e-6 apart
     # Not bit-exact: Paddle Inference fuses ops (conv+bn...) the trial executor runs one by one,
     # and a fake-quant's rounding turns those last-bit float differences into a few flipped
     # INT8 steps. Measured on the 40 FastEval images: 0.0003 mAP apart with the 11.9-mAP demo
     # PicoDet-s, 0.0019 with the 52.7-mAP one. The analysis verifies its final model on Paddle
     # Inference for this reason.
-    assert trial([]) == pytest.approx(int8, abs=5e-3)
+    assert trial.evaluate_with_float([]) == pytest.approx(int8, abs=5e-3)
     program = graph.variant(["conv2d_1.w_0"])
     removed = len(graph.program.global_block().ops) - len(program.global_block().ops)
     assert removed == 1  # that layer's dequantize op is gone, nothing else
@@ -103,7 +102,7 @@ def test_analysis_ranks_searches_and_resumes(tmp_path):
     assert [row["layer"] for row in again["ranking"]] == [row["layer"] for row in data["ranking"]]
 
     # a changed PTQ section is a new cache key: nothing stale is reused
-    from ptqdet.analysis.sensitivity import cache_key
+    from ptqdet.analysis.context import cache_key
     (tmp_path / "changed").mkdir()
     changed = _analysis_config(tmp_path / "changed", "PTQ:\n  batch_nums: 4\n")
     assert cache_key(load_config(changed), {}) != cache_key(load_config(cfg_path), {})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,58 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ptqdet import cli  # noqa: E402
-
-
-def round_depthwise_weights(files, out_dir: Path, bits: int = 8) -> int:
-    """Save files' model with every depthwise_conv2d weight rounded per output channel; returns the count."""
-    import numpy as np
-    import paddle
-
-    from ptqdet.model import load_static_model
-
-    paddle.enable_static()
-    exe = paddle.static.Executor(paddle.CPUPlace())
-    scope = paddle.static.Scope()
-    qmax = 2 ** (bits - 1) - 1
-    with paddle.static.scope_guard(scope):
-        program, feeds, fetches = load_static_model(files, exe)
-        block = program.global_block()
-        count = 0
-        for op in block.ops:
-            if op.type != "depthwise_conv2d":
-                continue
-            tensor = scope.find_var(op.input("Filter")[0]).get_tensor()
-            w = np.array(tensor)
-            step = np.abs(w).reshape(w.shape[0], -1).max(axis=1) / qmax
-            step = np.where(step > 0, step, 1.0).reshape(-1, 1, 1, 1)
-            tensor.set((np.clip(np.round(w / step), -qmax, qmax) * step).astype(np.float32), paddle.CPUPlace())
-            count += 1
-        paddle.static.save_inference_model(str(out_dir / "model"), [block.var(n) for n in feeds], fetches, exe,
-                                           program=program)
-    shutil.copy2(files.model_dir / "infer_cfg.yml", out_dir / "infer_cfg.yml")
-    return count
-
-
-def float_depthwise_inputs(export_dir: Path, out_dir: Path) -> int:
-    """Copy an ONNX export with each depthwise Conv (group > 1) reading the input of its
-    activation QuantizeLinear instead of the DequantizeLinear output; returns the count."""
-    import onnx
-
-    model = onnx.load(str(export_dir / "model.onnx"))
-    producer = {out: node for node in model.graph.node for out in node.output}
-    count = 0
-    for node in model.graph.node:
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if node.op_type != "Conv" or group == 1:
-            continue
-        dq = producer.get(node.input[0])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is not None and q.op_type == "QuantizeLinear":
-            node.input[0] = q.input[0]
-            count += 1
-    shutil.copytree(export_dir, out_dir, dirs_exist_ok=True)
-    onnx.save(model, str(out_dir / "model.onnx"))
-    return count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     cli.quiet_libraries()
+    from ptqdet.ablation import float_depthwise_inputs, round_depthwise_weights
     from ptqdet.backends import BackendOptions, open_backend
     from ptqdet.config import ConfigError, load_config
     from ptqdet.export import export_onnx

@@ -86,7 +86,7 @@ def final_maps(cfg, model_dir: Path, threads: int | None, progress: bool) -> dic
 
 
 def run_ours(cfg, out: Path, max_drop: float | None, threads: int | None, progress: bool) -> dict[str, Any]:
-    from ptqdet.analysis.run import AnalysisOptions, analyze
+    from ptqdet.analysis.stages import AnalysisOptions, analyze
 
     # quantize ranking only, no proxy ranking, no distribution plots: the work paddleslim's
     # metric_error_analyse does
@@ -99,10 +99,10 @@ def run_ours(cfg, out: Path, max_drop: float | None, threads: int | None, progre
     t, c = r.target, r.counters
     return {"seconds": seconds, "calibrations": c.calibrations, "fast_evaluations": c.fast_evaluations,
             "full_evaluations": c.full_evaluations, "proxy_runs": c.proxy_runs,
-            "layers_in_float": layers_in_float(cfg, Path(t["model_dir"])), "skip": t["skip"],
-            "fp32_map": r.fp32_map, "int8_map": r.int8_map, "target": t["target"],
-            "final_map": t["verified_map"], "runtime_map": t["deployed_map"], "runtime": t["deployed_runtime"],
-            "met": bool(t["met"]), "model_dir": t["model_dir"], "ranking": r.ranking,
+            "layers_in_float": layers_in_float(cfg, Path(t.model_dir)), "skip": t.skip,
+            "fp32_map": r.fp32_map, "int8_map": r.int8_map, "target": t.target,
+            "final_map": t.verified_map, "runtime_map": t.deployed_map, "runtime": t.deployed_runtime,
+            "met": bool(t.met), "model_dir": t.model_dir, "ranking": r.ranking,
             "phase_seconds": {k: round(v, 1) for k, v in c.seconds.items() if k != "last_layer_s"}}
 
 
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--max_layers must be a positive integer")
     cli.quiet_libraries()
     cfg = load_config(args.config_path)
-    from ptqdet.analysis.run import AnalysisOptions, check_inputs
+    from ptqdet.analysis.stages import AnalysisOptions, check_inputs
+    from ptqdet.analysis.target import target_metric
     from ptqdet.report import atomic_write_text, machine_info, mAP_points, write_json
 
     progress = not args.quiet
@@ -218,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_paddleslim:
         if fp32_map is None:
             fp32_map = fp32_reference(cfg, args.threads, progress)
-            target = fp32_map - args.max_drop if args.max_drop is not None else cfg.target_metric
-            if target > fp32_map:
-                raise ConfigError(f"target_metric {target:.4f} is above the FP32 model's mAP {fp32_map:.4f}")
+            target = target_metric(dataclasses.replace(cfg, get_target_quant_model=True), args.max_drop, fp32_map)
         print(f"== {THEIRS}", flush=True)
         results[THEIRS] = run_theirs(cfg, out / "paddleslim_analysis", target, fp32_map, args.max_layers, args.threads,
                                      progress, args.verbose)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
     os.chdir(ROOT)
     cli.quiet_libraries()
-    from ptqdet.analysis.run import AnalysisOptions, analyze
+    from ptqdet.analysis.stages import AnalysisOptions, analyze
     from ptqdet.config import load_config
     from ptqdet.metrics import evaluate
     from ptqdet.model import measure_latency, resolve_model_files

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import WEIGHT_SLOTS, ModelFiles, load_static_model
-
-DEQUANT_PREFIXES = ("fake_dequantize", "fake_channel_wise_dequantize")
-ACT_QUANT_PREFIXES = ("fake_quantize", "fake_channel_wise_quantize")
+from ..model import ModelFiles
+from ..paddle_static import ACT_QUANT_PREFIXES, DEQUANT_PREFIXES, WEIGHT_SLOTS, load_static_model, static_mode
 
 
 @dataclass
@@ -35,18 +33,18 @@ class QuantGraph:
     def __init__(self, quant_files: ModelFiles, fp32_files: ModelFiles, place=None):
         import paddle
 
-        paddle.enable_static()
         self.place = place or paddle.CPUPlace()
         # Plain CPU kernels, not oneDNN: every trial program is new to oneDNN, which builds and
         # caches its primitives again (~200 MB and slower per trial on PicoDet-s, never freed:
         # a full revert-one ranking ran out of memory). Plain kernels stay at ~1.2 GB.
         paddle.set_flags({"FLAGS_use_mkldnn": False})
-        self.scope = paddle.static.Scope()
-        self.exe = paddle.static.Executor(self.place)
-        with paddle.static.scope_guard(self.scope):
-            self.program, self.feed_names, self.fetch_targets = load_static_model(quant_files, self.exe)
-        self.layers = self._find_layers()
-        self._load_fp32_weights(fp32_files)
+        with static_mode():
+            self.scope = paddle.static.Scope()
+            self.exe = paddle.static.Executor(self.place)
+            with paddle.static.scope_guard(self.scope):
+                self.program, self.feed_names, self.fetch_targets = load_static_model(quant_files, self.exe)
+            self.layers = self._find_layers()
+            self._load_fp32_weights(fp32_files)
         self.pre_nms = self._pre_nms_vars()
 
     def _find_layers(self) -> dict[str, Layer]:
@@ -91,14 +89,15 @@ class QuantGraph:
 
     def variant(self, reverted: set[str] | list[str]):
         """A program with the given layers (weight names) back in float."""
-        import paddle
-
-        paddle.enable_static()  # programs are static; other stages may have left dygraph on
         reverted = set(reverted)
         unknown = reverted - set(self.layers)
         if unknown:
             raise KeyError(f"not quantized layers: {sorted(unknown)}")
-        program = self.program.clone(for_test=True)
+        with static_mode():  # programs are static; other stages may have left dygraph on
+            return self._rewired(self.program.clone(for_test=True), reverted)
+
+    def _rewired(self, program, reverted: set[str]):
+        """`program` (a clone) with the reverted layers reading float inputs and FP32 weights."""
         block = program.global_block()
         remove = []
         renames: dict[str, str] = {}
@@ -126,9 +125,8 @@ class QuantGraph:
     def run(self, program, feed: dict[str, np.ndarray], fetch: list[str] | None = None) -> list[np.ndarray]:
         import paddle
 
-        paddle.enable_static()
         fetch_list = fetch if fetch is not None else self.fetch_targets
-        with paddle.static.scope_guard(self.scope):
+        with static_mode(), paddle.static.scope_guard(self.scope):
             out = self.exe.run(program, feed={k: feed[k] for k in self.feed_names}, fetch_list=fetch_list,
                                return_numpy=False, scope=self.scope)
         return [np.array(o) for o in out]
@@ -137,7 +135,7 @@ class QuantGraph:
         """Save a variant as an inference model (weights of reverted layers in float)."""
         import paddle
 
-        with paddle.static.scope_guard(self.scope):
+        with static_mode(), paddle.static.scope_guard(self.scope):
             feed_vars = [program.global_block().var(n) for n in self.feed_names]
             fetch_vars = [program.global_block().var(t.name) for t in self.fetch_targets]
             paddle.static.save_inference_model(str(out_dir / "model"), feed_vars, fetch_vars, self.exe,

@@ -29,9 +29,9 @@ from ..config import PTQDetConfig, PTQSettings
 from ..data import BatchSource, build_source, calibration_loader
 from ..metrics import FunctionRunner, evaluate
 from ..model import resolve_model_files
+from ..paddle_static import static_mode
 from ..quantize import skip_weights
-
-TARGET_DIR = "target_quant_model"
+from .target import TARGET_DIR
 
 
 @dataclass
@@ -62,7 +62,8 @@ def ptq_quant_config(settings: PTQSettings, skip_tensor_list: list[str]) -> dict
     """The PostTrainingQuantization keyword arguments of a `PTQ:` section (what quant_post_static passes).
 
     onnx_format is forced to False: paddleslim 2.6.0's Analysis with onnx_format=True calls an
-    undefined name (`post_training_quantization`) in get_quant_sensitive_metric.
+    undefined name (`post_training_quantization`) in get_quant_sensitive_metric. ptqdet's own
+    recovery keys (config.RECOVERY_KEYS) are left out: PostTrainingQuantization refuses them.
     """
     config = {**settings.paddleslim_dict(), "onnx_format": False}
     if skip_tensor_list:
@@ -144,6 +145,54 @@ def instrument(analyzer: Any, counters: ReferenceCounters, max_layers: int | Non
     return state
 
 
+class PhaseBar:
+    """One progress bar per phase of the reference analysis, counting eval_function calls
+    (nothing when progress is off)."""
+
+    def __init__(self, progress: bool):
+        self.progress = progress
+        self.bar: Any = None
+
+    def start(self, desc: str, total: int | None = None) -> None:
+        self.close()
+        if self.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(desc=desc, total=total, unit="eval")
+
+    def on_eval(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_layers(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total = n + 2  # FP32 + all-INT8 + one per layer
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def make_analyzer(cfg: PTQDetConfig, fp32_model_dir: Path, save_dir: Path, eval_key: str,
+                  counters: ReferenceCounters, bar: PhaseBar, progress: bool) -> Any:
+    """paddleslim's Analysis on cfg's calibration images, PTQ settings and skip list, its
+    eval_function the counted mAP on `eval_key`; save_dir made, an old target model removed."""
+    from paddleslim.quant import analysis as ps_analysis
+
+    settings = cfg.ptq
+    fp32_files = resolve_model_files(fp32_model_dir, cfg.model_filename, cfg.params_filename)
+    loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
+    evaluator = ProgramEvaluator(cfg, build_source(cfg, eval_key))
+    save_dir.mkdir(parents=True, exist_ok=True)  # Analysis makes only the last level
+    shutil.rmtree(save_dir / TARGET_DIR, ignore_errors=True)  # "found" must mean this run
+    return ps_analysis.Analysis(
+        float_model_dir=str(fp32_model_dir), model_filename=cfg.model_filename, params_filename=cfg.params_filename,
+        data_loader=loader, eval_function=counted_eval(evaluator, counters, bar.on_eval),
+        resume=False, save_dir=str(save_dir),
+        quant_config=ptq_quant_config(settings, skip_weights(cfg, fp32_files, cfg.skip_tensor_list)))
+
+
 def run_reference_analysis(cfg: PTQDetConfig, fp32_model_dir: Path, save_dir: Path, target_drop: float,
                            eval_key: str = "FastEvalDataset", max_layers: int | None = None,
                            progress: bool = True, verbose: bool = False) -> ReferenceResult:
@@ -155,55 +204,27 @@ def run_reference_analysis(cfg: PTQDetConfig, fp32_model_dir: Path, save_dir: Pa
 
     if not verbose:  # paddleslim logs every trial at INFO with its own handler
         logging.getLogger(ps_analysis.__name__).setLevel(logging.WARNING)
-    paddle.enable_static()
     paddle.set_flags({"FLAGS_use_mkldnn": False})  # plain CPU kernels, as ptqdet's trial models
     counters = ReferenceCounters()
     start = time.perf_counter()
-    settings = cfg.ptq
-    fp32_files = resolve_model_files(fp32_model_dir, cfg.model_filename, cfg.params_filename)
-    loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
-    evaluator = ProgramEvaluator(cfg, build_source(cfg, eval_key))
-    bars: list[Any] = []  # the active progress bar, if any
-
-    def new_bar(desc: str, total: int | None = None) -> None:
-        for bar in bars:
-            bar.close()
-        if progress:
-            from tqdm import tqdm
-            bars[:] = [tqdm(desc=desc, total=total, unit="eval")]
-
-    def on_eval() -> None:
-        if bars:
-            bars[0].update(1)
-
-    def on_layers(n: int) -> None:
-        if bars:
-            bars[0].total = n + 2  # FP32 + all-INT8 + one per layer
-            bars[0].refresh()
-
     save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)  # Analysis makes only the last level
-    shutil.rmtree(save_dir / TARGET_DIR, ignore_errors=True)  # "found" must mean this run
-    analyzer = ps_analysis.Analysis(
-        float_model_dir=str(fp32_model_dir), model_filename=cfg.model_filename, params_filename=cfg.params_filename,
-        data_loader=loader, eval_function=counted_eval(evaluator, counters, on_eval),
-        resume=False, save_dir=str(save_dir),
-        quant_config=ptq_quant_config(settings, skip_weights(cfg, fp32_files, cfg.skip_tensor_list)))
-    state = instrument(analyzer, counters, max_layers, on_layers)
-    counters.seconds["setup"] = time.perf_counter() - start
-    t = time.perf_counter()
-    new_bar("paddleslim metric_error_analyse (calibrate + eval per layer)")
-    analyzer.metric_error_analyse()
-    counters.seconds["metric_error_analyse"] = time.perf_counter() - t
-    target = float(analyzer.fp_metric) - float(target_drop)
-    t = time.perf_counter()
-    new_bar("paddleslim get_target_quant_model (calibrate + eval per prefix)", len(analyzer.layer_metrics))
-    analyzer.get_target_quant_model(target)
-    counters.seconds["get_target_quant_model"] = time.perf_counter() - t
-    for bar in bars:
+    bar = PhaseBar(progress)
+    with static_mode():
+        analyzer = make_analyzer(cfg, fp32_model_dir, save_dir, eval_key, counters, bar, progress)
+        state = instrument(analyzer, counters, max_layers, bar.on_layers)
+        counters.seconds["setup"] = time.perf_counter() - start
+        t = time.perf_counter()
+        bar.start("paddleslim metric_error_analyse (calibrate + eval per layer)")
+        analyzer.metric_error_analyse()
+        counters.seconds["metric_error_analyse"] = time.perf_counter() - t
+        target = float(analyzer.fp_metric) - float(target_drop)
+        t = time.perf_counter()
+        bar.start("paddleslim get_target_quant_model (calibrate + eval per prefix)", len(analyzer.layer_metrics))
+        analyzer.get_target_quant_model(target)
+        counters.seconds["get_target_quant_model"] = time.perf_counter() - t
         bar.close()
     counters.seconds["total"] = time.perf_counter() - start
-    model_dir = Path(save_dir) / TARGET_DIR
+    model_dir = save_dir / TARGET_DIR
     ranking = sorted(analyzer.layer_metrics, key=analyzer.layer_metrics.get, reverse=True)
     return ReferenceResult(fp32_map=float(analyzer.fp_metric), int8_map=float(analyzer.quant_metric),
                            layer_metrics=dict(analyzer.layer_metrics), ranking=ranking, target=target,

@@ -1,11 +1,7 @@
 """Per-layer sensitivity from one calibration: metric (mAP) and proxy (output SQNR) rankings."""
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -13,23 +9,12 @@ import numpy as np
 from ..config import PTQDetConfig
 from ..data import BatchSource
 from ..metrics import FunctionRunner, evaluate
-from ..report import write_json
+from .context import AnalysisContext
 from .graph import QuantGraph
 
 
-@dataclass
-class Counters:
-    """What the analysis spent: shown in its report."""
-
-    calibrations: int = 0
-    full_evaluations: int = 0  # on EvalDataset
-    fast_evaluations: int = 0  # on FastEvalDataset (or EvalDataset when there is none)
-    proxy_runs: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
 class Evaluator:
-    """mAP of a trial program of a QuantGraph on a pre-loaded dataset."""
+    """mAP of trial programs of a QuantGraph on a pre-loaded dataset."""
 
     def __init__(self, cfg: PTQDetConfig, graph: QuantGraph, source: BatchSource):
         self.cfg = cfg
@@ -37,44 +22,12 @@ class Evaluator:
         self.source = source
         self.batches = list(source.batches())  # decoded once, reused by every trial
 
-    def __call__(self, reverted: list[str] | set[str]) -> float:
-        program = self.graph.variant(reverted)
+    def evaluate_with_float(self, layers: list[str] | set[str]) -> float:
+        """mAP of the calibrated model with `layers` (weight names) put back to float: none is
+        the all-INT8 model, all of graph.layers the FP32 model."""
+        program = self.graph.variant(layers)
         runner = FunctionRunner(lambda feed: self.graph.run(program, feed))
         return evaluate(runner, self.cfg, source=self.source, batches=self.batches, progress=False).map
-
-
-def cache_key(cfg: PTQDetConfig, extra: dict[str, Any]) -> str:
-    """Hash of everything a result depends on: model files, PTQ settings, datasets, skip list."""
-    h = hashlib.sha256()
-    for path in (cfg.model_dir / cfg.model_filename, cfg.model_dir / cfg.params_filename):
-        h.update(path.read_bytes())
-    h.update(json.dumps(cfg.ptq.to_dict(), sort_keys=True).encode())
-    h.update(json.dumps(sorted(cfg.skip_tensor_list)).encode())
-    for key in ("TrainDataset", "EvalDataset", "FastEvalDataset"):
-        if cfg.has_dataset(key):
-            ds = cfg.ppdet[key]
-            anno = Path(str(ds.dataset_dir)) / str(ds.anno_path) if getattr(ds, "anno_path", None) else None
-            h.update(key.encode())
-            h.update(str(getattr(ds, "image_dir", "")).encode())
-            if anno is not None and anno.is_file():
-                h.update(anno.read_bytes())
-    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
-class ResultCache:
-    """Per-layer results saved after each layer, keyed by cache_key: a changed config never
-    reuses them, an interrupted run picks up where it stopped."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-
-    def get(self, section: str) -> dict[str, Any]:
-        return self.data.setdefault(section, {})
-
-    def save(self) -> None:
-        write_json(self.path, self.data)
 
 
 def sqnr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
@@ -86,8 +39,8 @@ def sqnr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
     return float(10 * np.log10(max(signal, 1e-30) / noise))
 
 
-def proxy_ranking(cfg: PTQDetConfig, graph: QuantGraph, feeds: list[dict[str, np.ndarray]], layers: list[str],
-                  mode: str, cache: dict[str, Any], on_done: Callable[[], None], progress: bool = True) -> dict[str, float]:
+def proxy_ranking(graph: QuantGraph, feeds: list[dict[str, np.ndarray]], layers: list[str], mode: str,
+                  ctx: AnalysisContext) -> dict[str, float]:
     """Per layer, the SQNR loss (dB) of the detection head outputs (before NMS) vs FP32.
 
     mode "revert": from the full INT8 model, put one layer back to float: the gain is the
@@ -106,7 +59,7 @@ def proxy_ranking(cfg: PTQDetConfig, graph: QuantGraph, feeds: list[dict[str, np
         # damage in dB: how much SQNR this layer costs
         return value - base if mode == "revert" else 100.0 - min(value, 100.0)
 
-    return score_layers(layers, damage, cache, on_done, progress, f"proxy ({mode} one)")
+    return score_layers(layers, damage, ctx.section(f"proxy_{mode}"), ctx.save, ctx.progress, f"proxy ({mode} one)")
 
 
 def score_layers(layers: list[str], damage: Callable[[str], float], cache: dict[str, Any],
@@ -127,8 +80,7 @@ def score_layers(layers: list[str], damage: Callable[[str], float], cache: dict[
 
 
 def metric_ranking(evaluator: Evaluator, layers: list[str], mode: str, reference_map: float,
-                   cache: dict[str, Any], on_done: Callable[[], None], counters: Counters,
-                   progress: bool = True) -> dict[str, float]:
+                   ctx: AnalysisContext) -> dict[str, float]:
     """Per layer, the mAP damage: revert → mAP(INT8 with layer in float) − mAP(INT8);
     quantize → mAP(FP32) − mAP(only this layer quantized)."""
     all_layers = list(evaluator.graph.layers)
@@ -136,14 +88,14 @@ def metric_ranking(evaluator: Evaluator, layers: list[str], mode: str, reference
     def damage(name: str) -> float:
         start = time.perf_counter()
         if mode == "revert":
-            value = evaluator([name]) - reference_map
+            value = evaluator.evaluate_with_float([name]) - reference_map
         else:
-            value = reference_map - evaluator([n for n in all_layers if n != name])
-        counters.fast_evaluations += 1
-        counters.seconds["last_layer_s"] = time.perf_counter() - start
+            value = reference_map - evaluator.evaluate_with_float([n for n in all_layers if n != name])
+        ctx.counters.fast_evaluations += 1
+        ctx.counters.seconds["last_layer_s"] = time.perf_counter() - start
         return value
 
-    return score_layers(layers, damage, cache, on_done, progress, f"mAP ({mode} one)")
+    return score_layers(layers, damage, ctx.section(f"metric_{mode}"), ctx.save, ctx.progress, f"mAP ({mode} one)")
 
 
 def spearman(a: dict[str, float], b: dict[str, float]) -> float:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..annotations import write_subset
+from ..report import atomic_write_text
 
 CLASSES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "cross", "ring")
 IMAGE_SIZES: tuple[tuple[int, int], ...] = ((320, 320), (384, 288), (288, 384), (352, 352), (416, 320))
@@ -153,13 +152,6 @@ def render_image(seed: int, split: str, index: int) -> tuple[np.ndarray, list[Sh
     return np.clip(img, 0, 255).astype(np.uint8), objects
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def generate_split(out_dir: Path, split: str, count: int, seed: int = 0, progress: bool = True) -> Path:
     """Write `out_dir/<split>/*.jpg` and `out_dir/annotations/instances_<split>.json`."""
     image_dir = out_dir / split
@@ -183,7 +175,7 @@ def generate_split(out_dir: Path, split: str, count: int, seed: int = 0, progres
             "images": images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]}
     anno = out_dir / "annotations" / f"instances_{split}.json"
-    _atomic_write_text(anno, json.dumps(coco, sort_keys=True, separators=(",", ":")))
+    atomic_write_text(anno, json.dumps(coco, sort_keys=True, separators=(",", ":")))
     return anno
 
 

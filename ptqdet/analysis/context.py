@@ -1,0 +1,103 @@
+"""What every stage of an analysis shares: its result cache, its counters and its progress bars."""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import PTQDetConfig
+from ..model import ModelFiles
+from ..paddle_static import model_digest
+from ..report import write_json
+
+CACHE_VERSION = 2  # part of the cache key: bump when a cached value changes meaning
+
+
+@dataclass
+class Counters:
+    """What the analysis spent: shown in its report."""
+
+    calibrations: int = 0
+    full_evaluations: int = 0  # on EvalDataset
+    fast_evaluations: int = 0  # on FastEvalDataset (or EvalDataset when there is none)
+    proxy_runs: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ranking.json holds them: seconds rounded to 0.1."""
+        return {"calibrations": self.calibrations, "full_evaluations": self.full_evaluations,
+                "fast_evaluations": self.fast_evaluations, "proxy_runs": self.proxy_runs,
+                "seconds": {k: round(v, 1) for k, v in self.seconds.items()}}
+
+
+def cache_key(cfg: PTQDetConfig, extra: dict[str, Any]) -> str:
+    """Hash of everything a result depends on: model files, PTQ settings, datasets, skip list."""
+    files = ModelFiles(cfg.model_dir, cfg.model_filename, cfg.params_filename)
+    h = model_digest(files, cfg.ptq.to_dict(), sorted(cfg.skip_tensor_list))
+    for key in ("TrainDataset", "EvalDataset", "FastEvalDataset"):
+        if cfg.has_dataset(key):
+            ds = cfg.ppdet[key]
+            anno = Path(str(ds.dataset_dir)) / str(ds.anno_path) if getattr(ds, "anno_path", None) else None
+            h.update(key.encode())
+            h.update(str(getattr(ds, "image_dir", "")).encode())
+            if anno is not None and anno.is_file():
+                h.update(anno.read_bytes())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+class ResultCache:
+    """Per-layer results saved after each layer, keyed by cache_key: a changed config never
+    reuses them, an interrupted run picks up where it stopped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, section: str) -> dict[str, Any]:
+        return self.data.setdefault(section, {})
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+@dataclass
+class AnalysisContext:
+    """The cache (in work_dir, one folder per cache key), the counters and the progress switch
+    of one analysis run."""
+
+    work_dir: Path
+    cache: ResultCache
+    counters: Counters = field(default_factory=Counters)
+    progress: bool = True
+
+    @classmethod
+    def open(cls, save_dir: Path, key: str, progress: bool = True) -> AnalysisContext:
+        work_dir = save_dir / ".work" / key
+        return cls(work_dir, ResultCache(work_dir / "results.json"), progress=progress)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The cached results of one stage (a dict to fill; save() writes it)."""
+        return self.cache.get(name)
+
+    def save(self) -> None:
+        self.cache.save()
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """counters.seconds[stage] = the block's wall time."""
+        start = time.perf_counter()
+        yield
+        self.counters.seconds[stage] = time.perf_counter() - start
+
+    def bar(self, iterable: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+        """A tqdm bar over `iterable` (or a manual one), or the iterable itself (None) when
+        progress is off."""
+        if not self.progress:
+            return iterable
+        from tqdm import tqdm
+        return tqdm(iterable, **kwargs)

@@ -1,0 +1,130 @@
+"""The analysis' files: ranking.csv/json, the sensitivity chart, analysis.md and the analyzed config."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import PTQDetConfig
+from ..report import atomic_write_text, machine_info, markdown_table, mAP_points, write_json
+from . import plots
+from .results import AnalysisResult
+from .search import search_mode
+
+
+def write_analyzed_config(cfg: PTQDetConfig, skip: list[str], out: Path) -> Path:
+    """The input config with `skip_tensor_list` set; _BASE_ paths rewritten relative to `out`."""
+    text = cfg.path.read_text()
+    lines, skipping = [], False
+    for line in text.splitlines():
+        if line.startswith("skip_tensor_list:"):
+            skipping = True
+            continue
+        if skipping and (line.startswith((" ", "-", "\t")) or not line.strip()):
+            continue
+        skipping = False
+        lines.append(line)
+    body = "\n".join(lines)
+    raw_base = yaml.safe_load(io.StringIO("\n".join(l for l in text.splitlines() if l.startswith("_BASE_"))) or "") or {}
+    if raw_base.get("_BASE_"):
+        rel = [os.path.relpath((cfg.path.parent / b).resolve(), out.parent.resolve()) for b in raw_base["_BASE_"]]
+        body = "\n".join(("_BASE_: " + repr(rel)) if l.startswith("_BASE_") else l for l in body.splitlines())
+    header = (f"# Written by analysis.py from {cfg.path}: the layers below stay in float.\n"
+              f"# Quantize with: python post_quant.py --config_path {out} --save_dir <dir>\n")
+    skip_yaml = "skip_tensor_list:\n" + "".join(f"  - {s}\n" for s in skip) if skip else "skip_tensor_list: []\n"
+    return atomic_write_text(out, header + body.rstrip() + "\n\n" + skip_yaml)
+
+
+def ranking_rows(r: AnalysisResult) -> list[dict[str, Any]]:
+    """One row per layer, most damaging first: rank, layer, op type, mAP damage per mode,
+    proxy (SQNR loss, dB) per mode."""
+    modes = list(r.metric_scores)
+    return [{"rank": i, "layer": name, "op_type": r.op_types.get(name, ""),
+             **{f"map_{m}": round(r.metric_scores[m][name], 5) for m in modes},
+             **{f"proxy_sqnr_loss_db_{m}": round(r.proxy_scores[m][name], 3) for m in r.proxy_scores}}
+            for i, name in enumerate(r.ranking, 1)]
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["rank", "layer"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def ranking_json(cfg: PTQDetConfig, r: AnalysisResult, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"config": str(cfg.path), "model_dir": str(cfg.model_dir), "ptq": cfg.ptq.to_dict(),
+            "fp32_map": r.fp32_map, "int8_map": r.int8_map, "ranking": rows, "spearman_proxy_vs_metric": r.spearman,
+            "counters": r.counters.to_dict(), "target": r.target.to_dict() if r.target else None,
+            "machine": machine_info()}
+
+
+def write_outputs(cfg: PTQDetConfig, save_dir: Path, r: AnalysisResult) -> dict[str, str]:
+    """Every file of the analysis but the distribution plots, in save_dir; their paths by name."""
+    d = save_dir
+    files: dict[str, str] = {}
+    rows = ranking_rows(r)
+    files["ranking_csv"] = str(atomic_write_text(d / "ranking.csv", csv_text(rows)))
+    files["ranking_json"] = str(write_json(d / "ranking.json", ranking_json(cfg, r, rows)))
+    main_mode = search_mode(r.metric_scores)
+    chart = plots.sensitivity_chart(r.metric_scores[main_mode], d / "sensitivity",
+                                    f"mAP damage per layer ({main_mode} one; top 30)",
+                                    "mAP points" + (" gained when put back to float" if main_mode == "revert" else " lost"),
+                                    proxy=r.proxy_scores.get(main_mode))
+    files["sensitivity_chart"] = str(chart[0])
+    skip = r.target.skip if r.target else r.ranking[:5]
+    skip_all = list(dict.fromkeys(list(cfg.skip_tensor_list) + skip))
+    name = cfg.path.stem.replace("_analysis", "")
+    files["analyzed_config"] = str(write_analyzed_config(cfg, skip_all, d / f"{name}_analyzed_ptq.yaml"))
+    files["report"] = str(atomic_write_text(d / "analysis.md", markdown(cfg, r, files)))
+    return files
+
+
+def markdown(cfg: PTQDetConfig, r: AnalysisResult, files: dict[str, str]) -> str:
+    """analysis.md: the mAP table, the cost, the most sensitive layers, the target model."""
+    c = r.counters
+    lines = [f"# Quantization analysis of `{cfg.model_dir}`", "",
+             f"Config `{cfg.path}`; PTQ: algo {cfg.ptq.algo}, weights {cfg.ptq.weight_quantize_type}, "
+             f"activations {cfg.ptq.activation_quantize_type}, {cfg.ptq.batch_size}x{cfg.ptq.batch_nums} calibration images.", "",
+             markdown_table(["model", "mAP (EvalDataset)"], [["FP32", mAP_points(r.fp32_map)],
+                                                            ["INT8, all layers", mAP_points(r.int8_map)]] +
+                            ([[f"INT8, {r.target.num_skipped} layers in float (verified)",
+                               mAP_points(r.target.verified_map)]] if r.target else [])), "",
+             "## Cost", "",
+             markdown_table(["calibrations", "full evaluations", "fast evaluations", "proxy runs", "total time"],
+                            [[c.calibrations, c.full_evaluations, c.fast_evaluations, c.proxy_runs,
+                              f"{c.seconds.get('total', 0):.0f} s"]]), "",
+             "Times: " + ", ".join(f"{k} {v:.0f} s" for k, v in c.seconds.items() if k != "last_layer_s"), "",
+             "## Most sensitive layers", "",
+             f"![sensitivity]({Path(files['sensitivity_chart']).name})", ""]
+    modes = list(r.metric_scores)
+    top = r.ranking[:15]
+    lines.append(markdown_table(["rank", "layer", *[f"mAP pts ({m} one)" for m in modes],
+                                 *[f"SQNR loss dB ({m})" for m in r.proxy_scores]],
+                                [[i + 1, n, *[round(100 * r.metric_scores[m][n], 2) for m in modes],
+                                  *[round(r.proxy_scores[m][n], 2) for m in r.proxy_scores]] for i, n in enumerate(top)]))
+    lines += ["", "Spearman rank correlation, proxy vs mAP: " +
+              (", ".join(f"{m}: {v:.2f}" for m, v in r.spearman.items()) or "no proxy ranking"), ""]
+    if r.target:
+        t = r.target
+        lines += ["## Target model", "",
+                  f"Target mAP {mAP_points(t.target)}: {t.num_skipped} layers kept in float, verified mAP "
+                  f"{mAP_points(t.verified_map)} ({'met' if t.met else 'NOT met'}; fake-quant graph on FP32 kernels, "
+                  f"as searched); on {t.deployed_runtime}: {mAP_points(t.deployed_map)}. Model: `{t.model_dir}`.",
+                  "", f"Full evaluations for the target: {t.search_evaluations} ({len(t.tried)} in the binary "
+                  f"search, {t.verifications} verifying the real model; goal: at most "
+                  f"ceil(log2 N) + 3 = {math.ceil(math.log2(len(r.ranking))) + 3}).",
+                  "", "Binary search (layers in float → simulated mAP): " +
+                  ", ".join(f"{k} → {mAP_points(v)}" for k, v in sorted(t.tried.items())), ""]
+    if "activation_distribution" in files:
+        lines += ["## Distributions", "", f"![activations]({Path(files['activation_distribution']).name})", "",
+                  f"![weights]({Path(files['weight_distribution']).name})", "",
+                  "Outlier statistics per layer (max |x| / 99.99th percentile): `distribution_stats.json`.", ""]
+    lines += [f"Analyzed config: `{files['analyzed_config']}`", ""]
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""The analysis' decisions, as pure functions of scores and evaluation callbacks (no model):
+which ranking to follow, the order of the layers, and the search for the shortest prefix of
+that order to keep in float so that the model meets a target mAP."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+RANK_MODES = ("quantize", "revert")
+MAX_VERIFICATIONS = 3
+
+
+def search_mode(modes: Iterable[str]) -> str:
+    """The ranking the target search follows: "quantize one" when it was computed. Measured on
+    the demo PicoDet-s (target 1 point under FP32): its prefix needed 6 layers in float, the
+    "revert one" ranking 74 (reverting one layer of a broken INT8 model moves the 40-image
+    FastEval mAP by noise beyond the two worst layers)."""
+    modes = list(modes)
+    return "quantize" if "quantize" in modes else modes[0]
+
+
+def order_layers(layers: Iterable[str], metric_scores: Mapping[str, Mapping[str, float]],
+                 proxy_scores: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Layers by mAP damage in the followed ranking (search_mode), most damaging first; ties
+    (e.g. all zero on a small set) are broken by the proxy's damage in the same mode."""
+    mode = search_mode(metric_scores)
+    tie_break = proxy_scores.get(mode, {})
+    return sorted(layers, key=lambda n: (metric_scores[mode][n], tie_break.get(n, 0.0)), reverse=True)
+
+
+def verification_step(num_layers: int) -> int:
+    """Layers added to the float prefix after a verification that missed the target."""
+    return max(1, num_layers // 50)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """Where the search stopped: keep the first `num_float` layers of the order in float."""
+
+    num_float: int
+    simulated: float | None  # simulated mAP at num_float (None: not evaluated there)
+    verified: float | None  # mAP of the real model at num_float (None: never verified)
+    met: bool  # verified >= target
+    tried: dict[int, float] = field(default_factory=dict)  # binary search: prefix length -> simulated mAP
+    verifications: int = 0
+
+    @property
+    def evaluations(self) -> int:
+        """Full evaluations the search spent: its binary search and its verifications."""
+        return len(self.tried) + self.verifications
+
+
+def search_prefix(num_layers: int, target: float, simulate: Callable[[int], float], verify: Callable[[int], float],
+                  max_verifications: int = MAX_VERIFICATIONS, on_step: Callable[[], None] | None = None
+                  ) -> SearchOutcome:
+    """Shortest prefix length k (0..num_layers) with simulate(k) >= target, by binary search,
+    then verify(k) on the real model, stepping k forward on a miss.
+
+    simulate(k): mAP of the trial model with the first k layers in float; assumed to meet the
+    target at k = num_layers (the FP32 model), which is never evaluated. For a monotone curve
+    the result is the shortest prefix; for a noisy one, a k where the curve crosses the target
+    (simulate(k) >= target > simulate(k - 1)). At most ceil(log2(num_layers + 1)) simulations.
+    verify(k): mAP of the model that quantization makes with that skip list; at most
+    max_verifications calls, each miss but the last adding verification_step(num_layers)
+    layers: the result is always the last prefix verified.
+    on_step: called after each simulation (a progress bar).
+    """
+    tried: dict[int, float] = {}
+    # invariant: simulate(hi) >= target (hi = N is the FP32 model), simulate(lo) < target (lo = -1: none)
+    lo, hi = -1, num_layers
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        tried[mid] = simulate(mid)
+        if tried[mid] >= target:
+            hi = mid
+        else:
+            lo = mid
+        if on_step is not None:
+            on_step()
+    k = hi
+    verified: float | None = None
+    verifications = 0
+    for attempt in range(1, max_verifications + 1):
+        verified = verify(k)
+        verifications += 1
+        if verified >= target or k >= num_layers or attempt == max_verifications:
+            break
+        k = min(num_layers, k + verification_step(num_layers))
+    return SearchOutcome(num_float=k, simulated=tried.get(k), verified=verified,
+                         met=verified is not None and verified >= target, tried=tried, verifications=verifications)

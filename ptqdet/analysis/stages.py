@@ -1,0 +1,165 @@
+"""analysis.py's pipeline: calibrate once, rank layers (mAP and proxy), search the target model.
+
+Stages of `analyze`, in order:
+    reference_fp32     FP32 mAP on EvalDataset (Paddle Inference): the target is checked before any calibration
+    calibrate          one calibration, all quantizable layers but cfg.skip_tensor_list -> QuantGraph
+    int8_references    all-INT8 and FP32 mAP of the trial models (EvalDataset and the fast set)
+    rank_layers        per layer, mAP damage on the fast set and SQNR loss (proxy) per mode
+    search_target      (target.py) shortest float prefix of the ranking meeting the target, verified
+    distribution_plots (distributions.py) and write_outputs (outputs.py)
+Every result is cached in the AnalysisContext: an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import ConfigError, PTQDetConfig, PTQSettings
+from ..data import build_source, check_dataset, feed_from_batch
+from ..metrics import evaluate
+from ..model import (ModelFiles, Predictor, PredictorOptions, check_config_model, check_output_dir, default_threads,
+                     resolve_model_files)
+from ..quantize import SAVED_FILES, quantize_files
+from .context import CACHE_VERSION, AnalysisContext, cache_key
+from .distributions import distribution_plots
+from .graph import QuantGraph
+from .outputs import write_outputs
+from .results import AnalysisOptions, AnalysisResult
+from .search import RANK_MODES, order_layers
+from .sensitivity import Evaluator, metric_ranking, proxy_ranking, spearman
+from .target import search_target, target_metric
+
+
+@dataclass
+class Evaluators:
+    """Trial-model mAP on EvalDataset (full) and on FastEvalDataset (fast; the full one when there is none)."""
+
+    full: Evaluator
+    fast: Evaluator
+
+
+def check_inputs(cfg: PTQDetConfig, opts: AnalysisOptions) -> ModelFiles:
+    files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
+    check_output_dir(opts.save_dir, files.model_dir, replaced=False)  # analysis adds files, keeps its cache
+    check_config_model(cfg, files)
+    check_dataset(cfg, "TrainDataset", need_annotations=False)
+    check_dataset(cfg, "EvalDataset")
+    if cfg.has_dataset("FastEvalDataset"):
+        check_dataset(cfg, "FastEvalDataset")
+    if cfg.get_target_quant_model and cfg.target_metric is None and opts.max_drop is None:
+        raise ConfigError(f"{cfg.path}: get_target_quant_model needs target_metric (or --max_drop)")
+    bad = [m for m in opts.rank_modes if m not in RANK_MODES]
+    if bad or not opts.rank_modes:
+        raise ConfigError(f"rank modes {bad or '(none)'}: choose from {RANK_MODES}")
+    return files
+
+
+def open_context(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisContext:
+    key = cache_key(cfg, {"rank_modes": opts.rank_modes, "proxy_batches": opts.proxy_batches, "v": CACHE_VERSION})
+    return AnalysisContext.open(opts.save_dir, key, opts.progress)
+
+
+def reference_fp32(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFiles, ctx: AnalysisContext) -> float:
+    """FP32 mAP on EvalDataset with Paddle Inference (cached)."""
+    refs = ctx.section("reference")
+    if "fp32_full" not in refs:
+        predictor = Predictor(fp32_files, PredictorOptions(device=opts.device, threads=opts.threads or default_threads()))
+        refs["fp32_full"] = evaluate(predictor, cfg, "EvalDataset", progress=opts.progress, desc="eval FP32").map
+        ctx.counters.full_evaluations += 1
+        ctx.save()
+    return refs["fp32_full"]
+
+
+def calibrate(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFiles, ctx: AnalysisContext) -> QuantGraph:
+    """One calibration of every quantizable layer but cfg.skip_tensor_list (kept in the work
+    folder), as a QuantGraph. Recovery (PTQ.equalize_depthwise) runs first: layers are ranked
+    for what recovery could not fix, and a reverted layer reads the recovered FP32 model's
+    weights (the same function as the original model's)."""
+    calibrated = ModelFiles(ctx.work_dir / "calibrated", *SAVED_FILES)
+    recovered = ModelFiles(ctx.work_dir / "recovered_fp32", *SAVED_FILES) if cfg.ptq.equalize_depthwise else fp32_files
+    settings = PTQSettings(**{**cfg.ptq.to_dict(), "onnx_format": False})
+    if not calibrated.model_path.is_file() or not recovered.model_path.is_file():
+        with ctx.timed("calibration"):
+            quantize_files(cfg, fp32_files, calibrated.model_dir, settings, cfg.skip_tensor_list, opts.device,
+                           opts.progress, recovered_dir=recovered.model_dir if recovered != fp32_files else None)
+            ctx.counters.calibrations += 1
+    return QuantGraph(calibrated, recovered)
+
+
+def build_evaluators(cfg: PTQDetConfig, graph: QuantGraph) -> Evaluators:
+    full = Evaluator(cfg, graph, build_source(cfg, "EvalDataset"))
+    if not cfg.has_dataset("FastEvalDataset"):
+        return Evaluators(full, full)
+    return Evaluators(full, Evaluator(cfg, graph, build_source(cfg, "FastEvalDataset")))
+
+
+def int8_references(evals: Evaluators, layers: list[str], ctx: AnalysisContext) -> dict[str, float]:
+    """mAP of the trial models with no layer in float (INT8) on both sets, and with every layer
+    in float (FP32) on the fast set (cached); returns the "reference" section."""
+    refs = ctx.section("reference")
+    if "int8_full" not in refs:
+        refs["int8_full"] = evals.full.evaluate_with_float([])
+        ctx.counters.full_evaluations += 1
+        refs["fp32_fast"] = evals.fast.evaluate_with_float(layers)
+        refs["int8_fast"] = evals.fast.evaluate_with_float([])
+        ctx.counters.fast_evaluations += 2
+        ctx.save()
+    return refs
+
+
+def calibration_feeds(cfg: PTQDetConfig, batches: int) -> list[dict[str, np.ndarray]]:
+    """The first `batches` (at least 1) batches of TrainDataset's images, as model feeds."""
+    max_images = max(batches, 1) * int(cfg.ppdet["EvalReader"]["batch_size"])
+    source = build_source(cfg, "TrainDataset", images_only=True)
+    return [feed_from_batch(b, cfg.feed_names) for b in source.batches(max_images=max_images)]
+
+
+def rank_layers(cfg: PTQDetConfig, opts: AnalysisOptions, graph: QuantGraph, evals: Evaluators,
+                refs: dict[str, float], ctx: AnalysisContext
+                ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], list[dict[str, np.ndarray]]]:
+    """Per mode, the mAP damage (fast set) and the proxy's SQNR loss of every layer (no proxy
+    with proxy_batches 0); also returns the feeds the proxy ran on."""
+    layers = list(graph.layers)
+    proxy_scores: dict[str, dict[str, float]] = {}
+    with ctx.timed("proxy_ranking"):
+        feeds = calibration_feeds(cfg, opts.proxy_batches)
+        for mode in opts.rank_modes if opts.proxy_batches > 0 else ():
+            proxy_scores[mode] = proxy_ranking(graph, feeds, layers, mode, ctx)
+            ctx.counters.proxy_runs += len(layers)
+    metric_scores: dict[str, dict[str, float]] = {}
+    with ctx.timed("metric_ranking"):
+        for mode in opts.rank_modes:
+            reference = refs["int8_fast"] if mode == "revert" else refs["fp32_fast"]
+            metric_scores[mode] = metric_ranking(evals.fast, layers, mode, reference, ctx)
+    return metric_scores, proxy_scores, feeds
+
+
+def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
+    """Calibrate once, rank every quantized layer, search the target model (when asked), write
+    the report and the analyzed config to opts.save_dir."""
+    fp32_files = check_inputs(cfg, opts)
+    t0 = time.perf_counter()
+    ctx = open_context(cfg, opts)
+    target = target_metric(cfg, opts.max_drop, reference_fp32(cfg, opts, fp32_files, ctx))
+    graph = calibrate(cfg, opts, fp32_files, ctx)
+    layers = list(graph.layers)
+    evals = build_evaluators(cfg, graph)
+    refs = int8_references(evals, layers, ctx)
+    metric_scores, proxy_scores, feeds = rank_layers(cfg, opts, graph, evals, refs, ctx)
+    ranking = order_layers(layers, metric_scores, proxy_scores)
+    result = AnalysisResult(fp32_map=refs["fp32_full"], int8_map=refs["int8_full"], ranking=ranking,
+                            metric_scores=metric_scores, proxy_scores=proxy_scores,
+                            spearman={m: spearman(metric_scores[m], proxy_scores[m]) for m in proxy_scores},
+                            counters=ctx.counters, op_types={n: graph.layers[n].op_type for n in layers})
+    if target is not None:
+        with ctx.timed("target_search"):
+            result.target = search_target(cfg, opts, evals.full, fp32_files, ranking, target, ctx)
+    with ctx.timed("plots"):
+        if cfg.plot_hist:
+            highlight = set(result.target.skip) if result.target else set(ranking[:5])
+            result.files.update(distribution_plots(graph, feeds, highlight, opts.save_dir))
+    ctx.counters.seconds["total"] = time.perf_counter() - t0
+    result.files.update(write_outputs(cfg, opts.save_dir, result))
+    return result
