@@ -350,6 +350,11 @@ def load_config(path: str | Path) -> PTQDetConfig:
         cfg = ppdet_load_config(str(path))
     except Exception as exc:  # ppdet raises assorted errors for bad _BASE_ or tags
         raise ConfigError(f"{path}: PaddleDetection could not load it: {exc}") from exc
+    return _validated(path, cfg)
+
+
+def _validated(path: Path, cfg: Any) -> PTQDetConfig:
+    """Our view of a loaded (merged) ppdet config, every key checked. Raises ConfigError."""
     _check_keys(path, {k: v for k, v in cfg.items() if k in PTQDET_KEYS})
     _check_top_level_types(path, cfg)
     _check_section_types(path, "PTQ", cfg.get("PTQ"), PTQ_DEFAULTS)
