@@ -31,7 +31,10 @@ def quiet_libraries(quiet: bool = False) -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("FLAGS_call_stack_level", "1")
     warnings.filterwarnings("ignore")
-    import paddle  # noqa: F401 - import before ppdet (zlib symbols, see requirements.txt)
+    # Pillow's image module before paddle: loaded after it, Pillow's PNG encoder runs into paddle's
+    # zlib symbols and segfaults (matplotlib's savefig); paddle before ppdet/pycocotools (requirements.txt)
+    import PIL.Image  # noqa: F401
+    import paddle  # noqa: F401
 
     # ppdet prints "Warning: Unable to use JDE/FairMOT/..." for tracking extras it never needs here
     with contextlib.redirect_stdout(io.StringIO()):

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+import PIL.Image  # noqa: E402,F401 - before paddle: after it, Pillow's PNG encoder segfaults (zlib symbols)
 import paddle  # noqa: E402,F401 - paddle before pycocotools/ppdet (see requirements.txt)
 
 DEMO_DATA = ROOT / "dataset" / "shapes"
