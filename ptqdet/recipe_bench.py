@@ -55,6 +55,11 @@ class RecipeRow:
         return int8 / base if int8 and base else None
 
 
+def model_name(cfg: PTQDetConfig) -> str:
+    """The config's folder and name (configs/demo/x.yaml -> demo/x): one name per model."""
+    return f"{cfg.path.parent.name}/{cfg.path.stem}"
+
+
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
@@ -71,7 +76,7 @@ def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: fl
                  threads: list[int], feed: dict, progress: bool = True) -> RecipeRow:
     """One recipe on one model: PTQ, simulated and runtime mAP (both kept with the PTQ model and
     reused while it is), then latency per thread count."""
-    row = RecipeRow(cfg.path.stem, recipe.name, fp32_map=fp32_map)
+    row = RecipeRow(model_name(cfg), recipe.name, fp32_map=fp32_map)
     variant = apply_recipe(cfg, recipe, onnx_format=True)
     int8_dir = work_dir / recipe.name.replace(", ", "_").replace(" ", "_")
     fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--config_path is required (or --list)")
     cli.quiet_libraries()
     from ptqdet.config import ConfigError, load_config
-    from ptqdet.recipe_bench import recipes_table, run_recipes
+    from ptqdet.recipe_bench import model_name, recipes_table, run_recipes
     from ptqdet.report import atomic_write_text, machine_info, write_json
 
     if any(n < 1 for n in args.threads):
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for path in args.config_path:
         cfg = load_config(path)  # loaded again right before use: ppdet keeps the last config's readers globally
-        run_recipes(cfg, recipes, args.work_dir / cfg.path.stem, args.threads, progress=not args.quiet, on_row=write)
+        run_recipes(cfg, recipes, args.work_dir / model_name(cfg).replace("/", "_"), args.threads,
+                    progress=not args.quiet, on_row=write)
     print(recipes_table(rows, args.threads))
     print(f"\nreport: {args.out.with_suffix('.md')}")
     return 0
