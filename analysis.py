@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of ranking modes: quantize (only that layer INT8, from FP32), revert "
                              "(only that layer back to float, from full INT8); the target search follows "
                              "quantize when it is listed")
-    parser.add_argument("--proxy_batches", type=int, default=2, help="calibration batches for the SQNR proxy ranking (default 2; 0: no proxy ranking)")
+    parser.add_argument("--proxy_batches", type=int, default=2,
+                        help="calibration batches for the SQNR proxy ranking (default 2; 0: no proxy ranking)")
     parser.add_argument("--max_drop", type=float, default=None,
                         help="target = FP32 mAP - MAX_DROP (0-1 scale), instead of target_metric")
     args = parser.parse_args(argv)

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="openvino: inference precision of the float ops (default f32; OpenVINO's own default "
                              "on CPUs with bf16 is bf16, which changes results)")
     parser.add_argument("--tensorrt", default=None, choices=("fp32", "fp16", "int8"),
-                        help="paddle on --devices gpu: run through TensorRT at this precision (int8 needs an INT8 model)")
+                        help="paddle on --devices gpu: run through TensorRT at this precision "
+                             "(int8 needs an INT8 model)")
     parser.add_argument("--output", type=Path, default=None, help="JSON report path")
     args = parser.parse_args(argv)
     cli.quiet_libraries(args.quiet)

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, type=Path, help="Paddle inference model folder (FP32 or INT8)")
     parser.add_argument("--model_filename", default=None, help="model file inside model_dir (default model.pdmodel)")
-    parser.add_argument("--params_filename", default=None, help="params file inside model_dir (default model.pdiparams)")
+    parser.add_argument("--params_filename", default=None,
+                        help="params file inside model_dir (default model.pdiparams)")
     parser.add_argument("--save_dir", required=True, type=Path, help="output folder (model.onnx, export.json)")
     parser.add_argument("--opset", type=int, default=13, help="ONNX opset to ask paddle2onnx for (default 13; "
                                                               "it raises it when an op needs a newer one)")
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
            f"{export.nms}" if export.nms else "model outputs as exported")
     qdq = (f", QDQ by {export.qdq}" + (f" on {export.quantized_layers} layers" if export.quantized_layers else "")
            if export.qdq else "")
-    print(f"{export.precision} ONNX model (opset {export.opset}, paddle2onnx {export.paddle2onnx}{qdq}, onnx.checker ok): "
-          f"{export.onnx_path}\n{nms}")
+    print(f"{export.precision} ONNX model (opset {export.opset}, paddle2onnx {export.paddle2onnx}{qdq}, "
+          f"onnx.checker ok): {export.onnx_path}\n{nms}")
     return 0
 
 

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_common_flags(parser)
     parser.add_argument("--save_dir", required=True, type=Path, help="output folder of the INT8 model (not model_dir)")
     parser.add_argument("--algo", default=None,
-                        help="activation calibration algorithm, overrides PTQ.algo: KL, hist, avg, mse, emd, abs_max, min_max, ptf")
+                        help="activation calibration algorithm, overrides PTQ.algo: "
+                             "KL, hist, avg, mse, emd, abs_max, min_max, ptf")
     parser.add_argument("--eval", action="store_true", help="also evaluate FP32 and INT8 mAP on EvalDataset")
     args = parser.parse_args(argv)
     cli.quiet_libraries(args.quiet)

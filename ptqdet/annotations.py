@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anno", type=Path, help="COCO annotation file to take images from")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--count", type=int, help="number of images (the first ones)")
-    group.add_argument("--split", type=int, help="number of images spread evenly by id into --out; the rest go to --out_rest")
+    group.add_argument("--split", type=int,
+                       help="number of images spread evenly by id into --out; the rest go to --out_rest")
     group.add_argument("--coco_mini", type=Path,
-                       help="coco_mini folder (../shared/coco_mini): lay it out under --out (a folder) as `make coco-mini` does")
+                       help="coco_mini folder (../shared/coco_mini): lay it out under --out (a folder) "
+                            "as `make coco-mini` does")
     parser.add_argument("--out", type=Path, required=True, help="annotation file to write (--coco_mini: folder)")
     parser.add_argument("--out_rest", type=Path, help="with --split: annotation file of the other images")
     args = parser.parse_args(argv)

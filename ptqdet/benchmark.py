@@ -90,7 +90,8 @@ def prepare_models(cfg: PTQDetConfig, work_dir: Path, need_onnx: bool, progress:
     stamp = work_dir / "int8.source.json"
     key = fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list,
                                "skip_types": cfg.skip_op_types})
-    if not (stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and (int8_dir / "model.pdmodel").is_file()):
+    if not (stamp.is_file() and json.loads(stamp.read_text()).get("key") == key
+            and (int8_dir / "model.pdmodel").is_file()):
         log(f"quantizing {fp32.model_dir} -> {int8_dir} (PTQ section of {cfg.path})")
         quantize(cfg, int8_dir, progress=progress)
         write_json(stamp, {"key": key, "fp32": str(fp32.model_dir), "config": str(cfg.path)})
@@ -131,7 +132,8 @@ def _variants(models: ModelSet, backend: str, settings: BenchSettings) -> list[t
         if isinstance(model, Path):
             out.append((Row(backend, precision, str(model), baseline=baseline), options, model))
         else:
-            out.append((Row(backend, precision, "-", baseline=baseline, error=f"not supported: {model}"), options, None))
+            out.append((Row(backend, precision, "-", baseline=baseline, error=f"not supported: {model}"),
+                        options, None))
     return out
 
 
@@ -232,7 +234,8 @@ def verdict(rows: list[Row], goal_ratio: float | None) -> str:
         fp32 = by_key.get((r.backend, "FP32"))
         if r.precision != "INT8" or not r.median or r.map is None or not fp32 or not fp32.median:
             continue
-        agrees = ref is not None and ref.map is not None and abs(mAP_points(r.map) - mAP_points(ref.map)) <= MAP_TOLERANCE
+        agrees = (ref is not None and ref.map is not None
+                  and abs(mAP_points(r.map) - mAP_points(ref.map)) <= MAP_TOLERANCE)
         candidates.append((r.median, r, r.median / fp32.median, agrees))
     good = [c for c in candidates if c[3]]
     if not good:

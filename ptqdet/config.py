@@ -234,9 +234,11 @@ def _ptq_settings(path: Path, raw: dict) -> PTQSettings:
     if settings.algo not in PTQ_ALGOS:
         raise ConfigError(f"{path}: PTQ.algo {settings.algo!r} is not one of {', '.join(PTQ_ALGOS)}")
     if settings.weight_quantize_type not in WEIGHT_TYPES:
-        raise ConfigError(f"{path}: PTQ.weight_quantize_type {settings.weight_quantize_type!r} is not one of {WEIGHT_TYPES}")
+        raise ConfigError(f"{path}: PTQ.weight_quantize_type {settings.weight_quantize_type!r} "
+                          f"is not one of {WEIGHT_TYPES}")
     if settings.activation_quantize_type not in ACT_TYPES:
-        raise ConfigError(f"{path}: PTQ.activation_quantize_type {settings.activation_quantize_type!r} is not one of {ACT_TYPES}")
+        raise ConfigError(f"{path}: PTQ.activation_quantize_type {settings.activation_quantize_type!r} "
+                          f"is not one of {ACT_TYPES}")
     if settings.round_type not in ROUND_TYPES:
         raise ConfigError(f"{path}: PTQ.round_type {settings.round_type!r} is not one of {ROUND_TYPES}")
     if settings.reconstruction not in RECONSTRUCTIONS:

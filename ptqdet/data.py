@@ -256,7 +256,7 @@ def calibration_loader(cfg: PTQDetConfig, batch_size: int, batch_nums: int, prog
     class FeedLoader(paddle.io.DataLoader):
         """Yields the pre-loaded feed dicts; no worker, no thread."""
 
-        def __init__(self, items: list[dict[str, np.ndarray]]):  # noqa: super().__init__ needs a dataset
+        def __init__(self, items: list[dict[str, np.ndarray]]):  # super().__init__ needs a dataset
             self.items = items
             self.batch_size = batch_size
 

@@ -199,7 +199,8 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
         source, nms, layers = prepare_program(files, Path(tmp) / "paddle", strip, ops)
         onnx_path = staged / ONNX_FILE
         steps = [s for s, on in (("cut before NMS", nms is not None), ("float program", strip)) if on]
-        run_paddle2onnx(source, onnx_path, opset, label=str(files.model_dir) + (f" ({', '.join(steps)})" if steps else ""))
+        run_paddle2onnx(source, onnx_path, opset,
+                        label=str(files.model_dir) + (f" ({', '.join(steps)})" if steps else ""))
         written = None
         if strip:
             try:

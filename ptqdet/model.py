@@ -364,7 +364,8 @@ class Predictor:
         return [self._predictor.get_output_handle(n).copy_to_cpu() for n in self.output_names]
 
 
-def measure_latency(predictor: Runner, feed: dict[str, np.ndarray], warmup: int = 5, repeats: int = 30) -> dict[str, float]:
+def measure_latency(predictor: Runner, feed: dict[str, np.ndarray], warmup: int = 5,
+                    repeats: int = 30) -> dict[str, float]:
     """Median and spread (ms) of predictor.run on one feed."""
     for _ in range(warmup):
         predictor.run(feed)

@@ -23,7 +23,8 @@ class Report:
     data: dict[str, Any]
 
 
-def make_predictor(files: ModelFiles, device: str = "cpu", threads: int | None = None, mkldnn: bool = True) -> Predictor:
+def make_predictor(files: ModelFiles, device: str = "cpu", threads: int | None = None,
+                   mkldnn: bool = True) -> Predictor:
     return Predictor(files, PredictorOptions(device=device, threads=threads or default_threads(), mkldnn=mkldnn))
 
 
@@ -93,7 +94,8 @@ def quantize_and_report(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", 
     rows = [["layers quantized", f"{len(result.quantized_layers)} / {total}"],
             ["layers kept in float (skip_tensor_list)", len(result.skipped)],
             ["algo", result.settings["algo"]],
-            ["weights / activations", f"{result.settings['weight_quantize_type']} / {result.settings['activation_quantize_type']}"],
+            ["weights / activations",
+             f"{result.settings['weight_quantize_type']} / {result.settings['activation_quantize_type']}"],
             ["calibration images", f"{result.settings['batch_size']} x {result.settings['batch_nums']} (at most)"],
             ["PTQ time", f"{result.seconds:.1f} s"]]
     data: dict[str, Any] = {"config": str(cfg.path), "model_dir": str(cfg.model_dir), "save_dir": str(save_dir),

@@ -90,7 +90,8 @@ def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: fl
             sim = open_backend("paddle", int8_dir / "int8", BackendOptions(mkldnn=False))
             stamp["sim_map"] = evaluate(sim, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} simulated").map
             ov = open_backend(RUNTIME, int8_onnx, BackendOptions())
-            stamp["runtime_map"] = evaluate(ov, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} {RUNTIME}").map
+            stamp["runtime_map"] = evaluate(ov, cfg, "EvalDataset", progress=progress,
+                                            desc=f"{recipe.name} {RUNTIME}").map
             write_json(int8_dir / STAMP, stamp)
         if "runtime_bf16_map" not in stamp:
             ov = open_backend(RUNTIME, int8_onnx, BackendOptions(openvino_precision="bf16"))

@@ -34,7 +34,8 @@ class EqualizationResult:
     input_max: dict[str, float] = field(default_factory=dict)  # equalized input variable -> its max |x|
 
 
-def channel_ranges(executor, program, feeds: Iterable[dict[str, np.ndarray]], names: list[str]) -> dict[str, np.ndarray]:
+def channel_ranges(executor, program, feeds: Iterable[dict[str, np.ndarray]],
+                   names: list[str]) -> dict[str, np.ndarray]:
     """Max |x| per channel (axis 1) of each named variable over the fed batches."""
     ranges: dict[str, np.ndarray] = {}
     for feed in feeds:

@@ -31,7 +31,8 @@ def test_revert_all_equals_fp32_and_revert_none_equals_int8(tmp_path, pico_cfg):
     fp32 = evaluate(Predictor(fp32_files, plain), pico_cfg, "FastEvalDataset", progress=False).map
     int8 = evaluate(Predictor(int8_files, plain), pico_cfg, "FastEvalDataset", progress=False).map
     assert fp32 > 0.05 and int8 != fp32
-    assert trial.evaluate_with_float(list(graph.layers)) == pytest.approx(fp32, abs=1e-4)  # same kernels modulo fusion: ~1e-6 apart
+    # same kernels modulo fusion: ~1e-6 apart
+    assert trial.evaluate_with_float(list(graph.layers)) == pytest.approx(fp32, abs=1e-4)
     # Not bit-exact: Paddle Inference fuses ops (conv+bn...) the trial executor runs one by one,
     # and a fake-quant's rounding turns those last-bit float differences into a few flipped
     # INT8 steps. Measured on the 40 FastEval images: 0.0003 mAP apart with the 11.9-mAP demo

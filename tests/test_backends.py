@@ -27,7 +27,8 @@ MODEL_CONFIGS = {"picodet_s": "picodet_s_ptq_deploy.yaml", "ppyoloe_s": "ppyoloe
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_uninstalled_backend_gives_a_clear_error(backend, monkeypatch):
     monkeypatch.setitem(sys.modules, backend, None)  # `import <backend>` now raises ImportError
-    with pytest.raises(BackendUnavailable, match=rf"backend '{backend}' needs the Python package '{backend}'.*pip install {backend}=="):
+    with pytest.raises(BackendUnavailable,
+                       match=rf"backend '{backend}' needs the Python package '{backend}'.*pip install {backend}=="):
         open_backend(backend, MODELS / "picodet_s_shapes")
 
 
@@ -322,7 +323,8 @@ def test_benchmark_openvino_nms_after_rows_measure_the_same_model(prepared):
     assert ratio_cells == ["-", f"{rows['INT8'].median / rows['FP32'].median:.2f}", "-", f"{after:.2f}"]
 
 
-@pytest.mark.parametrize(("script", "flag"), [("export_onnx.py", "--save_dir"), ("tools/bench_latency.py", "--goal_ratio"),
+@pytest.mark.parametrize(("script", "flag"), [("export_onnx.py", "--save_dir"),
+                                            ("tools/bench_latency.py", "--goal_ratio"),
                                             ("tools/bench_latency.py", "--openvino_nms_after"),
                                             ("tools/ablate_depthwise.py", "--work_dir")])
 def test_new_scripts_explain_their_flags(script, flag):

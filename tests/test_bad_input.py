@@ -32,7 +32,8 @@ CASES = {
     "unknown key": ("modell_dir: x\n", "unknown config key 'modell_dir'"),
     "missing model": ("model_dir: /nonexistent/model\n", "model_dir does not exist: /nonexistent/model"),
     "missing dataset": ("TrainDataset:\n  !COCODataSet\n    image_dir: nowhere\n    anno_path: a.json\n"
-                        "    dataset_dir: dataset/none\n", "TrainDataset.image_dir does not exist: dataset/none/nowhere"),
+                        "    dataset_dir: dataset/none\n",
+                        "TrainDataset.image_dir does not exist: dataset/none/nowhere"),
 }
 
 
@@ -220,7 +221,8 @@ TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
     "image that cannot be decoded (eval)": ("eval.py", lambda e: e.eval(evaluation=_garbage_image(e)),
                                             "cannot be decoded: "),
     "image folder without boxes as EvalDataset": ("eval.py", lambda e: e.eval(
-        f"EvalDataset: !ImageFolder {{image_dir: {e.good.data / 'val'}}}\n"), "EvalDataset: an ImageFolder has no boxes"),
+        f"EvalDataset: !ImageFolder {{image_dir: {e.good.data / 'val'}}}\n"),
+        "EvalDataset: an ImageFolder has no boxes"),
     "VOC without label_list": ("eval.py", lambda e: e.eval(f"metric: VOC\nEvalDataset: !VOCDataSet {{dataset_dir: "
                                                            f"{write_voc(e.tmp / 'voc', 2)}, anno_path: val.txt}}\n"),
                                "EvalDataset.label_list is not set"),
@@ -245,7 +247,8 @@ TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
                                                   "input_list names ['im_shape']"),
     "input_list leaves a model input unfed": ("post_quant.py", lambda e: e.ptq("input_list: [image]\n"),
                                               "does not feed the model inputs ['scale_factor']"),
-    "arch says no NMS but the model has one": ("eval.py", lambda e: e.eval("arch: PPYOLOE\n"), "arch: the model has NMS"),
+    "arch says no NMS but the model has one": ("eval.py", lambda e: e.eval("arch: PPYOLOE\n"),
+                                               "arch: the model has NMS"),
     # output locations
     "save_dir cannot be created": ("post_quant.py", lambda e: ["--config_path", e.config(), "--save_dir",
                                                                e.write("file", "x") / "out"], "cannot be created"),
@@ -258,7 +261,8 @@ TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
     "save_dir holds model_dir": ("post_quant.py", lambda e: ["--config_path", e.config(model=e.model()), "--save_dir",
                                                              e.tmp], "holds model_dir"),
     "save_dir holds files that are not a model": ("post_quant.py", lambda e: [
-        "--config_path", e.config(), "--save_dir", e.write("out/notes.txt", "mine").parent], "holds files that are not"),
+        "--config_path", e.config(), "--save_dir", e.write("out/notes.txt", "mine").parent],
+        "holds files that are not"),
     "analysis save_dir inside model_dir": ("analysis.py", lambda e: [
         "--config_path", e.config(model=e.model()), "--save_dir", e.tmp / "model" / "ana"], "is inside model_dir"),
     "image folder without images (calibration)": ("post_quant.py", lambda e: e.ptq(
@@ -269,7 +273,8 @@ TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
     # config values
     "config file missing": ("post_quant.py", lambda e: ["--config_path", e.tmp / "nope.yaml", "--save_dir", e.out],
                             "config file not found"),
-    "config not YAML": ("eval.py", lambda e: ["--config_path", e.write("c.yaml", "a: [1\n"), "--output", e.out / "x.json"],
+    "config not YAML": ("eval.py", lambda e: ["--config_path", e.write("c.yaml", "a: [1\n"),
+                                              "--output", e.out / "x.json"],
                         "not valid YAML"),
     "unknown key": ("post_quant.py", lambda e: e.ptq("modell_dir: x\n"), "unknown config key 'modell_dir'"),
     "unknown PTQ key": ("analysis.py", lambda e: e.analysis("PTQ:\n  batch_num: 3\n"), "unknown key 'PTQ.batch_num'"),

@@ -71,7 +71,7 @@ def test_counters_match_paddleslim_analysis_on_a_toy_model(tmp_path):
     batches = [{"x": rng.normal(size=(2, 3, 8, 8)).astype("float32")} for _ in range(2)]
 
     class Loader(paddle.io.DataLoader):
-        def __init__(self):  # noqa: no dataset, pre-made batches
+        def __init__(self):  # no dataset, pre-made batches
             self.batch_size = 2
 
         def __len__(self):
@@ -117,7 +117,7 @@ def test_max_layers_limits_the_reference_ranking(tmp_path):
     batch = {"x": np.ones((1, 3, 8, 8), "float32")}
 
     class Loader(paddle.io.DataLoader):
-        def __init__(self):  # noqa: no dataset, pre-made batches
+        def __init__(self):  # no dataset, pre-made batches
             self.batch_size = 1
 
         def __len__(self):

@@ -66,4 +66,5 @@ def test_loads_do_not_leak_keys_between_configs(tmp_path):
 def test_docs_config_reference_is_generated_from_the_code():
     from ptqdet.config_doc import reference_markdown
 
-    assert Path("docs/config.md").read_text() == reference_markdown(), "run: python -m ptqdet.config_doc > docs/config.md"
+    assert Path("docs/config.md").read_text() == reference_markdown(), (
+        "run: python -m ptqdet.config_doc > docs/config.md")

@@ -99,7 +99,8 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
 
     def fake_run(cmd, **kwargs):
         calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version\nERROR: No matching distribution")
+        return subprocess.CompletedProcess(cmd, 1, "",
+                                           "ERROR: Could not find a version\nERROR: No matching distribution")
 
     monkeypatch.setattr(fetch_mod.subprocess, "run", fake_run)
     with pytest.raises(FetchError, match=r"pip download fake-pkg==1.0.0 failed \(exit 1\): ERROR: No matching"):

@@ -24,7 +24,7 @@ def test_paddle_program_tables_have_one_home():
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Assign):
                 for target in node.targets:
-                    if isinstance(target, ast.Name) and target.id.endswith(("_PREFIXES", "WEIGHT_SLOTS", "WEIGHT_INPUTS",
-                                                                            "QDQ_OP_TYPES")):
+                    if isinstance(target, ast.Name) and target.id.endswith(("_PREFIXES", "WEIGHT_SLOTS",
+                                                                            "WEIGHT_INPUTS", "QDQ_OP_TYPES")):
                         defined.setdefault(target.id, []).append(path.name)
     assert defined and all(files == ["paddle_static.py"] for files in defined.values()), defined

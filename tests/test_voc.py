@@ -20,7 +20,8 @@ def _config(tmp: Path, voc: Path, ppdet_style: bool) -> Path:
     that PaddleDetection's own VOC configs need (for its reference loop)."""
     fields = "data_fields: [image, gt_bbox, gt_class, difficult], " if ppdet_style else ""
     text = (f"_BASE_: ['{DEMO_CONFIGS / 'picodet_s_ptq.yaml'}']\nmetric: VOC\n"
-            f"EvalDataset: !VOCDataSet {{{fields}dataset_dir: {voc}, anno_path: val.txt, label_list: label_list.txt}}\n")
+            f"EvalDataset: !VOCDataSet {{{fields}dataset_dir: {voc}, anno_path: val.txt, "
+            f"label_list: label_list.txt}}\n")
     if ppdet_style:
         text += "EvalReader:\n  collate_batch: false\n"
     path = tmp / ("ppdet.yaml" if ppdet_style else "cfg.yaml")

@@ -28,12 +28,14 @@ from ptqdet import cli  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config_path", required=True, help="ptqdet config (model_dir, PTQ section with onnx_format True)")
+    parser.add_argument("--config_path", required=True,
+                        help="ptqdet config (model_dir, PTQ section with onnx_format True)")
     parser.add_argument("--dataset", default="EvalDataset", choices=("EvalDataset", "FastEvalDataset"),
                         help="dataset of the mAP column (default EvalDataset)")
     parser.add_argument("--work_dir", type=Path, default=Path("outputs/ablate_depthwise"),
                         help="models made here, one folder per variant (default outputs/ablate_depthwise)")
-    parser.add_argument("--out", type=Path, default=None, help="report path without suffix (default <work_dir>/ablation)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report path without suffix (default <work_dir>/ablation)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     cli.quiet_libraries()
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     out = args.out or work / "ablation"
     atomic_write_text(out.with_suffix(".md"), f"Depthwise ablation of {cfg.path}, {machine['date']}, {machine['cpu']}\n"
-                      f"Command: python tools/ablate_depthwise.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+                      f"Command: python tools/ablate_depthwise.py "
+                      f"{' '.join(argv if argv is not None else sys.argv[1:])}"
                       f"\n\n{table}\n")
     write_json(out.with_suffix(".json"), {"machine": machine, "config": str(cfg.path), "rows": rows})
     print(f"\n{table}\n\nreport: {out.with_suffix('.md')}")

@@ -179,7 +179,8 @@ def notes(results: dict[str, dict[str, Any]], target: float) -> list[str]:
         if not theirs["found"]:
             lines.append("paddleslim's get_target_quant_model found no model meeting its target.")
     if OURS in results:
-        lines.append("ptqdet analysis: `quantize` ranking without the SQNR proxy (so layers whose quantization does not move the fast mAP tie, in graph order), no distribution plots; "
+        lines.append("ptqdet analysis: `quantize` ranking without the SQNR proxy (so layers whose quantization "
+                     "does not move the fast mAP tie, in graph order), no distribution plots; "
                      "its full evaluations include the FP32 and INT8 references, the binary search, the verification "
                      "and the runtime evaluation.")
     return lines
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python tools/bench_analysis.py", *(sys.argv[1:] if argv is None else argv)])
     md = "\n".join(["# Analysis benchmark: ptqdet vs paddleslim", "", header, "", text, "",
                     *[f"{n}  " for n in footnotes], "", f"Command: `{command}`", ""])
-    data = {"command": command, "config": str(cfg.path), "ptq": cfg.ptq.to_dict(), "fp32_map": fp32_map, "target": target,
+    data = {"command": command, "config": str(cfg.path), "ptq": cfg.ptq.to_dict(), "fp32_map": fp32_map,
+            "target": target,
             "max_drop": args.max_drop, "max_layers": args.max_layers, "started": started, "machine": machine,
             "results": results, "notes": footnotes}
     md_path = atomic_write_text(out / "bench_analysis.md", md)

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result.to_dict())
         print(sections[-1], flush=True)
     header = (f"Deployment benchmark, {machine['date']}, {machine['cpu']} ({machine['cores']} cores), "
-              f"paddle {machine['paddle']}; batch 1, {args.threads} thread{'s' if args.threads > 1 else ''}, {args.rounds} interleaved rounds x "
+              f"paddle {machine['paddle']}; batch 1, {args.threads} thread{'s' if args.threads > 1 else ''}, "
+              f"{args.rounds} interleaved rounds x "
               f"{args.repeats} runs after {args.warmup} warm-up runs; mAP on {args.dataset}.\n"
               f"Command: python tools/bench_latency.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")
     atomic_write_text(args.out.with_suffix(".md"), header + "\n" + "\n\n".join(sections) + "\n")

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="EvalDataset", choices=("EvalDataset", "FastEvalDataset"))
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both (default as eval.py)")
     parser.add_argument("--client_dir", type=Path, default=None,
-                        help="PaddleDetection deploy/python folder (default ../shared/clients/PaddleDetection_deploy/python)")
+                        help="PaddleDetection deploy/python folder "
+                             "(default ../shared/clients/PaddleDetection_deploy/python)")
     args = parser.parse_args(argv)
     cli.quiet_libraries()
     from ptqdet.client import client_map
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config_path)
     files = resolve_model_files(args.model_dir, cfg.model_filename, cfg.params_filename)
     ours, _ = evaluate_model(cfg, files, args.dataset, threads=args.threads, mkldnn=args.mkldnn, progress=False)
-    theirs = client_map(cfg, args.model_dir, args.mkldnn, args.dataset, threads=args.threads, client_dir=args.client_dir)
+    theirs = client_map(cfg, args.model_dir, args.mkldnn, args.dataset, threads=args.threads,
+                        client_dir=args.client_dir)
     runtime = "oneDNN" if args.mkldnn else "no oneDNN"
     rows = [[name, runtime, r.images, mAP_points(r.map), mAP_points(r.stats.get("mAP50"))]
             for name, r in (("ptqdet eval.py", ours), ("PaddleDetection deploy/python/infer.py", theirs))]

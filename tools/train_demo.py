@@ -53,16 +53,23 @@ def _curve_callback(trainer, curve_path: Path):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, type=Path, help="PaddleDetection training config")
-    parser.add_argument("--name", required=True, help="model name: checkpoints in output/train/NAME, export to demo/models/NAME")
-    parser.add_argument("--exclude_nms", action="store_true", help="export without NMS (as PP-YOLOE is exported for PTQ)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the config's epoch count (and cosine schedule)")
-    parser.add_argument("--resume", type=Path, default=None, help="checkpoint prefix to resume from (e.g. output/train/NAME/2)")
-    parser.add_argument("--export_only", action="store_true", help="skip training, export --weights (default: model_final)")
+    parser.add_argument("--name", required=True,
+                        help="model name: checkpoints in output/train/NAME, export to demo/models/NAME")
+    parser.add_argument("--exclude_nms", action="store_true",
+                        help="export without NMS (as PP-YOLOE is exported for PTQ)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the config's epoch count (and cosine schedule)")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="checkpoint prefix to resume from (e.g. output/train/NAME/2)")
+    parser.add_argument("--export_only", action="store_true",
+                        help="skip training, export --weights (default: model_final)")
     parser.add_argument("--weights", type=Path, default=None, help="checkpoint prefix to export")
     parser.add_argument("--export_dir", type=Path, default=None, help="export folder (default demo/models/NAME)")
     parser.add_argument("--card", action="store_true", help="write the model card (README.md) next to the export")
-    parser.add_argument("--ptq_config", type=Path, default=None, help="ptqdet config used to evaluate the export for the card")
-    parser.add_argument("--history", type=Path, default=None, help="curve.json of an earlier (resumed) run, for the card")
+    parser.add_argument("--ptq_config", type=Path, default=None,
+                        help="ptqdet config used to evaluate the export for the card")
+    parser.add_argument("--history", type=Path, default=None,
+                        help="curve.json of an earlier (resumed) run, for the card")
     parser.add_argument("--wall_time", default=None, help="total training wall time, for the card")
     parser.add_argument("--rebuild", default=None, help="the command(s) that rebuild this model, for the card")
     parser.add_argument("--note", default=None, help="free text for the card (how this run really went)")
@@ -144,20 +151,25 @@ def write_card(args, cfg, run_dir: Path, export_dir: Path) -> Path:
     text = f"""# {args.name}
 
 Exported from `{args.config}` (trained from scratch on the demo shapes dataset, CPU only),
-{'without NMS (`exclude_nms=True`: outputs boxes [B, M, 4] and scores [B, C, M])' if args.exclude_nms else 'with NMS inside (outputs bbox [N, 6] and bbox_num [B])'};
+{'without NMS (`exclude_nms=True`: outputs boxes [B, M, 4] and scores [B, C, M])' if args.exclude_nms
+ else 'with NMS inside (outputs bbox [N, 6] and bbox_num [B])'};
 inputs `image` and `scale_factor`.
 
 | | |
 |---|---|
-| FP32 mAP@[.5:.95] on demo val (200 images, ptqdet eval.py / pycocotools) | **{100 * fp32.map:.1f}** (mAP50 {100 * fp32.stats.get('mAP50', 0):.1f}) |
-| epochs x iterations | {done if done == epochs else f'{done} of {epochs} planned'} x {iters_per_epoch or 'see log'} (batch size {int(cfg.TrainReader['batch_size'])}) |
+| FP32 mAP@[.5:.95] on demo val (200 images, ptqdet eval.py / pycocotools) | **{100 * fp32.map:.1f}** \
+(mAP50 {100 * fp32.stats.get('mAP50', 0):.1f}) |
+| epochs x iterations | {done if done == epochs else f'{done} of {epochs} planned'} x {iters_per_epoch or 'see log'} \
+(batch size {int(cfg.TrainReader['batch_size'])}) |
 | total wall time | {args.wall_time or 'see curve'} |
-| machine | {m['cpu']}, {m['cores']} cores, paddle {m['paddle']}, one training thread (OMP_NUM_THREADS=1, two models trained side by side), {m['date']} |
+| machine | {m['cpu']}, {m['cores']} cores, paddle {m['paddle']}, one training thread (OMP_NUM_THREADS=1, \
+two models trained side by side), {m['date']} |
 | recipe | SGD momentum 0.9, cosine LR with linear warm-up, EMA, multi-scale 224-288 training, eval at 256x256 |
 
 mAP on val after each epoch (EMA weights, ppdet's own evaluation during training):
 
-{markdown_table(['epoch', 'iteration', 'mAP', 'mAP50'], [[p['epoch'], p['iteration'], f"{100 * p['map']:.1f}", f"{100 * p['map50']:.1f}"] for p in points])}
+{markdown_table(['epoch', 'iteration', 'mAP', 'mAP50'],
+                [[p['epoch'], p['iteration'], f"{100 * p['map']:.1f}", f"{100 * p['map50']:.1f}"] for p in points])}
 
 Rebuild (about the same wall time on a 2-core machine; `make data` first):
 

@@ -30,10 +30,12 @@ def write_analyzed_config(cfg: PTQDetConfig, skip: list[str], out: Path) -> Path
         skipping = False
         lines.append(line)
     body = "\n".join(lines)
-    raw_base = yaml.safe_load(io.StringIO("\n".join(l for l in text.splitlines() if l.startswith("_BASE_"))) or "") or {}
+    raw_base = yaml.safe_load(io.StringIO("\n".join(line for line in text.splitlines()
+                                                    if line.startswith("_BASE_"))) or "") or {}
     if raw_base.get("_BASE_"):
         rel = [os.path.relpath((cfg.path.parent / b).resolve(), out.parent.resolve()) for b in raw_base["_BASE_"]]
-        body = "\n".join(("_BASE_: " + repr(rel)) if l.startswith("_BASE_") else l for l in body.splitlines())
+        body = "\n".join(("_BASE_: " + repr(rel)) if line.startswith("_BASE_") else line
+                         for line in body.splitlines())
     header = (f"# Written by analysis.py from {cfg.path}: the layers below stay in float.\n"
               f"# Quantize with: python post_quant.py --config_path {out} --save_dir <dir>\n")
     skip_yaml = "skip_tensor_list:\n" + "".join(f"  - {s}\n" for s in skip) if skip else "skip_tensor_list: []\n"
@@ -75,7 +77,8 @@ def write_outputs(cfg: PTQDetConfig, save_dir: Path, r: AnalysisResult) -> dict[
     main_mode = search_mode(r.metric_scores)
     chart = plots.sensitivity_chart(r.metric_scores[main_mode], d / "sensitivity",
                                     f"mAP damage per layer ({main_mode} one; top 30)",
-                                    "mAP points" + (" gained when put back to float" if main_mode == "revert" else " lost"),
+                                    "mAP points" + (" gained when put back to float" if main_mode == "revert"
+                                                    else " lost"),
                                     proxy=r.proxy_scores.get(main_mode))
     files["sensitivity_chart"] = str(chart[0])
     skip = r.target.skip if r.target else r.ranking[:5]
@@ -91,7 +94,8 @@ def markdown(cfg: PTQDetConfig, r: AnalysisResult, files: dict[str, str]) -> str
     c = r.counters
     lines = [f"# Quantization analysis of `{cfg.model_dir}`", "",
              f"Config `{cfg.path}`; PTQ: algo {cfg.ptq.algo}, weights {cfg.ptq.weight_quantize_type}, "
-             f"activations {cfg.ptq.activation_quantize_type}, {cfg.ptq.batch_size}x{cfg.ptq.batch_nums} calibration images.", "",
+             f"activations {cfg.ptq.activation_quantize_type}, {cfg.ptq.batch_size}x{cfg.ptq.batch_nums} "
+             f"calibration images.", "",
              markdown_table(["model", "mAP (EvalDataset)"], [["FP32", mAP_points(r.fp32_map)],
                                                             ["INT8, all layers", mAP_points(r.int8_map)]] +
                             ([[f"INT8, {r.target.num_skipped} layers in float (verified)",
@@ -108,7 +112,8 @@ def markdown(cfg: PTQDetConfig, r: AnalysisResult, files: dict[str, str]) -> str
     lines.append(markdown_table(["rank", "layer", *[f"mAP pts ({m} one)" for m in modes],
                                  *[f"SQNR loss dB ({m})" for m in r.proxy_scores]],
                                 [[i + 1, n, *[round(100 * r.metric_scores[m][n], 2) for m in modes],
-                                  *[round(r.proxy_scores[m][n], 2) for m in r.proxy_scores]] for i, n in enumerate(top)]))
+                                  *[round(r.proxy_scores[m][n], 2) for m in r.proxy_scores]]
+                                 for i, n in enumerate(top)]))
     lines += ["", "Spearman rank correlation, proxy vs mAP: " +
               (", ".join(f"{m}: {v:.2f}" for m, v in r.spearman.items()) or "no proxy ranking"), ""]
     if r.target:

@@ -65,7 +65,8 @@ def reference_fp32(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFi
     """FP32 mAP on EvalDataset with Paddle Inference (cached)."""
     refs = ctx.section("reference")
     if "fp32_full" not in refs:
-        predictor = Predictor(fp32_files, PredictorOptions(device=opts.device, threads=opts.threads or default_threads()))
+        predictor = Predictor(fp32_files, PredictorOptions(device=opts.device,
+                                                           threads=opts.threads or default_threads()))
         refs["fp32_full"] = evaluate(predictor, cfg, "EvalDataset", progress=opts.progress, desc="eval FP32").map
         ctx.counters.full_evaluations += 1
         ctx.save()

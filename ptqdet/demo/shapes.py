@@ -179,11 +179,13 @@ def generate_split(out_dir: Path, split: str, count: int, seed: int = 0, progres
     return anno
 
 
-def generate(out_dir: Path, splits: dict[str, int] | None = None, seed: int = 0, progress: bool = True) -> dict[str, Path]:
+def generate(out_dir: Path, splits: dict[str, int] | None = None, seed: int = 0,
+             progress: bool = True) -> dict[str, Path]:
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     paths = {s: generate_split(out_dir, s, n, seed, progress) for s, n in splits.items()}
     if "val" in paths:
-        paths["val_fast"] = write_subset(paths["val"], out_dir / "annotations" / "instances_val_fast.json", FAST_VAL_IMAGES)
+        paths["val_fast"] = write_subset(paths["val"], out_dir / "annotations" / "instances_val_fast.json",
+                                         FAST_VAL_IMAGES)
     return paths
 
 
@@ -206,7 +208,8 @@ def is_complete(out_dir: Path, splits: dict[str, int] | None = None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("dataset/shapes"), help="output folder (default: dataset/shapes)")
+    parser.add_argument("--out", type=Path, default=Path("dataset/shapes"),
+                        help="output folder (default: dataset/shapes)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     for split, n in DEFAULT_SPLITS.items():
         parser.add_argument(f"--{split}", type=int, default=n, help=f"number of {split} images (default {n})")
