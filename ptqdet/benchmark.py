@@ -25,9 +25,10 @@ from .config import ConfigError, PTQDetConfig
 from .export import ExportError, export_onnx, load_export
 from .metrics import evaluate
 from .model import ModelFiles, resolve_model_files
+
 # fingerprint: also imported from here by ptqdet.recipe_bench
 from .paddle_static import fingerprint
-from .report import markdown_table, mAP_points, write_json
+from .report import mAP_points, markdown_table, write_json
 
 MAP_TOLERANCE = 1.0  # points: an INT8 row agrees with Paddle INT8 when within this
 

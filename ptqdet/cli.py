@@ -33,8 +33,10 @@ def quiet_libraries(quiet: bool = False) -> None:
     warnings.filterwarnings("ignore")
     # Pillow's image module before paddle: loaded after it, Pillow's PNG encoder runs into paddle's
     # zlib symbols and segfaults (matplotlib's savefig); paddle before ppdet/pycocotools (requirements.txt)
+    # isort: off
     import PIL.Image  # noqa: F401
     import paddle  # noqa: F401
+    # isort: on
 
     # ppdet prints "Warning: Unable to use JDE/FairMOT/..." for tracking extras it never needs here
     with contextlib.redirect_stdout(io.StringIO()):

@@ -1,13 +1,12 @@
 """COCO and VOC mAP through PaddleDetection's metrics (pycocotools for COCO), and the eval loop."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import contextlib
 import io
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import ConfigError, PTQDetConfig
+
 # load_static_model: imported from here by modules that load models (ptqdet.recovery)
 from .paddle_static import QUANT_OP_PREFIXES, WEIGHT_SLOTS, load_static_model  # noqa: F401
 

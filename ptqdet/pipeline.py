@@ -7,13 +7,22 @@ from typing import Any
 
 from .backends import BackendOptions, open_backend
 from .config import ConfigError, PTQDetConfig
-from .export import is_onnx_export, load_export
 from .data import build_source, feed_from_batch
+from .export import is_onnx_export, load_export
 from .metrics import EvalResult, evaluate
-from .model import ModelFiles, Predictor, PredictorOptions, check_config_model, check_output_dir, default_threads, \
-    is_quantized, measure_latency, resolve_model_files
+from .model import (
+    ModelFiles,
+    Predictor,
+    PredictorOptions,
+    check_config_model,
+    check_output_dir,
+    default_threads,
+    is_quantized,
+    measure_latency,
+    resolve_model_files,
+)
 from .quantize import QuantizeResult, layer_weights, quantize
-from .report import machine_info, markdown_table, mAP_points, write_json
+from .report import machine_info, mAP_points, markdown_table, write_json
 
 
 @dataclass

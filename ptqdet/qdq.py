@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .paddle_static import QDQ_OP_TYPES, WEIGHT_SLOTS
+
 # quantized Paddle layers this export writes: they become ONNX Conv nodes
 SUPPORTED_LAYERS = ("conv2d", "depthwise_conv2d")
 ACTIVATION_ZERO_POINT = 128  # uint8

@@ -10,8 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+# isort: off
 import PIL.Image  # noqa: E402,F401 - before paddle: after it, Pillow's PNG encoder segfaults (zlib symbols)
 import paddle  # noqa: E402,F401 - paddle before pycocotools/ppdet (see requirements.txt)
+# isort: on
 
 DEMO_DATA = ROOT / "dataset" / "shapes"
 MODELS = ROOT / "demo" / "models"

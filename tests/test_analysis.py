@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from conftest import DEMO_DATA, ROOT, write_config
 from ptqdet.annotations import write_subset
 from ptqdet.config import load_config
-from conftest import DEMO_DATA, ROOT, write_config
 
 pytestmark = pytest.mark.slow
 

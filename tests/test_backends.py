@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import DEMO_CONFIGS, MODELS
 from ptqdet.backends import BackendOptions, BackendUnavailable, open_backend
 from ptqdet.config import ConfigError, load_config
 from ptqdet.data import build_source, feed_from_batch
 from ptqdet.export import check_onnx, export_onnx, load_export
 from ptqdet.model import resolve_model_files
 from ptqdet.postprocess import to_detections
-from conftest import DEMO_CONFIGS, MODELS
 
 MODEL_CONFIGS = {"picodet_s": "picodet_s_ptq_deploy.yaml", "ppyoloe_s": "ppyoloe_s_ptq_deploy.yaml"}
 

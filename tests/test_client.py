@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ptqdet.client import ClientError, DatasetImages, default_client_dir, link_images, to_dataset_records
 from conftest import ROOT
+from ptqdet.client import ClientError, DatasetImages, default_client_dir, link_images, to_dataset_records
 
 CLIENT = default_client_dir()
 TOLERANCE = 0.003  # 0.3 point

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ptqdet.config import ConfigError, load_config
 from conftest import write_config
+from ptqdet.config import ConfigError, load_config
 
 
 def test_demo_config_loads_with_ptq_section(pico_cfg):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from ptqdet import fetch as fetch_mod
 from ptqdet.fetch import FetchError, ModelSource, fetch, is_present
-from conftest import ROOT
 
 SHARED_MODEL = ROOT.parent / "shared" / "models" / "picodet_s_416_coco_lcnet"
 MEMBER_DIR = "fake_pkg/model/PicoDet/ckpt/"

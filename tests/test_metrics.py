@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from ptqdet.config import load_config
 from ptqdet.data import build_source
 from ptqdet.metrics import MetricSession
 

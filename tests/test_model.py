@@ -3,11 +3,11 @@ import shutil
 import pytest
 from pycocotools.coco import COCO
 
+from conftest import MODELS
 from ptqdet.config import ConfigError
 from ptqdet.data import build_source, feed_from_batch
 from ptqdet.model import Predictor, PredictorOptions, is_quantized, resolve_model_files
 from ptqdet.postprocess import to_detections
-from conftest import MODELS
 
 
 def test_legacy_file_names_are_accepted(tmp_path):

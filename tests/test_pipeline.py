@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import ROOT, write_config
 from ptqdet.config import load_config
 from ptqdet.model import ModelFiles, resolve_model_files
 from ptqdet.pipeline import evaluate_model
 from ptqdet.quantize import layer_weights, quantize, quantized_weights
-from conftest import ROOT, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -73,11 +73,13 @@ def test_onednn_int8_runs_only_the_quantized_layer_types(yoloe_cfg, yoloe_int8):
 
 def _ppdet_reference_eval(cfg_path):
     """The reference example's loop: ppdet's own reader (thread, batching) and COCOMetric."""
+    import tempfile
+
     import paddle
     import paddle.inference as pi
-    from ppdet.core.workspace import create, load_config as ppdet_load
+    from ppdet.core.workspace import create
+    from ppdet.core.workspace import load_config as ppdet_load
     from ppdet.metrics import COCOMetric
-    import tempfile
 
     from ptqdet.config import _reset_ppdet_workspace
     _reset_ppdet_workspace()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from ptqdet.annotations import prepare_coco_mini, write_split
 from ptqdet.fetch import is_present
-from conftest import ROOT
 
 SHARED = ROOT.parent / "shared"
 COCO_MINI_SRC = SHARED / "coco_mini"

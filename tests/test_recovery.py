@@ -3,11 +3,11 @@ evens out the depthwise inputs' channel ranges."""
 import numpy as np
 import pytest
 
+from conftest import DEMO_CONFIGS, write_config
 from ptqdet.config import ConfigError, load_config
 from ptqdet.data import calibration_loader
 from ptqdet.model import ModelFiles, load_static_model, read_program, resolve_model_files
 from ptqdet.recovery import channel_ranges, equalization_scales, equalize_depthwise_inputs
-from conftest import DEMO_CONFIGS, write_config
 
 
 def test_scales_bring_every_channel_to_the_top_range():

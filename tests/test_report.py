@@ -1,5 +1,5 @@
 """Tables and atomic writes."""
-from ptqdet.report import atomic_write_text, markdown_table, mAP_points
+from ptqdet.report import atomic_write_text, mAP_points, markdown_table
 
 
 def test_markdown_table_aligns_and_formats_numbers():

@@ -34,7 +34,8 @@ def _ppdet_voc_map(cfg_path: Path) -> float:
     Paddle Inference, and its VOCMetric."""
     import paddle
     import paddle.inference as pi
-    from ppdet.core.workspace import create, load_config as ppdet_load
+    from ppdet.core.workspace import create
+    from ppdet.core.workspace import load_config as ppdet_load
     from ppdet.metrics import VOCMetric
 
     from ptqdet.config import _reset_ppdet_workspace

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from ptqdet.metrics import evaluate
     from ptqdet.model import resolve_model_files
     from ptqdet.quantize import layer_weights, quantize
-    from ptqdet.report import atomic_write_text, mAP_points, machine_info, markdown_table, write_json
+    from ptqdet.report import atomic_write_text, machine_info, mAP_points, markdown_table, write_json
 
     cfg = load_config(args.config_path)
     if not cfg.ptq.onnx_format:

@@ -139,7 +139,7 @@ def fp32_reference(cfg, threads: int | None, progress: bool) -> float:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    from ptqdet.report import markdown_table, mAP_points
+    from ptqdet.report import mAP_points, markdown_table
 
     rows = []
     for name, r in results.items():

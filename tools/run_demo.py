@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from ptqdet.model import measure_latency, resolve_model_files
     from ptqdet.pipeline import latency_feed, make_predictor
     from ptqdet.quantize import quantize
-    from ptqdet.report import atomic_write_text, machine_info, markdown_table, mAP_points, write_json
+    from ptqdet.report import atomic_write_text, machine_info, mAP_points, markdown_table, write_json
 
     start = time.time()
     rows, records, notes = [], [], []

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ..config import PTQDetConfig
-from ..report import atomic_write_text, machine_info, markdown_table, mAP_points, write_json
+from ..report import atomic_write_text, machine_info, mAP_points, markdown_table, write_json
 from . import plots
 from .results import AnalysisResult
 from .search import search_mode

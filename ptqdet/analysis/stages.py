@@ -19,8 +19,15 @@ import numpy as np
 from ..config import ConfigError, PTQDetConfig, PTQSettings
 from ..data import build_source, check_dataset, feed_from_batch
 from ..metrics import evaluate
-from ..model import (ModelFiles, Predictor, PredictorOptions, check_config_model, check_output_dir, default_threads,
-                     resolve_model_files)
+from ..model import (
+    ModelFiles,
+    Predictor,
+    PredictorOptions,
+    check_config_model,
+    check_output_dir,
+    default_threads,
+    resolve_model_files,
+)
 from ..quantize import SAVED_FILES, quantize_files
 from .context import CACHE_VERSION, AnalysisContext, cache_key
 from .distributions import distribution_plots
