@@ -113,6 +113,8 @@ def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PT
     import paddle
     from paddleslim.quant import quant_post_static, quant_recon_static
 
+    from .recon import fast_reconstruction, hard_adaround
+
     common = dict(model_dir=str(files.model_dir), quantize_model_path=str(out_dir), data_loader=loader,
                   model_filename=files.model_filename, params_filename=files.params_filename,
                   save_model_filename=SAVED_FILES[0], save_params_filename=SAVED_FILES[1],
@@ -125,11 +127,13 @@ def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PT
     with static_mode(), paddle_bars(progress):
         executor = paddle.static.Executor(paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace())
         if settings.reconstruction == "none":
-            quant_post_static(executor=executor, round_type=settings.round_type, **common)
+            with hard_adaround():
+                quant_post_static(executor=executor, round_type=settings.round_type, **common)
         else:
-            quant_recon_static(executor=executor, epochs=settings.recon_epochs,
-                               recon_level="layer-wise" if settings.reconstruction == "adaround" else "region-wise",
-                               simulate_activation_quant=settings.reconstruction == "qdrop", **common)
+            with fast_reconstruction():
+                quant_recon_static(executor=executor, epochs=settings.recon_epochs,
+                                   recon_level="layer-wise" if settings.reconstruction == "adaround" else "region-wise",
+                                   simulate_activation_quant=settings.reconstruction == "qdrop", **common)
 
 
 def recover_fp32(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings, skip_tensor_list: list[str]

@@ -87,11 +87,29 @@ def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict
             for op in targets:
                 _equalize_one(block, scope, place, op, ranges[op.input("Input")[0]], strengths[op.type], result)
             paddle.static.save_inference_model(str(Path(out_dir) / "model"), [block.var(n) for n in feed_names],
-                                               fetches, exe, program=program)
+                                               _fetch_targets(block, fetches), exe, program=program)
     info = files.model_dir / "infer_cfg.yml"
     if info.is_file():
         shutil.copy2(info, Path(out_dir) / "infer_cfg.yml")
     return result
+
+
+def _fetch_targets(block, fetches: list) -> list:
+    """The variables save_inference_model should fetch: a loaded inference program's fetch
+    variables are the outputs of the scale(1.0) ops an earlier save appended
+    (save_infer_model/scale_<i>); saving those again appends in-place scale ops that write the
+    same names a second time. Their inputs, the model's own outputs, are fetched instead (the
+    save names the new scale outputs as before)."""
+    producers = {op.output_arg_names[0]: op for op in block.ops
+                 if op.type == "scale" and len(op.output_arg_names) == 1}
+    targets = []
+    for var in fetches:
+        op = producers.get(var.name)
+        if (op is not None and var.name.startswith("save_infer_model/") and op.attr("scale") == 1.0
+                and op.attr("bias") == 0.0):
+            var = block.var(op.input("X")[0])
+        targets.append(var)
+    return targets
 
 
 def _equalize_one(block, scope, place, op, ranges: np.ndarray, strength: float, result: EqualizationResult) -> None:
@@ -110,7 +128,10 @@ def _equalize_one(block, scope, place, op, ranges: np.ndarray, strength: float, 
     block.create_var(name=inv_name, shape=list(scales.shape), dtype="float32", persistable=True)
     scope.var(inv_name).get_tensor().set((1.0 / scales).astype(np.float32), place)
     x_var = block.var(x_name)
-    out_name = f"{x_name}{EQUALIZED_SUFFIX}"
+    # one output per consumer: layers that read one input (PicoDet's head branches) each get their
+    # own multiply, so no variable is written twice (paddleslim's region builder needs every
+    # variable to have one producer, ahead of its readers)
+    out_name = f"{w_name}{EQUALIZED_SUFFIX}.input"
     block.create_var(name=out_name, shape=x_var.shape, dtype=x_var.dtype)
     index = block.ops.index(op)
     block._insert_op(index, type="elementwise_mul", inputs={"X": [x_name], "Y": [inv_name]},

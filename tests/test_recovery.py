@@ -114,3 +114,41 @@ def test_demo_picodet_every_convolution_int8_within_one_point_of_fp32(tmp_path):
     openvino, _ = evaluate_model(cfg, int8, backend="openvino", progress=False)
     assert simulated.map >= 0.517
     assert openvino.map >= 0.517
+
+
+def test_equalized_model_writes_every_variable_once(pico_cfg, tmp_path):
+    """The demo's head branches share depthwise inputs: each gets its own multiply (a variable
+    written twice broke paddleslim's region builder, BRECQ and QDrop)."""
+    files = resolve_model_files(pico_cfg.model_dir)
+    equalize_depthwise_inputs(files, tmp_path, list(calibration_loader(pico_cfg, 4, 1, progress=False)))
+    ops = read_program(ModelFiles(tmp_path, "model.pdmodel", "model.pdiparams")).ops
+    written: dict[str, int] = {}
+    for op in ops:
+        if op.type != "fetch":
+            for names in op.outputs.values():
+                for name in names:
+                    written[name] = written.get(name, 0) + 1
+    assert {name: n for name, n in written.items() if n > 1} == {}
+    assert sum(op.type == "elementwise_mul" for op in ops) >= sum(op.type == "depthwise_conv2d" for op in ops)
+
+
+def test_fast_region_builder_finds_paddleslims_regions():
+    import paddle
+    import paddleslim.quant.reconstruction_quantization as rq
+
+    from ptqdet.paddle_static import static_mode
+    from ptqdet.recon import fast_reconstruction
+
+    with static_mode():
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [1, 4, 8, 8], "float32")
+            y = paddle.nn.functional.relu(paddle.static.nn.conv2d(x, 8, 3, padding=1))
+            a = paddle.static.nn.conv2d(y, 8, 3, padding=1, groups=8)  # two branches read y
+            b = paddle.static.nn.conv2d(y, 8, 1)
+            z = paddle.static.nn.conv2d(paddle.nn.functional.relu(a + b * b), 4, 1)
+            paddle.nn.functional.sigmoid(z)
+        expected = rq.RegionBuilder(main)._create_regions(limit=6)
+        with fast_reconstruction():
+            found = rq.RegionBuilder(main)._create_regions(limit=6)
+    assert found == expected and len(expected[0]) > 1
