@@ -31,6 +31,22 @@ import time
 import numpy as np
 
 
+def _name_index(ops) -> tuple[dict[str, list[int]], dict[str, list[int]], dict[int, object]]:
+    """Which ops write and read each variable name, and the ops by index."""
+    writers: dict[str, list[int]] = {}
+    readers: dict[str, list[int]] = {}
+    by_idx = {}
+    for o in ops:
+        by_idx[o.idx()] = o
+        for name in o._op.output_arg_names:
+            writers.setdefault(name, []).append(o.idx())
+        inputs = o._op.input_arg_names
+        if inputs:  # next_ops skips ops whose first input is missing
+            for name in inputs:
+                readers.setdefault(name, []).append(o.idx())
+    return writers, readers, by_idx
+
+
 def _cached_graph_class():
     from paddleslim.core.graph_wrapper import GraphWrapper
 
@@ -63,17 +79,7 @@ def _cached_graph_class():
             # the same answer as GraphWrapper.pre_ops / next_ops (including repeats, one per
             # shared variable), from a name index instead of a scan of wrapped variables
             if not hasattr(self, "_readers"):
-                self._writers: dict[str, list[int]] = {}
-                self._readers: dict[str, list[int]] = {}
-                self._by_idx = {}
-                for o in self.ops():
-                    self._by_idx[o.idx()] = o
-                    for name in o._op.output_arg_names:
-                        self._writers.setdefault(name, []).append(o.idx())
-                    inputs = o._op.input_arg_names
-                    if inputs:  # next_ops skips ops whose first input is missing
-                        for name in inputs:
-                            self._readers.setdefault(name, []).append(o.idx())
+                self._writers, self._readers, self._by_idx = _name_index(self.ops())
             found = []
             if before:
                 for name in op._op.input_arg_names:
