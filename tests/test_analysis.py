@@ -21,11 +21,16 @@ def test_revert_all_equals_fp32_and_revert_none_equals_int8(tmp_path, pico_cfg):
     from ptqdet.data import build_source
     from ptqdet.metrics import evaluate
     from ptqdet.model import Predictor, PredictorOptions, resolve_model_files
-    from ptqdet.quantize import quantize
+    from ptqdet.quantize import quantize_files
 
-    quantize(pico_cfg, tmp_path / "int8", progress=False)
-    fp32_files, int8_files = resolve_model_files(pico_cfg.model_dir), resolve_model_files(tmp_path / "int8")
-    graph = QuantGraph(int8_files, fp32_files)
+    # the config equalizes the depthwise inputs: reverted layers read the recovered FP32 model's
+    # weights, as the analysis does (that model computes what the original one does)
+    fp32_files = resolve_model_files(pico_cfg.model_dir)
+    assert pico_cfg.ptq.equalize_depthwise
+    quantize_files(pico_cfg, fp32_files, tmp_path / "int8", pico_cfg.ptq, [], progress=False,
+                   recovered_dir=tmp_path / "recovered")
+    int8_files = resolve_model_files(tmp_path / "int8")
+    graph = QuantGraph(int8_files, resolve_model_files(tmp_path / "recovered"))
     trial = Evaluator(pico_cfg, graph, build_source(pico_cfg, "FastEvalDataset"))
     plain = PredictorOptions(mkldnn=False)
     fp32 = evaluate(Predictor(fp32_files, plain), pico_cfg, "FastEvalDataset", progress=False).map
