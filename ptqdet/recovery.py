@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import ModelFiles, load_static_model
+from .model import ModelFiles
 
 EQUALIZED_SUFFIX = ".dw_eq"
 
@@ -66,28 +66,24 @@ def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict
     steps do see it: a partial migration, as SmoothQuant's). Returns the equalized layers."""
     import paddle
 
-    from .paddle_static import static_mode
+    from .paddle_static import loaded_program
 
     skip = set(skip)
     result = EqualizationResult()
-    with static_mode():
-        place = paddle.CPUPlace()
-        exe = paddle.static.Executor(place)
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            program, feed_names, fetches = load_static_model(files, exe)
-            block = program.global_block()
-            strengths = {"depthwise_conv2d": strength, "conv2d": conv_strength}
-            targets = [op for op in block.ops
-                       if strengths.get(op.type, 0) > 0 and op.input("Filter")[0] not in skip
-                       and (op.type == "depthwise_conv2d" or op.attr("groups") == 1)]
-            inputs = list(dict.fromkeys(op.input("Input")[0] for op in targets))
-            ranges = channel_ranges(exe, program, ({k: v for k, v in f.items() if k in feed_names} for f in feeds),
-                                    inputs)
-            for op in targets:
-                _equalize_one(block, scope, place, op, ranges[op.input("Input")[0]], strengths[op.type], result)
-            paddle.static.save_inference_model(str(Path(out_dir) / "model"), [block.var(n) for n in feed_names],
-                                               _fetch_targets(block, fetches), exe, program=program)
+    with loaded_program(files) as model:
+        block = model.program.global_block()
+        strengths = {"depthwise_conv2d": strength, "conv2d": conv_strength}
+        targets = [op for op in block.ops
+                   if strengths.get(op.type, 0) > 0 and op.input("Filter")[0] not in skip
+                   and (op.type == "depthwise_conv2d" or op.attr("groups") == 1)]
+        inputs = list(dict.fromkeys(op.input("Input")[0] for op in targets))
+        feeds = ({k: v for k, v in f.items() if k in model.feed_names} for f in feeds)
+        ranges = channel_ranges(model.exe, model.program, feeds, inputs)
+        for op in targets:
+            _equalize_one(block, model.scope, model.place, op, ranges[op.input("Input")[0]], strengths[op.type],
+                          result)
+        paddle.static.save_inference_model(str(Path(out_dir) / "model"), [block.var(n) for n in model.feed_names],
+                                           _fetch_targets(block, model.fetch_vars), model.exe, program=model.program)
     info = files.model_dir / "infer_cfg.yml"
     if info.is_file():
         shutil.copy2(info, Path(out_dir) / "infer_cfg.yml")
@@ -155,26 +151,16 @@ def set_activation_maxima(files: ModelFiles, maxima: dict[str, float]) -> list[s
     Equalized depthwise inputs have every channel at (nearly) the same maximum: a clipping
     calibration (avg, KL, hist) would cut the peaks of every channel, where it cuts a few
     outliers elsewhere. Their maxima are known exactly from the equalization."""
-    import paddle
-
-    from .paddle_static import static_mode
+    from .paddle_static import loaded_program
 
     changed = []
-    with static_mode():
-        place = paddle.CPUPlace()
-        exe = paddle.static.Executor(place)
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            program, feed_names, fetches = load_static_model(files, exe)
-            block = program.global_block()
-            for op in block.ops:
-                slot = ACTIVATION_QUANT_SCALES.get(op.type)
-                if not slot or op.input("X")[0] not in maxima or op.input("X")[0] in changed:
-                    continue
-                tensor = scope.find_var(op.input(slot)[0]).get_tensor()
-                value = np.full(np.array(tensor).shape, maxima[op.input("X")[0]], dtype=np.float32)
-                tensor.set(value, place)
-                changed.append(op.input("X")[0])
-            paddle.static.save_inference_model(str(files.model_dir / Path(files.model_filename).stem),
-                                               [block.var(n) for n in feed_names], fetches, exe, program=program)
+    with loaded_program(files) as model:
+        for op in model.program.global_block().ops:
+            slot = ACTIVATION_QUANT_SCALES.get(op.type)
+            if not slot or op.input("X")[0] not in maxima or op.input("X")[0] in changed:
+                continue
+            tensor = model.scope.find_var(op.input(slot)[0]).get_tensor()
+            tensor.set(np.full(np.array(tensor).shape, maxima[op.input("X")[0]], dtype=np.float32), model.place)
+            changed.append(op.input("X")[0])
+        model.save(files.model_dir, _fetch_targets(model.program.global_block(), model.fetch_vars))
     return changed
