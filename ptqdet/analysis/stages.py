@@ -16,18 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import model as model_files
 from ..config import ConfigError, PTQDetConfig, PTQSettings
 from ..data import build_source, check_dataset, feed_from_batch
 from ..metrics import evaluate
-from ..model import (
-    ModelFiles,
-    Predictor,
-    PredictorOptions,
-    check_config_model,
-    check_output_dir,
-    default_threads,
-    resolve_model_files,
-)
+from ..model import ModelFiles, Predictor, PredictorOptions, default_threads, resolve_model_files
 from ..quantize import SAVED_FILES, quantize_files
 from .context import CACHE_VERSION, AnalysisContext, cache_key
 from .distributions import distribution_plots
@@ -49,8 +42,8 @@ class Evaluators:
 
 def check_inputs(cfg: PTQDetConfig, opts: AnalysisOptions) -> ModelFiles:
     files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
-    check_output_dir(opts.save_dir, files.model_dir, replaced=False)  # analysis adds files, keeps its cache
-    check_config_model(cfg, files)
+    model_files.check_output_dir(opts.save_dir, files.model_dir, replaced=False)  # analysis adds files, keeps its cache
+    model_files.check_config_model(cfg, files)
     check_dataset(cfg, "TrainDataset", need_annotations=False)
     check_dataset(cfg, "EvalDataset")
     if cfg.has_dataset("FastEvalDataset"):
