@@ -112,3 +112,46 @@ def test_analysis_ranks_searches_and_resumes(tmp_path):
     (tmp_path / "changed").mkdir()
     changed = _analysis_config(tmp_path / "changed", "PTQ:\n  batch_nums: 4\n")
     assert cache_key(load_config(changed), {}) != cache_key(load_config(cfg_path), {})
+
+
+def test_analysis_killed_during_ranking_resumes_to_the_same_ranking_and_target(tmp_path):
+    """kill -9 in the middle of the 'quantize one' ranking: the re-run keeps the finished trials
+    (results.json is written atomically after each layer) and ends with the ranking and target
+    of an uninterrupted run."""
+    import signal
+    import time
+
+    cfg_path = _analysis_config(tmp_path)
+    flags = ["--config_path", str(cfg_path), "--rank_modes", "quantize", "--proxy_batches", "0",
+             "--max_drop", "0.02", "--quiet"]
+    r = _run(*flags, "--save_dir", str(tmp_path / "whole"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    whole = json.loads((tmp_path / "whole" / "ranking.json").read_text())
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "analysis.py"), *flags, "--save_dir", str(killed)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = 0
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline and proc.poll() is None:
+        caches = list(killed.glob(".work/*/results.json"))
+        if caches:
+            # written atomically after each layer: a torn file would fail the test here
+            done = len(json.loads(caches[0].read_text()).get("metric_quantize", {}))
+            if done >= 5:
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None and done >= 5, "the run ended or never reached the ranking before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "ranking.json").exists()
+
+    r = _run(*flags, "--save_dir", str(killed))
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = json.loads((killed / "ranking.json").read_text())
+    n = len(whole["ranking"])
+    assert resumed["counters"]["fast_evaluations"] <= n - done  # the finished trials were not redone
+    assert [row["layer"] for row in resumed["ranking"]] == [row["layer"] for row in whole["ranking"]]
+    for a, b in zip(resumed["ranking"], whole["ranking"]):
+        assert a["map_quantize"] == pytest.approx(b["map_quantize"], abs=1e-9)
+    assert resumed["target"]["skip"] == whole["target"]["skip"]
