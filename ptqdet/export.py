@@ -29,7 +29,7 @@ from typing import Any
 from .config import ConfigError, NMSSettings
 from .model import NMS_OP_TYPES, ModelFiles, OpInfo, check_output_dir, is_quantized, read_ops
 from .paddle_static import atomic_dir, loaded_program
-from .qdq import QDQExportError, QuantizedLayer, insert_qdq, strip_qdq
+from .qdq import QDQ_FORMAT, QDQExportError, QuantizedLayer, insert_qdq, strip_qdq
 
 EXPORT_META = "export.json"
 ONNX_FILE = "model.onnx"
@@ -57,6 +57,7 @@ class OnnxExport:
     paddle2onnx: str
     qdq: str | None = None  # INT8: who wrote the QDQ nodes (QDQ_MODES)
     quantized_layers: int | None = None  # INT8 with qdq "ptqdet": Conv nodes with QDQ
+    qdq_format: str | None = None  # INT8 with qdq "ptqdet": ptqdet.qdq.QDQ_FORMAT of the writer
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,7 +77,7 @@ def load_export(path: str | Path) -> OnnxExport:
     return OnnxExport(onnx_path=folder / ONNX_FILE, source=data["source"], precision=data["precision"],
                       input_names=list(data["input_names"]), output_names=list(data["output_names"]), nms=nms,
                       opset=int(data["opset"]), paddle2onnx=data["paddle2onnx"], qdq=data.get("qdq"),
-                      quantized_layers=data.get("quantized_layers"))
+                      quantized_layers=data.get("quantized_layers"), qdq_format=data.get("qdq_format"))
 
 
 def is_onnx_export(path: str | Path) -> bool:
@@ -211,7 +212,8 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
         export = OnnxExport(onnx_path=out_dir / ONNX_FILE, source=str(files.model_dir),
                             precision="INT8" if quantized else "FP32", input_names=inputs,
                             output_names=outputs, nms=nms, opset=real_opset, paddle2onnx=version,
-                            qdq=qdq if quantized else None, quantized_layers=written)
+                            qdq=qdq if quantized else None, quantized_layers=written,
+                            qdq_format=QDQ_FORMAT if strip else None)
         (staged / EXPORT_META).write_text(json.dumps(export.to_dict(), indent=2) + "\n")
     return export
 

@@ -21,10 +21,19 @@ weights of each quantized layer and nowhere else, with the same integers and ste
    input in front of each of those layers' ONNX Conv (paddle2onnx names a Conv's weight
    constant after the Paddle weight).
 
-Activations use uint8 with zero point 128: the same values as int8 with zero point 0
-(x / step rounded and clipped to [-128, 127]), but OpenVINO 2024.6 computes 1x1 convolutions
-fed by a Concat wrongly with symmetric int8 (PP-YOLOE-s: 17 instead of 32 mAP) and correctly
-with this form. Weights are int8, symmetric.
+Weights are int8, symmetric. Activations hold the values Paddle computes (x / step rounded and
+clipped to [-128, 127]), written in the form OpenVINO runs fastest and right (2026.4.1, the
+pinned version; measured on the real PicoDet-s at 416, 1 thread, Intel Xeon with AMX):
+- inputs of ordinary convolutions: int8, zero point 0. A zero point becomes the convolution's
+  "input zero point", and OpenVINO then compiles each convolution whose fused output
+  quantization is per channel (those feeding equalized depthwise inputs,
+  PTQ.equalize_depthwise) with its legacy JIT kernel instead of brgconv: 12.4 against 8.4 ms.
+- inputs of depthwise convolutions: uint8, zero point 128 (the same values): with int8 inputs
+  OpenVINO's depthwise INT8 kernel loses accuracy (equalized real PicoDet-s 34.5 against 35.3
+  mAP, same model) at no speed gain.
+ptqdet wrote uint8 everywhere before because OpenVINO 2024.6 computed 1x1 convolutions fed by a
+Concat wrongly with symmetric int8 (PP-YOLOE-s 17 instead of 32 mAP); 2026.4.1 computes them
+right (32.0; tests/test_backends.py checks the detections against Paddle INT8).
 """
 from __future__ import annotations
 
@@ -38,7 +47,11 @@ from .paddle_static import QDQ_OP_TYPES, WEIGHT_SLOTS
 
 # quantized Paddle layers this export writes: they become ONNX Conv nodes
 SUPPORTED_LAYERS = ("conv2d", "depthwise_conv2d")
-ACTIVATION_ZERO_POINT = 128  # uint8
+# activation zero point (and so its type) by the layer that reads it: see the module docstring
+ACTIVATION_ZERO_POINTS = {"conv2d": np.int8(0), "depthwise_conv2d": np.uint8(128)}
+# what an export's QDQ nodes look like: results measured on an export (runtime mAP) are valid
+# for exports of the same format only
+QDQ_FORMAT = "ptqdet-qdq-2: conv inputs int8 (zero point 0), depthwise inputs uint8 (128)"
 
 
 class QDQExportError(RuntimeError):
@@ -180,15 +193,15 @@ def _weight_dq(layer: QuantizedLayer) -> tuple[list[Any], Any]:
     return initializers, node
 
 
-def _input_qdq(name: str, input_step: float, index: int) -> tuple[list[Any], list[Any]]:
+def _input_qdq(name: str, input_step: float, index: int, zero_point: np.integer) -> tuple[list[Any], list[Any]]:
     """The step and zero-point initializers and the QuantizeLinear/DequantizeLinear pair on an
-    activation (uint8, zero point 128; output `<name>.qdq<index>.dequantized`)."""
+    activation (output `<name>.qdq<index>.dequantized`)."""
     from onnx import helper, numpy_helper
 
     base = f"{name}.qdq{index}"
     step = input_step if input_step > 0 else float(np.finfo(np.float32).tiny)
     initializers = [numpy_helper.from_array(np.array(step, np.float32), f"{base}.step"),
-                    numpy_helper.from_array(np.array(ACTIVATION_ZERO_POINT, np.uint8), f"{base}.zero")]
+                    numpy_helper.from_array(np.array(zero_point), f"{base}.zero")]
     nodes = [helper.make_node("QuantizeLinear", [name, f"{base}.step", f"{base}.zero"],
                               [f"{base}.quantized"], name=f"{base}.QuantizeLinear"),
              helper.make_node("DequantizeLinear", [f"{base}.quantized", f"{base}.step", f"{base}.zero"],
@@ -225,7 +238,7 @@ def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
     initializers: list[Any] = []
     before: dict[int, list[Any]] = {}  # id(Conv node) -> nodes to insert in front of it
     weight_dq: dict[str, str] = {}
-    input_qdq: dict[tuple[str, float], str] = {}
+    input_qdq: dict[tuple[str, float, str], str] = {}
     quantized = 0
     for node in model.graph.node:
         if node.op_type != "Conv" or len(node.input) < 2 or not pending.get(node.input[1]):
@@ -237,9 +250,10 @@ def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
             initializers += inits
             new.append(dq)
             weight_dq[layer.weight] = dq.output[0]
-        key = (node.input[0], layer.input_step)
+        zero_point = ACTIVATION_ZERO_POINTS[layer.op_type]
+        key = (node.input[0], layer.input_step, zero_point.dtype.name)
         if key not in input_qdq:
-            inits, qdq = _input_qdq(node.input[0], layer.input_step, len(input_qdq))
+            inits, qdq = _input_qdq(node.input[0], layer.input_step, len(input_qdq), zero_point)
             initializers += inits
             new += qdq
             input_qdq[key] = qdq[-1].output[0]

@@ -21,6 +21,7 @@ from .config import PTQDetConfig
 from .export import ExportError, export_onnx
 from .metrics import evaluate
 from .model import ModelFiles, resolve_model_files
+from .qdq import QDQ_FORMAT
 from .quantize import layer_weights, quantize
 from .recipes import Recipe, apply_recipe
 from .report import mAP_points, markdown_table, write_json
@@ -86,18 +87,18 @@ def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: fl
         row.total_layers = len(layer_weights(fp32, variant.ptq.quantizable_op_type))
         row.float_layers = row.total_layers - stamp["quantized"]
         int8_onnx = export_onnx(resolve_model_files(int8_dir / "int8"), int8_dir / "onnx_int8").onnx_path.parent
-        if "sim_map" not in stamp:
-            sim = open_backend("paddle", int8_dir / "int8", BackendOptions(mkldnn=False))
-            stamp["sim_map"] = evaluate(sim, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} simulated").map
-            ov = open_backend(RUNTIME, int8_onnx, BackendOptions())
-            stamp["runtime_map"] = evaluate(ov, cfg, "EvalDataset", progress=progress,
-                                            desc=f"{recipe.name} {RUNTIME}").map
-            write_json(int8_dir / STAMP, stamp)
-        if "runtime_bf16_map" not in stamp:
-            ov = open_backend(RUNTIME, int8_onnx, BackendOptions(openvino_precision="bf16"))
-            stamp["runtime_bf16_map"] = evaluate(ov, cfg, "EvalDataset", progress=progress,
-                                                 desc=f"{recipe.name} {RUNTIME} bf16").map
-            write_json(int8_dir / STAMP, stamp)
+        if stamp.get("qdq_format") != QDQ_FORMAT:  # runtime mAPs measured on an older export format
+            stamp = {k: v for k, v in stamp.items() if k not in ("runtime_map", "runtime_bf16_map")}
+            stamp["qdq_format"] = QDQ_FORMAT
+        measures = {"sim_map": (int8_dir / "int8", BackendOptions(mkldnn=False), "paddle", "simulated"),
+                    "runtime_map": (int8_onnx, BackendOptions(), RUNTIME, RUNTIME),
+                    "runtime_bf16_map": (int8_onnx, BackendOptions(openvino_precision="bf16"), RUNTIME,
+                                         f"{RUNTIME} bf16")}
+        for key, (model, options, backend, label) in measures.items():
+            if key not in stamp:
+                runner = open_backend(backend, model, options)
+                stamp[key] = evaluate(runner, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} {label}").map
+                write_json(int8_dir / STAMP, stamp)
         row.sim_map, row.runtime_map = stamp["sim_map"], stamp["runtime_map"]
         row.runtime_bf16_map = stamp["runtime_bf16_map"]
     except (ExportError, RuntimeError, ValueError, OSError, AssertionError) as exc:
