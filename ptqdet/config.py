@@ -63,6 +63,7 @@ PTQ_DEFAULTS: dict[str, Any] = {
     "equalize_depthwise": False,
     "equalize_strength": 1.0,
     "equalize_conv_strength": 0.0,
+    "equalize_min_spread": 1.0,
     "reconstruction": "none",
     "recon_epochs": 20,
 }
@@ -75,8 +76,8 @@ ROUND_TYPES = ("round", "adaround")
 RECONSTRUCTIONS = ("none", "adaround", "brecq", "qdrop")
 
 # PTQ keys ptqdet applies itself (ptqdet.recovery, quant_recon_static), not paddleslim's PTQ
-RECOVERY_KEYS = ("equalize_depthwise", "equalize_strength", "equalize_conv_strength", "reconstruction",
-                 "recon_epochs")
+RECOVERY_KEYS = ("equalize_depthwise", "equalize_strength", "equalize_conv_strength", "equalize_min_spread",
+                 "reconstruction", "recon_epochs")
 
 # arch values whose exports have no NMS: ptqdet applies the NMS: settings after the model
 NMS_OUTSIDE_ARCHS = ("PPYOLOE", "PPYOLOE+", "PP-YOLOE", "YOLOE")
@@ -107,6 +108,7 @@ class PTQSettings:
     equalize_depthwise: bool = PTQ_DEFAULTS["equalize_depthwise"]
     equalize_strength: float = PTQ_DEFAULTS["equalize_strength"]
     equalize_conv_strength: float = PTQ_DEFAULTS["equalize_conv_strength"]
+    equalize_min_spread: float = PTQ_DEFAULTS["equalize_min_spread"]
     reconstruction: str = PTQ_DEFAULTS["reconstruction"]
     recon_epochs: int = PTQ_DEFAULTS["recon_epochs"]
 
@@ -256,6 +258,9 @@ def _ptq_settings(path: Path, raw: dict) -> PTQSettings:
     conv = settings.equalize_conv_strength
     if isinstance(conv, bool) or not isinstance(conv, (int, float)) or not 0 <= conv < 1:
         raise ConfigError(f"{path}: PTQ.equalize_conv_strength must be a number in [0, 1), got {conv!r}")
+    spread = settings.equalize_min_spread
+    if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not spread >= 1:
+        raise ConfigError(f"{path}: PTQ.equalize_min_spread must be a number >= 1, got {spread!r}")
     if conv > 0 and not settings.equalize_depthwise:
         raise ConfigError(f"{path}: PTQ.equalize_conv_strength needs PTQ.equalize_depthwise: True")
     if not isinstance(settings.hist_percent, (int, float)) or not 0 < settings.hist_percent <= 1:

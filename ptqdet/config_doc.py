@@ -27,6 +27,9 @@ PTQ_KEY_DOCS: dict[str, str] = {
     "equalize_strength": "recovery: strength of that equalization, in (0, 1] (1: every channel to the top range)",
     "equalize_conv_strength": "recovery: also equalize ordinary convolutions' inputs at this strength, in [0, 1) "
                               "(0: off)",
+    "equalize_min_spread": "recovery: equalize only depthwise inputs whose channel ranges spread at least this much "
+                           "(largest / median channel max; 1: all). Each equalized input costs a per-channel "
+                           "requantization in the runtime",
     "reconstruction": "recovery: none, adaround, brecq or qdrop (paddleslim quant_recon_static)",
     "recon_epochs": "recovery: reconstruction epochs",
 }

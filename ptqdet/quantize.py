@@ -146,7 +146,8 @@ def recover_fp32(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings
     from .recovery import equalize_depthwise_inputs
 
     result = equalize_depthwise_inputs(files, out_dir, list(loader), settings.equalize_strength, skip_tensor_list,
-                                       conv_strength=settings.equalize_conv_strength)
+                                       conv_strength=settings.equalize_conv_strength,
+                                       min_spread=settings.equalize_min_spread)
     return ModelFiles(Path(out_dir), *SAVED_FILES), result.input_max
 
 

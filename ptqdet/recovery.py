@@ -46,6 +46,12 @@ def channel_ranges(executor, program, feeds: Iterable[dict[str, np.ndarray]],
     return ranges
 
 
+def channel_spread(ranges: np.ndarray) -> float:
+    """How uneven a tensor's channels are: largest channel range / median of the nonzero ones."""
+    positive = ranges[ranges > 0]
+    return float(ranges.max() / np.median(positive)) if positive.size else 1.0
+
+
 def equalization_scales(ranges: np.ndarray, strength: float = 1.0, floor: float = 1e-3) -> np.ndarray:
     """s_c = (r_c / max r)^strength, with dead channels (r_c below floor x max) held at the floor:
     dividing input channel c by s_c brings every channel's range to max r (strength 1)."""
@@ -57,13 +63,14 @@ def equalization_scales(ranges: np.ndarray, strength: float = 1.0, floor: float 
 
 
 def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict[str, np.ndarray]],
-                              strength: float = 1.0, skip: Iterable[str] = (), conv_strength: float = 0.0
-                              ) -> EqualizationResult:
+                              strength: float = 1.0, skip: Iterable[str] = (), conv_strength: float = 0.0,
+                              min_spread: float = 1.0) -> EqualizationResult:
     """Write files' model to out_dir (model.pdmodel/.pdiparams) with each depthwise convolution's
     input channels equalized on `feeds` (calibration batches); layers whose filter is in `skip`
     stay as they are. conv_strength > 0: also the inputs of ordinary (groups 1) convolutions,
     whose filters take s_c on input channel c, at that strength (their per-output-channel weight
-    steps do see it: a partial migration, as SmoothQuant's). Returns the equalized layers."""
+    steps do see it: a partial migration, as SmoothQuant's). Depthwise layers whose input channels
+    spread less than min_spread (channel_spread) stay as they are. Returns the equalized layers."""
     import paddle
 
     from .paddle_static import loaded_program
@@ -79,6 +86,8 @@ def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict
         inputs = list(dict.fromkeys(op.input("Input")[0] for op in targets))
         feeds = ({k: v for k, v in f.items() if k in model.feed_names} for f in feeds)
         ranges = channel_ranges(model.exe, model.program, feeds, inputs)
+        targets = [op for op in targets if op.type != "depthwise_conv2d"
+                   or channel_spread(ranges[op.input("Input")[0]]) >= min_spread]
         for op in targets:
             _equalize_one(block, model.scope, model.place, op, ranges[op.input("Input")[0]], strengths[op.type],
                           result)
@@ -133,10 +142,9 @@ def _equalize_one(block, scope, place, op, ranges: np.ndarray, strength: float, 
     block._insert_op(index, type="elementwise_mul", inputs={"X": [x_name], "Y": [inv_name]},
                      outputs={"Out": [out_name]}, attrs={"axis": 1})
     op._rename_input(x_name, out_name)
-    positive = ranges[ranges > 0]
     result.input_max[out_name] = float((ranges / scales).max())
     result.layers.append(w_name)
-    result.spread[w_name] = float(ranges.max() / np.median(positive)) if positive.size else 1.0
+    result.spread[w_name] = channel_spread(ranges)
 
 
 # the ops that quantize an activation, and the input that holds its clip value (max |x|)
