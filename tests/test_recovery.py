@@ -73,10 +73,21 @@ def test_skipped_depthwise_layers_are_left_alone(pico_cfg, tmp_path):
     assert result.layers == dw[3:]
 
 
+def test_min_spread_equalizes_only_the_uneven_depthwise_inputs(pico_cfg, tmp_path):
+    files = resolve_model_files(pico_cfg.model_dir)
+    feeds = list(calibration_loader(pico_cfg, 4, 1, progress=False))
+    every = equalize_depthwise_inputs(files, tmp_path / "all", feeds)
+    threshold = sorted(every.spread.values())[-3]  # the three most uneven inputs (no ties on the demo)
+    some = equalize_depthwise_inputs(files, tmp_path / "some", feeds, min_spread=threshold)
+    assert some.layers == [name for name in every.layers if every.spread[name] >= threshold]
+    assert 0 < len(some.layers) < len(every.layers)
+
+
 @pytest.mark.parametrize("line, key", [
     ("equalize_depthwise: 1", "PTQ.equalize_depthwise"),
     ("equalize_strength: 0", "PTQ.equalize_strength"),
     ("equalize_strength: 1.5", "PTQ.equalize_strength"),
+    ("equalize_min_spread: 0.5", "PTQ.equalize_min_spread"),
     ("reconstruction: brecqq", "PTQ.reconstruction"),
     ("recon_epochs: 0", "PTQ.recon_epochs"),
 ])
