@@ -227,21 +227,21 @@ def write_report(cfg: PTQDetConfig, save_dir: Path, r: RecipeSearchResult) -> di
     return {"report": str(write_json(save_dir / "recipe_search.json", data)), "table": str(md)}
 
 
-def _list(text: str | None, default: list[Any], kind: type = str) -> tuple[Any, ...]:
+def _list(flag: str, text: str | None, default: list[Any], kind: type = str) -> tuple[Any, ...]:
     values = [v.strip() for v in text.split(",") if v.strip()] if text is not None else default
     try:
         return tuple(dict.fromkeys(kind(v) for v in values))
     except ValueError as exc:
-        raise ConfigError(f"recipe grid: {text!r} is not a comma list of {kind.__name__}") from exc
+        raise ConfigError(f"{flag} {text!r} is not a comma list of {kind.__name__}") from exc
 
 
 def grid_from_flags(cfg: PTQDetConfig, algos: str | None, weight_quant: str | None, recovery: str | None,
                     batch_nums: str | None) -> RecipeGrid:
     """post_quant.py's grid flags (comma lists; None: the default, from the config)."""
-    return RecipeGrid(algos=_list(algos, [cfg.ptq.algo, "mse"]),
-                      weight_quant=_list(weight_quant, [cfg.ptq.weight_quantize_type]),
-                      recovery=_list(recovery, ["none", "equalize"]),
-                      batch_nums=_list(batch_nums, [cfg.ptq.batch_nums], int))
+    return RecipeGrid(algos=_list("--algos", algos, [cfg.ptq.algo, "mse"]),
+                      weight_quant=_list("--weight_quant", weight_quant, [cfg.ptq.weight_quantize_type]),
+                      recovery=_list("--recovery", recovery, ["none", "equalize"]),
+                      batch_nums=_list("--batch_nums", batch_nums, [cfg.ptq.batch_nums], int))
 
 
 def summary_table(r: RecipeSearchResult) -> str:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -140,10 +141,11 @@ class TrialWorker:
 
         cli.quiet_libraries(True)
         self.ray, self.shipped = ray, shipped
-        self.folder = Path(tempfile.mkdtemp(prefix="ptqdet_worker_"))
+        self.folder = Path(tempfile.mkdtemp(prefix="ptqdet_worker_"))  # annotation files (KB), scratch cache
         self.cfg: PTQDetConfig = ray.get(shipped["cfg"])
-        quant, fp32 = (write_model(self.folder / name, ray.get(shipped[name])) for name in ("calibrated", "fp32"))
-        self.graph = QuantGraph(quant, fp32)
+        with tempfile.TemporaryDirectory(prefix="ptqdet_worker_model_") as tmp:  # loaded into the graph's scope
+            quant, fp32 = (write_model(Path(tmp) / name, ray.get(shipped[name])) for name in ("calibrated", "fp32"))
+            self.graph = QuantGraph(quant, fp32)
         self.evaluators: dict[str, Evaluator] = {}
         self.ctx = AnalysisContext(self.folder, ResultCache(self.folder / "scratch.json"), progress=False)
 
@@ -219,6 +221,9 @@ def trial_pool(cfg: PTQDetConfig, opts: ParallelOptions, graph: QuantGraph, data
         payload["feeds"] = feeds
     shipped = {name: ray.put(value) for name, value in payload.items()}
     size = sum(payload_bytes(v) for v in payload.values())
+    if progress:
+        print(f"object store: {size / 1e6:.1f} MB put once ({', '.join(payload)}) for {opts.workers} workers",
+              file=sys.stderr)
     worker = ray.remote(TrialWorker).options(num_cpus=opts.threads, max_restarts=MAX_RESTARTS,
                                              max_task_retries=MAX_RESTARTS,
                                              runtime_env={"env_vars": thread_env(opts.threads)})
