@@ -125,6 +125,19 @@ def run_trial(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, dataset_key: st
     return trial
 
 
+def run_trial_in_worker(config_path: Path, cwd: Path, recipe: Recipe, work_dir: Path, dataset_key: str, device: str,
+                        threads: int) -> RecipeTrial:
+    """run_trial in a Ray worker: the config loaded there (ppdet's reader transforms live in its
+    process-wide workspace, which a pickled config does not carry), relative paths resolved
+    from the driver's folder (`cwd`, the same path on every machine)."""
+    from . import cli
+    from .config import load_config
+
+    cli.quiet_libraries(True)
+    os.chdir(cwd)
+    return run_trial(load_config(config_path), recipe, work_dir, dataset_key, device, threads)
+
+
 def run_trials(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, dataset_key: str, device: str,
                threads: int | None, parallel: Any, on_result: Callable[[RecipeTrial], None], progress: bool) -> None:
     """Every recipe's trial: in this process (parallel None) or as Ray tasks (a ParallelOptions)."""
@@ -142,10 +155,10 @@ def run_trials(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, dataset
         from .analysis.parallel import connect, thread_env
 
         ray = connect(parallel, quiet=not progress)
-        task = ray.remote(run_trial).options(num_cpus=parallel.threads, max_retries=2,
-                                             runtime_env={"env_vars": thread_env(parallel.threads)})
-        cfg_ref = ray.put(cfg)
-        pending = [task.remote(cfg_ref, r, work_dir, dataset_key, device, parallel.threads) for r in recipes]
+        task = ray.remote(run_trial_in_worker).options(num_cpus=parallel.threads, max_retries=2,
+                                                       runtime_env={"env_vars": thread_env(parallel.threads)})
+        pending = [task.remote(cfg.path.resolve(), Path.cwd(), r, work_dir.resolve(), dataset_key, device,
+                               parallel.threads) for r in recipes]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             on_result(ray.get(done[0]))
