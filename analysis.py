@@ -12,6 +12,9 @@ ranking to keep in float and verifies the real model on EvalDataset.
 Writes to save_dir: ranking.csv/json, sensitivity.png, activation_/weight_distribution
 .png/.pdf, distribution_stats.json, analysis.md, <name>_analyzed_ptq.yaml and
 target_quant_model/. Results are cached per config hash: an interrupted run resumes.
+
+With --workers N the trials run on N Ray workers (a local Ray instance, or the cluster at
+--ray_address); the results and the cache are the same as without.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="calibration batches for the SQNR proxy ranking (default 2; 0: no proxy ranking)")
     parser.add_argument("--max_drop", type=float, default=None,
                         help="target = FP32 mAP - MAX_DROP (0-1 scale), instead of target_metric")
+    cli.add_ray_flags(parser, "the per-layer trials (both rankings and the proxy) and the target search's "
+                              "simulations (a k-ary search, k = N)")
     args = parser.parse_args(argv)
     cli.quiet_libraries(args.quiet)
     from ptqdet.analysis.stages import AnalysisOptions, analyze
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"{cfg.path}: set save_dir in the config or pass --save_dir")
     opts = AnalysisOptions(save_dir=save_dir, device=args.devices, threads=args.threads,
                            rank_modes=tuple(m.strip() for m in args.rank_modes.split(",") if m.strip()),
-                           proxy_batches=args.proxy_batches, max_drop=args.max_drop, progress=not args.quiet)
+                           proxy_batches=args.proxy_batches, max_drop=args.max_drop, progress=not args.quiet,
+                           parallel=cli.parallel_options(args))
     r = analyze(cfg, opts)
     rows = [["FP32 mAP", mAP_points(r.fp32_map)], ["INT8 mAP (all layers)", mAP_points(r.int8_map)],
             ["most sensitive layers", ", ".join(r.ranking[:5])],
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         t = r.target
         rows += [["target mAP", mAP_points(t.target)],
                  ["layers kept in float", t.num_skipped],
+                 ["target search rounds / full evaluations", f"{t.search_rounds} / {t.search_evaluations}"],
                  ["target model mAP (verified, simulated INT8)", mAP_points(t.verified_map)],
                  [f"target model mAP on {t.deployed_runtime}", mAP_points(t.deployed_map)],
                  ["target met", "yes" if t.met else "NO"]]

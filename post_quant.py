@@ -5,6 +5,11 @@
 Reads model_dir, the calibration images (TrainDataset) and the PTQ section of the config;
 writes model.pdmodel, model.pdiparams (and infer_cfg.yml) to --save_dir, plus
 ptq_report.json. With --eval it also measures FP32 and INT8 mAP on EvalDataset.
+
+With --recipe_search it tries a grid of PTQ recipes (calibration algorithm, weight
+quantization, recovery methods, calibration batches), ranks them by mAP on FastEvalDataset,
+verifies the best on EvalDataset and writes its model and config; --workers N runs the
+trials side by side on Ray.
 """
 from __future__ import annotations
 
@@ -23,8 +28,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="activation calibration algorithm, overrides PTQ.algo: "
                              "KL, hist, avg, mse, emd, abs_max, min_max, ptf")
     parser.add_argument("--eval", action="store_true", help="also evaluate FP32 and INT8 mAP on EvalDataset")
+    search = parser.add_argument_group("PTQ recipe search (--recipe_search)")
+    search.add_argument("--recipe_search", action="store_true",
+                        help="try every combination of the four lists below (the config's PTQ section otherwise), "
+                             "rank by mAP on FastEvalDataset, verify the best on EvalDataset; writes its model to "
+                             "--save_dir, its config (<config>_recipe_ptq.yaml) and recipe_search.{md,json} there")
+    search.add_argument("--algos", default=None,
+                        help="comma list of calibration algorithms (default: the config's PTQ.algo and mse)")
+    search.add_argument("--weight_quant", default=None,
+                        help="comma list of weight quantization types: channel_wise_abs_max, abs_max "
+                             "(default: the config's)")
+    search.add_argument("--recovery", default="none,equalize",
+                        help="comma list of recovery methods: none, equalize, bias_correction, adaround, brecq, "
+                             "qdrop; a+b combines two (default: none,equalize)")
+    search.add_argument("--batch_nums", default=None,
+                        help="comma list of calibration batch counts (default: the config's PTQ.batch_nums)")
+    cli.add_ray_flags(search, "the recipe trials")
     args = parser.parse_args(argv)
     cli.quiet_libraries(args.quiet)
+    if args.recipe_search:
+        return recipe_search(args)
+    if args.workers is not None or args.ray_address:
+        from ptqdet.config import ConfigError
+
+        raise ConfigError("--workers and --ray_address need --recipe_search")
     from ptqdet.config import PTQ_ALGOS, ConfigError, load_config
     from ptqdet.pipeline import quantize_and_report
 
@@ -36,6 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table)
     print(f"\nINT8 model: {args.save_dir}   report: {report.json_path}")
     return 0
+
+
+def recipe_search(args: argparse.Namespace) -> int:
+    from ptqdet.config import load_config
+    from ptqdet.recipe_search import grid_from_flags, search_recipes, summary_table
+
+    cfg = load_config(args.config_path)
+    grid = grid_from_flags(cfg, args.algos, args.weight_quant, args.recovery, args.batch_nums)
+    result = search_recipes(cfg, grid, args.save_dir, cli.parallel_options(args), device=args.devices,
+                            threads=args.threads, progress=not args.quiet)
+    print(summary_table(result))
+    print(f"\nbest recipe's model: {args.save_dir}   config: {result.files.get('config', '-')}   "
+          f"report: {result.files['report']}")
+    return 0 if result.best is not None else 1
 
 
 if __name__ == "__main__":

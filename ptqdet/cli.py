@@ -23,6 +23,32 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_ray_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """--workers, --worker_threads, --ray_address (what: the work they spread)."""
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"run {what} as Ray tasks on N workers (default: none, in this process, "
+                             "Ray not imported)")
+    parser.add_argument("--worker_threads", type=int, default=1,
+                        help="CPU threads of each worker (OMP/MKL; default 1: Paddle's CPU kernels scale poorly over "
+                             "threads, N one-thread workers on N cores beat one N-thread run)")
+    parser.add_argument("--ray_address", default=None,
+                        help="join this Ray cluster (e.g. HEAD_IP:6379, from `ray start --head`) instead of starting "
+                             "a local Ray instance; needs --workers")
+
+
+def parallel_options(args: argparse.Namespace):
+    """ParallelOptions of the --workers flags (None without --workers); ConfigError on bad values."""
+    if args.workers is None:
+        if args.ray_address:
+            raise ConfigError("--ray_address needs --workers N (the Ray workers to start on the cluster)")
+        return None
+    if args.workers < 1 or args.worker_threads < 1:
+        raise ConfigError(f"--workers ({args.workers}) and --worker_threads ({args.worker_threads}) must be at least 1")
+    from .analysis.parallel import ParallelOptions
+
+    return ParallelOptions(workers=args.workers, address=args.ray_address, threads=args.worker_threads)
+
+
 def quiet_libraries(quiet: bool = False) -> None:
     """Keep paddle/ppdet/paddleslim INFO chatter out of the results; quiet (--quiet): their
     warnings too (e.g. paddle.static.io's "The old way to load inference model is deprecated",

@@ -34,6 +34,7 @@ class QuantGraph:
         import paddle
 
         self.place = place or paddle.CPUPlace()
+        self.quant_files, self.fp32_files = quant_files, fp32_files  # what parallel.py ships to its workers
         # Plain CPU kernels, not oneDNN: every trial program is new to oneDNN, which builds and
         # caches its primitives again (~200 MB and slower per trial on PicoDet-s, never freed:
         # a full revert-one ranking ran out of memory). Plain kernels stay at ~1.2 GB.

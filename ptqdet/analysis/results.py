@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .context import Counters
 from .search import RANK_MODES
+
+if TYPE_CHECKING:  # parallel.py is imported only with --workers
+    from .parallel import ParallelOptions
 
 
 @dataclass
@@ -18,6 +21,7 @@ class AnalysisOptions:
     proxy_batches: int = 2
     max_drop: float | None = None  # alternative to target_metric: FP32 mAP - max_drop
     progress: bool = True
+    parallel: ParallelOptions | None = None  # --workers: trials on Ray workers (parallel.py); None: in this process
 
 
 @dataclass
@@ -37,6 +41,7 @@ class TargetResult:
     search_evaluations: int  # full evaluations of the binary search and the verifications
     model_dir: str
     tried: dict[int, float] = field(default_factory=dict)  # binary search: layers in float -> simulated mAP
+    search_rounds: int | None = None  # rounds of simulations (--workers k: k at once; serial: one each)
 
     def to_dict(self) -> dict[str, Any]:
         """ranking.json's "target" (same keys and order as the fields)."""

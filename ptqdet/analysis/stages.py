@@ -123,17 +123,23 @@ def rank_layers(cfg: PTQDetConfig, opts: AnalysisOptions, graph: QuantGraph, eva
     """Per mode, the mAP damage (fast set) and the proxy's SQNR loss of every layer (no proxy
     with proxy_batches 0); also returns the feeds the proxy ran on."""
     layers = list(graph.layers)
+    references = {mode: refs["int8_fast"] if mode == "revert" else refs["fp32_fast"] for mode in opts.rank_modes}
     proxy_scores: dict[str, dict[str, float]] = {}
     with ctx.timed("proxy_ranking"):
         feeds = calibration_feeds(cfg, opts.proxy_batches)
+    if opts.parallel is not None:  # --workers: every trial on Ray workers, into the cache the loops below read
+        from .parallel import rank_in_parallel
+
+        with ctx.timed("parallel_ranking"):
+            rank_in_parallel(cfg, opts, graph, evals.fast, references, feeds, ctx)
+    with ctx.timed("proxy_ranking"):
         for mode in opts.rank_modes if opts.proxy_batches > 0 else ():
             proxy_scores[mode] = proxy_ranking(graph, feeds, layers, mode, ctx)
             ctx.counters.proxy_runs += len(layers)
     metric_scores: dict[str, dict[str, float]] = {}
     with ctx.timed("metric_ranking"):
         for mode in opts.rank_modes:
-            reference = refs["int8_fast"] if mode == "revert" else refs["fp32_fast"]
-            metric_scores[mode] = metric_ranking(evals.fast, layers, mode, reference, ctx)
+            metric_scores[mode] = metric_ranking(evals.fast, layers, mode, references[mode], ctx)
     return metric_scores, proxy_scores, feeds
 
 

@@ -57,7 +57,17 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, full_eval: Evaluator
         return verified
 
     bar = ctx.bar(None, total=math.ceil(math.log2(len(ranking) + 1)), desc="target search", unit="eval")
-    outcome = search_prefix(len(ranking), target, simulate, verify, on_step=bar.update if bar is not None else None)
+    if opts.parallel is None:
+        outcome = search_prefix(len(ranking), target, simulate, verify, on_step=bar.update if bar is not None else None)
+        rounds = len(outcome.tried)
+    else:  # --workers: a k-ary search, k simulations at once on the Ray workers
+        from .kary_search import kary_rounds
+        from .parallel import search_in_parallel
+
+        if bar is not None:
+            bar.reset(total=kary_rounds(len(ranking), opts.parallel.workers))
+        outcome, rounds = search_in_parallel(cfg, opts, full_eval, ranking, target, cached, verify, ctx,
+                                             on_round=(lambda _: bar.update()) if bar is not None else None)
     if bar is not None:
         bar.close()
     deployed = Predictor(ModelFiles(out_dir, *SAVED_FILES), PredictorOptions(device=opts.device, threads=threads))
@@ -67,4 +77,5 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, full_eval: Evaluator
     return TargetResult(target=target, skip=ranking[:k], num_skipped=k, simulated_map=outcome.simulated,
                         verified_map=outcome.verified, met=outcome.met, deployed_map=deployed_map,
                         deployed_runtime=deployed.mode, verifications=outcome.verifications,
-                        search_evaluations=outcome.evaluations, model_dir=str(out_dir), tried=outcome.tried)
+                        search_evaluations=outcome.evaluations, model_dir=str(out_dir), tried=outcome.tried,
+                        search_rounds=rounds)

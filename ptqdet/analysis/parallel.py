@@ -1,0 +1,304 @@
+"""analysis.py --workers N: the per-layer trials and the target search's simulations as Ray tasks.
+
+The driver (analysis.py) puts what a trial needs into Ray's object store once: the calibrated
+program and its recovered FP32 weights (file bytes), the decoded evaluation batches and the
+annotation file of each dataset, the proxy's calibration feeds and the config. Each worker is
+a Ray actor that builds the QuantGraph from them once and then runs trials with its own thread
+budget (OMP/MKL threads, default 1: Paddle's CPU kernels scale poorly over threads, so two
+one-thread workers beat one two-thread process). Trials run the serial code (metric_ranking,
+proxy_ranking, Evaluator) on a worker; results return to the driver, which caches each one
+as the serial run does (results.json after every result): an interrupted run resumes, and a
+worker that dies is restarted by Ray, which runs its unfinished trial again.
+
+Ray is imported here only, only with --workers. --ray_address joins an existing cluster
+(`ray start --head` on one machine, `ray start --address HEAD:6379` on the others); there the
+ptqdet package is shipped with the job, and every machine needs the same Python packages.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import PTQDetConfig
+from ..data import BatchSource
+from ..model import ModelFiles
+from .context import AnalysisContext, ResultCache
+from .graph import QuantGraph
+from .kary_search import search_prefix_kary
+from .search import SearchOutcome
+from .sensitivity import Evaluator, metric_ranking, proxy_ranking
+
+PROXY_CHUNKS_PER_WORKER = 3  # proxy trials go in chunks: each chunk pays two reference runs
+DATASET_FILE_ATTRS = ("anno_path", "label_list")  # files a metric reads, shipped with the batches
+MAX_RESTARTS = 3  # a worker killed more often than this fails the run (finished trials stay cached)
+
+
+@dataclass(frozen=True)
+class ParallelOptions:
+    """--workers, --worker_threads, --ray_address."""
+
+    workers: int
+    address: str | None = None  # None: a local Ray instance for this run
+    threads: int = 1  # OMP/MKL threads per worker
+    object_store_mb: int = 500  # local instance only
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One unit of work for a worker: "metric" (one layer's mAP damage), "proxy" (SQNR loss of
+    a chunk of layers) or "simulate" (mAP with `layers` in float, the target search)."""
+
+    kind: str
+    mode: str = ""
+    layers: tuple[str, ...] = ()
+    reference: float = 0.0
+    dataset: str = "fast"
+    key: str = ""  # simulate: the prefix length, as the search cache names it
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """A worker's environment: its thread budget, and Paddle's logging as analysis.py sets it."""
+    env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    return {**env, "GLOG_minloglevel": "2", "FLAGS_call_stack_level": "1"}
+
+
+def connect(opts: ParallelOptions, quiet: bool) -> Any:
+    """The ray module, initialized: the running instance (a test's), the cluster at opts.address,
+    or a local instance (opts.workers x opts.threads CPUs, small object store, no dashboard)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray runs its workers at nice 15 by default: on a machine shared with other work they would
+    # get the CPU last, and the comparison with a serial run (nice 0) would be unfair
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    common = dict(logging_level=logging.ERROR if quiet else logging.WARNING, log_to_driver=not quiet)
+    if opts.address:
+        package = Path(__file__).resolve().parents[1]
+        ray.init(address=opts.address, runtime_env={"py_modules": [str(package)]}, **common)
+    else:
+        ray.init(num_cpus=opts.workers * opts.threads, object_store_memory=opts.object_store_mb * 2**20,
+                 include_dashboard=False, **common)
+    return ray
+
+
+def model_bytes(files: ModelFiles) -> dict[str, bytes]:
+    return {files.model_filename: files.model_path.read_bytes(), files.params_filename: files.params_path.read_bytes()}
+
+
+def write_model(folder: Path, shipped: dict[str, bytes]) -> ModelFiles:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in shipped.items():
+        (folder / name).write_bytes(data)
+    model, params = (n for n in shipped)
+    return ModelFiles(folder, model, params)
+
+
+def ship_dataset(evaluator: Evaluator) -> dict[str, Any]:
+    """An Evaluator's dataset as a worker needs it: decoded batches, the ppdet dataset object and
+    the files its metric reads (no image is read again)."""
+    dataset = evaluator.source.dataset
+    root = Path(str(getattr(dataset, "dataset_dir", "") or ""))
+    files = {attr: (root / getattr(dataset, attr)).read_bytes() for attr in DATASET_FILE_ATTRS
+             if isinstance(getattr(dataset, attr, None), str) and (root / getattr(dataset, attr)).is_file()}
+    return {"key": evaluator.source.key, "dataset": dataset, "files": files, "batches": evaluator.batches,
+            "batch_size": evaluator.source.batch_size}
+
+
+@dataclass
+class DecodedSource(BatchSource):
+    """A BatchSource whose batches were decoded elsewhere (shipped through the object store)."""
+
+    decoded: list[dict[str, Any]] = field(default_factory=list)
+
+    def batches(self, max_images: int | None = None) -> Iterator[dict[str, Any]]:
+        return iter(self.decoded)
+
+
+class TrialWorker:
+    """A Ray actor (ray.remote is applied by trial_pool): the QuantGraph of the shipped files, an
+    Evaluator per shipped dataset (built on first use), and the trials run on them."""
+
+    def __init__(self):
+        self.shipped: dict[str, Any] = {}  # the object refs of the payload, from the first trial
+
+    def load(self, shipped: dict[str, Any]) -> None:
+        """Build the graph from the payload once (on a restarted worker: again, at its next trial).
+        The refs come with every trial, not to the constructor: Ray restarts an actor whose
+        constructor arguments are in the object store only with a warning."""
+        import ray
+
+        from .. import cli
+
+        cli.quiet_libraries(True)
+        self.ray, self.shipped = ray, shipped
+        self.folder = Path(tempfile.mkdtemp(prefix="ptqdet_worker_"))  # annotation files (KB), scratch cache
+        self.cfg: PTQDetConfig = ray.get(shipped["cfg"])
+        with tempfile.TemporaryDirectory(prefix="ptqdet_worker_model_") as tmp:  # loaded into the graph's scope
+            quant, fp32 = (write_model(Path(tmp) / name, ray.get(shipped[name])) for name in ("calibrated", "fp32"))
+            self.graph = QuantGraph(quant, fp32)
+        self.evaluators: dict[str, Evaluator] = {}
+        self.ctx = AnalysisContext(self.folder, ResultCache(self.folder / "scratch.json"), progress=False)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def evaluator(self, name: str) -> Evaluator:
+        if name not in self.evaluators:
+            data = self.ray.get(self.shipped[name])
+            dataset, root = data["dataset"], self.folder / name
+            root.mkdir(exist_ok=True)
+            for attr, content in data["files"].items():
+                (root / Path(getattr(dataset, attr)).name).write_bytes(content)
+                setattr(dataset, attr, Path(getattr(dataset, attr)).name)
+            dataset.dataset_dir = str(root)
+            source = DecodedSource(key=data["key"], dataset=dataset, batch_transforms=None,
+                                   batch_size=data["batch_size"], decoded=data["batches"])
+            self.evaluators[name] = Evaluator(self.cfg, self.graph, source)
+        return self.evaluators[name]
+
+    def run(self, shipped: dict[str, Any], trial: Trial) -> tuple[Trial, dict[str, float]]:
+        """The trial's scores: {layer: damage} (metric, proxy) or {key: mAP} (simulate)."""
+        if not self.shipped:
+            self.load(shipped)
+        if trial.kind == "metric":
+            scores = metric_ranking(self.evaluator(trial.dataset), list(trial.layers), trial.mode, trial.reference,
+                                    self.ctx)
+        elif trial.kind == "proxy":
+            scores = proxy_ranking(self.graph, self.ray.get(self.shipped["feeds"]), list(trial.layers), trial.mode,
+                                   self.ctx)
+        elif trial.kind == "simulate":
+            scores = {trial.key: self.evaluator(trial.dataset).evaluate_with_float(list(trial.layers))}
+        else:
+            raise ValueError(f"unknown trial kind {trial.kind!r}")
+        return trial, scores
+
+
+class TrialPool:
+    """The workers of one stage; run() hands each idle worker the next trial."""
+
+    def __init__(self, ray: Any, actors: list[Any], shipped: dict[str, Any], shipped_bytes: int, progress: bool):
+        self.ray, self.actors, self.shipped, self.progress = ray, actors, shipped, progress
+        self.shipped_bytes = shipped_bytes
+
+    def run(self, trials: list[Trial], on_result: Callable[[Trial, dict[str, float]], None], desc: str | None) -> None:
+        """Run every trial; on_result(trial, scores) in the driver as each one finishes (desc: a
+        progress bar's title; None: no bar)."""
+        from ray.util import ActorPool
+
+        bar = None
+        if self.progress and desc:
+            from tqdm import tqdm
+            bar = tqdm(total=len(trials), desc=f"{desc} ({len(self.actors)} workers)", unit="trial")
+        submit = lambda actor, trial: actor.run.remote(self.shipped, trial)  # noqa: E731
+        for trial, scores in ActorPool(self.actors).map_unordered(submit, trials):
+            on_result(trial, scores)
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            bar.close()
+
+
+@contextlib.contextmanager
+def trial_pool(cfg: PTQDetConfig, opts: ParallelOptions, graph: QuantGraph, datasets: dict[str, Evaluator],
+               feeds: list[dict[str, Any]] | None, progress: bool) -> Iterator[TrialPool]:
+    """opts.workers TrialWorkers on graph's files, `datasets` ({name: Evaluator}) and `feeds`, put
+    in the object store once; the workers are killed when the block ends."""
+    ray = connect(opts, quiet=not progress)
+    payload: dict[str, Any] = {"cfg": cfg, "calibrated": model_bytes(graph.quant_files),
+                               "fp32": model_bytes(graph.fp32_files),
+                               **{name: ship_dataset(ev) for name, ev in datasets.items()}}
+    if feeds is not None:
+        payload["feeds"] = feeds
+    shipped = {name: ray.put(value) for name, value in payload.items()}
+    size = sum(payload_bytes(v) for v in payload.values())
+    if progress:
+        print(f"object store: {size / 1e6:.1f} MB put once ({', '.join(payload)}) for {opts.workers} workers",
+              file=sys.stderr)
+    worker = ray.remote(TrialWorker).options(num_cpus=opts.threads, max_restarts=MAX_RESTARTS,
+                                             max_task_retries=MAX_RESTARTS,
+                                             runtime_env={"env_vars": thread_env(opts.threads)})
+    actors = [worker.remote() for _ in range(opts.workers)]
+    try:
+        yield TrialPool(ray, actors, shipped, size, progress)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def payload_bytes(value: Any) -> int:
+    """Bytes of the arrays and byte strings in a (nested) payload: what the object store moves."""
+    if isinstance(value, bytes):
+        return len(value)
+    if hasattr(value, "nbytes"):
+        return int(value.nbytes)
+    if isinstance(value, dict):
+        return sum(payload_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(payload_bytes(v) for v in value)
+    return 0
+
+
+def rank_in_parallel(cfg: PTQDetConfig, opts: Any, graph: QuantGraph, fast: Evaluator, references: dict[str, float],
+                     feeds: list[dict[str, Any]], ctx: AnalysisContext) -> None:
+    """Fill the cache sections of the rankings (proxy_<mode>, metric_<mode>; opts: the
+    AnalysisOptions) on opts.parallel's workers; the serial loops then read every score
+    from the cache. Cached layers are not run again."""
+    layers = list(graph.layers)
+    trials: list[Trial] = []
+    chunk = max(1, math.ceil(len(layers) / (opts.parallel.workers * PROXY_CHUNKS_PER_WORKER)))
+    for mode in opts.rank_modes if opts.proxy_batches > 0 else ():  # the longer trials first
+        pending = [n for n in layers if n not in ctx.section(f"proxy_{mode}")]
+        trials += [Trial("proxy", mode, tuple(pending[i:i + chunk])) for i in range(0, len(pending), chunk)]
+    for mode in opts.rank_modes:
+        trials += [Trial("metric", mode, (n,), references[mode]) for n in layers
+                   if n not in ctx.section(f"metric_{mode}")]
+    if not trials:
+        return
+
+    def on_result(trial: Trial, scores: dict[str, float]) -> None:
+        ctx.section(f"{trial.kind}_{trial.mode}").update(scores)
+        if trial.kind == "metric":
+            ctx.counters.fast_evaluations += 1
+        ctx.save()
+
+    with trial_pool(cfg, opts.parallel, graph, {"fast": fast}, feeds if opts.proxy_batches > 0 else None,
+                    ctx.progress) as pool:
+        pool.run(trials, on_result, "layer trials")
+
+
+def search_in_parallel(cfg: PTQDetConfig, opts: Any, full: Evaluator, ranking: list[str], target: float,
+                       cached: dict[str, float], verify: Callable[[int], float], ctx: AnalysisContext,
+                       on_round: Callable[[Any], None] | None = None) -> tuple[SearchOutcome, int]:
+    """search_target's search on opts.parallel's workers: a k-ary search (k = the workers) whose
+    simulations run as trials on EvalDataset, each cached (`cached`: the search's section, keyed
+    by prefix length) as the serial search caches them. Returns the outcome and the rounds."""
+    with contextlib.ExitStack() as stack:
+        pools: list[TrialPool] = []  # started on the first simulation not in the cache
+
+        def on_result(trial: Trial, scores: dict[str, float]) -> None:
+            cached.update(scores)
+            ctx.counters.full_evaluations += 1
+            ctx.save()
+
+        def simulate_many(ks: list[int]) -> dict[int, float]:
+            todo = [Trial("simulate", layers=tuple(ranking[:k]), dataset="full", key=str(k)) for k in ks
+                    if str(k) not in cached]
+            if todo and not pools:
+                pools.append(stack.enter_context(trial_pool(cfg, opts.parallel, full.graph, {"full": full}, None,
+                                                            ctx.progress)))
+            if todo:
+                pools[0].run(todo, on_result, None)
+            return {k: cached[str(k)] for k in ks}
+
+        return search_prefix_kary(len(ranking), target, simulate_many, verify, opts.parallel.workers,
+                                  on_round=on_round)
