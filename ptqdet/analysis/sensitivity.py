@@ -59,7 +59,8 @@ def proxy_ranking(graph: QuantGraph, feeds: list[dict[str, np.ndarray]], layers:
         # damage in dB: how much SQNR this layer costs
         return value - base if mode == "revert" else 100.0 - min(value, 100.0)
 
-    return score_layers(layers, damage, ctx.section(f"proxy_{mode}"), ctx.save, ctx.progress, f"proxy ({mode} one)")
+    section = ctx.section(f"proxy_{mode}_{len(feeds)}batches")  # a ranking depends on its mode and its batches
+    return score_layers(layers, damage, section, ctx.save, ctx.progress, f"proxy ({mode} one)")
 
 
 def score_layers(layers: list[str], damage: Callable[[str], float], cache: dict[str, Any],
