@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                            proxy_batches=args.proxy_batches, max_drop=args.max_drop, progress=not args.quiet,
                            deploy_threads=args.deploy_threads, latency_aware=args.selection == "latency")
     r = analyze(cfg, opts)
-    rows = [["FP32 mAP", mAP_points(r.fp32_map)], ["INT8 mAP (all layers; search images when split)", mAP_points(r.int8_map)],
+    rows = [["FP32 mAP", mAP_points(r.fp32_map)],
+            ["INT8 mAP (all layers; search images when split)", mAP_points(r.int8_map)],
             ["most sensitive layers", ", ".join(r.ranking[:5])],
             ["Spearman proxy vs mAP", ", ".join(f"{m} {v:.2f}" for m, v in r.spearman.items()) or "-"],
             ["calibrations / full evals / fast evals", f"{r.counters.calibrations} / {r.counters.full_evaluations} / "
