@@ -170,7 +170,7 @@ def float_variant(int8_export: Path, layers: list[str], out_dir: Path) -> Path:
     model = onnx.load(str(Path(int8_export) / "model.onnx"))
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
-    wanted = set(layers)
+    wanted, found = set(layers), set()
     for node in graph.node:
         weight = node.input[1].removesuffix(".dequantized") if node.op_type == "Conv" and len(node.input) > 1 else ""
         if weight not in wanted:
@@ -180,8 +180,12 @@ def float_variant(int8_export: Path, layers: list[str], out_dir: Path) -> Path:
         q_x = producer.get(dq_x.input[0]) if dq_x is not None and dq_x.op_type == "DequantizeLinear" else None
         if value is None or q_x is None or q_x.op_type != "QuantizeLinear":
             raise ValueError(f"{int8_export}: the Conv of {weight} is not in QDQ form")
-        graph.initializer.append(numpy_helper.from_array(value, f"{weight}.float"))
+        if weight not in found:  # convs sharing a weight (PP-YOLOE's DFL projection) share its float copy
+            graph.initializer.append(numpy_helper.from_array(value, f"{weight}.float"))
         node.input[0], node.input[1] = q_x.input[0], f"{weight}.float"
+        found.add(weight)
+    if wanted - found:
+        raise ValueError(f"{int8_export}: no Conv in QDQ form reads the weights of {sorted(wanted - found)}")
     _prune(graph)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(Path(int8_export) / "export.json", out_dir / "export.json")
