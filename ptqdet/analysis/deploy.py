@@ -42,10 +42,14 @@ def qdq_config(cfg: PTQDetConfig) -> PTQDetConfig:
     return dataclasses.replace(cfg, ptq=dataclasses.replace(cfg.ptq, onnx_format=True))
 
 
-def deploy_models(cfg: PTQDetConfig, work_dir: Path, backend: str, progress: bool) -> ModelSet:
-    """FP32 and all-INT8 models for `backend` (ONNX exports unless it is paddle), cached."""
-    return prepare_models(qdq_config(cfg), work_dir, need_onnx=backend != "paddle", progress=progress,
-                          log=lambda _msg: None)
+def deploy_models(cfg: PTQDetConfig, work_dir: Path, backend: str, progress: bool) -> tuple[ModelSet, bool]:
+    """FP32 and all-INT8 models for `backend` (ONNX exports unless it is paddle), cached; and
+    whether the INT8 model was calibrated now (not reused)."""
+    stamp = work_dir / "int8.source.json"  # benchmark.prepare_models' record of what it quantized
+    before = stamp.read_text() if stamp.is_file() else None
+    models = prepare_models(qdq_config(cfg), work_dir, need_onnx=backend != "paddle", progress=progress,
+                            log=lambda _msg: None)
+    return models, stamp.read_text() != before
 
 
 def deploy_form(files: ModelFiles, backend: str, export_dir: Path) -> Path:
@@ -236,7 +240,8 @@ def deploy_stage(cfg: PTQDetConfig, opts: AnalysisOptions, ctx: AnalysisContext)
     backend = cfg.deploy_backend if opts.device == "cpu" else "paddle"
     info = DeployInfo(backend=backend, threads=opts.deploy_threads)
     with ctx.timed("deploy_models"):
-        info.models = deploy_models(cfg, ctx.work_dir / "deploy", backend, opts.progress)
+        info.models, calibrated = deploy_models(cfg, ctx.work_dir / "deploy", backend, opts.progress)
+        ctx.counters.calibrations += int(calibrated)
         info.feed = latency_feed(cfg)
     if backend not in PROFILED_BACKENDS or not opts.latency_aware:
         return info

@@ -135,6 +135,7 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
         bar.close()
     skip = base + order[:outcome.num_float]
     files = ModelFiles(out_dir, *SAVED_FILES)
+    ctx.counters.full_evaluations += 1  # the real model on the search images (reported beside the held-out mAP)
     result = TargetResult(
         target=target, skip=skip, num_skipped=len(skip), simulated_map=outcome.simulated,
         verified_map=outcome.verified, met=outcome.met, deployed_map=0.0, deployed_runtime="",
