@@ -59,3 +59,16 @@ def test_float_variant_runs_the_layer_on_its_float_input_and_dequantized_weights
     assert y == pytest.approx(np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], x), abs=1e-5)
     with pytest.raises(ValueError, match="QDQ form"):
         float_variant(out, ["conv2d_0.w_0"], tmp_path / "again")
+
+
+def test_paired_saving_sees_a_small_gain_through_shared_bursts():
+    from ptqdet.analysis.deploy import paired_saving
+
+    rng = np.random.default_rng(1)
+    burst = rng.choice([0.0, 3.0], size=100, p=[0.7, 0.3])  # another process slows some rounds, both models alike
+    before = 8.0 + burst + rng.normal(0, 0.02, 100)
+    after = 7.8 + burst + rng.normal(0, 0.02, 100)
+    saving, error = paired_saving(list(before), list(after))
+    assert saving == pytest.approx(0.2, abs=0.02) and error < 0.02
+    same, same_error = paired_saving(list(before), list(before + rng.normal(0, 0.02, 100)))
+    assert abs(same) < 2 * same_error + 0.01

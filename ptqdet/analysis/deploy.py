@@ -35,6 +35,7 @@ from .results import AnalysisOptions, DeployInfo
 from .search import MIN_SAVING_MS, base_candidates
 
 PROFILED_BACKENDS = ("openvino",)  # per-layer costs: the backends with a per-node profile
+LATENCY_ROUNDS = 100  # paired runs per model (~1 s per model on the demo PicoDet-s)
 
 
 def qdq_config(cfg: PTQDetConfig) -> PTQDetConfig:
@@ -130,10 +131,12 @@ def layer_costs(models: ModelSet, backend: str, threads: int, feed: dict[str, np
 
 
 def measure_models(cfg: PTQDetConfig, models: dict[str, Path], backend: str, threads: int,
-                   feed: dict[str, np.ndarray], progress: bool) -> dict[str, Row]:
-    """Latency rows (median over interleaved rounds, batch 1) of named models on `backend`."""
+                   feed: dict[str, np.ndarray], progress: bool, rounds: int = LATENCY_ROUNDS) -> dict[str, Row]:
+    """Latency rows of named models on `backend`, batch 1: `rounds` rounds of one run per model
+    (order reversed every other round), so that the i-th times of two models were taken side by
+    side: a machine shared with other work slows them alike (paired_saving)."""
     feed = {k: v[:1] for k, v in feed.items()}
-    settings = BenchSettings(backends=(backend,), threads=threads, progress=progress)
+    settings = BenchSettings(backends=(backend,), threads=threads, progress=progress, rounds=rounds, repeats=1)
     runners = []
     for name, path in models.items():
         row = Row(backend, name, str(path))
@@ -212,21 +215,33 @@ def _prune(graph: Any) -> None:
     graph.initializer.extend(kept)
 
 
-def measured_base(candidates: list[str], int8_export: Path, work_dir: Path, time_models: Callable[..., dict],
+def paired_saving(before: list[float], after: list[float]) -> tuple[float, float]:
+    """Median of the paired differences (ms; positive: `after` is faster) and its standard error
+    (1.4826 x MAD / sqrt(n)): robust to the bursts of a shared machine."""
+    diffs = np.asarray(before) - np.asarray(after)
+    median = float(np.median(diffs))
+    mad = float(np.median(np.abs(diffs - median)))
+    return median, 1.4826 * mad / max(np.sqrt(len(diffs)), 1.0)
+
+
+def measured_base(candidates: list[str], int8_export: Path, work_dir: Path,
+                  time_models: Callable[[dict[str, Path]], dict[str, list[float]]],
                   min_saving_ms: float) -> tuple[list[str], list[dict[str, Any]]]:
     """Greedy, most promising first: a candidate joins the base when the all-INT8 model with the
-    base and it in float is at least min_saving_ms faster than with the base alone (interleaved
-    rounds, end to end). Returns the base and one record per candidate tried."""
+    base and it in float is faster than with the base alone by at least min_saving_ms and by
+    two standard errors (paired runs, end to end). Returns the base and one record per candidate."""
     base: list[str] = []
     records = []
     current = Path(int8_export)
     for i, layer in enumerate(candidates):
         trial = float_variant(int8_export, base + [layer], work_dir / f"variant_{i}")
         times = time_models({"base": current, "trial": trial})
-        saving = times["base"] - times["trial"]
-        records.append({"layer": layer, "base_ms": round(times["base"], 3), "with_layer_ms": round(times["trial"], 3),
-                        "kept": saving >= min_saving_ms})
-        if saving >= min_saving_ms:
+        saving, error = paired_saving(times["base"], times["trial"])
+        kept = saving >= max(min_saving_ms, 2 * error)
+        records.append({"layer": layer, "base_ms": round(float(np.median(times["base"])), 3),
+                        "with_layer_ms": round(float(np.median(times["trial"])), 3),
+                        "saving_ms": round(saving, 3), "error_ms": round(error, 3), "kept": kept})
+        if kept:
             base.append(layer)
             current = trial
     return base, records
@@ -245,16 +260,16 @@ def deploy_stage(cfg: PTQDetConfig, opts: AnalysisOptions, ctx: AnalysisContext)
         info.feed = latency_feed(cfg)
     if backend not in PROFILED_BACKENDS or not opts.latency_aware:
         return info
-    cached = ctx.section(f"latency_{backend}_{opts.deploy_threads}t")
+    cached = ctx.section(f"latency_{backend}_{opts.deploy_threads}t_paired")
     if "base" not in cached:
         with ctx.timed("layer_costs"):
             costs = layer_costs(info.models, backend, opts.deploy_threads, info.feed)
             candidates = base_candidates({n: c["cost_ms"] for n, c in costs.items()})
             variants = ctx.work_dir / "deploy" / "variants"
 
-            def time_models(models: dict[str, Path]) -> dict[str, float]:
+            def time_models(models: dict[str, Path]) -> dict[str, list[float]]:
                 rows = measure_models(cfg, models, backend, opts.deploy_threads, info.feed, progress=False)
-                return {name: row.median for name, row in rows.items()}
+                return {name: row.times_ms for name, row in rows.items()}
 
             base, records = measured_base(candidates, runtime_form(info.models, "INT8", backend), variants,
                                           time_models, MIN_SAVING_MS)

@@ -170,7 +170,7 @@ def target_markdown(r: AnalysisResult) -> list[str]:
             f"mAP on the search images: trial model for the accuracy-only choice, the real model otherwise. "
             f"Runtime parity (held-out, {t.deployed_runtime} vs simulated): {parity}. Latency: "
             f"{t.deployed_runtime.split(' CPU')[0] if t.deployed_runtime else '-'}, batch 1, "
-            f"{d.threads if d else '-'} thread(s), median of interleaved rounds. Model: `{t.model_dir}`.", "",
+            f"{d.threads if d else '-'} thread(s), median of 100 runs per model taken in alternation (run by run). Model: `{t.model_dir}`.", "",
             f"Layers in float: {', '.join(t.skip) or 'none'}"
             + (f" ({len(t.latency_base)} of them because they run faster in float on the runtime: "
                f"{', '.join(t.latency_base)})" if t.latency_base else "") + ".", "",
@@ -192,8 +192,9 @@ def base_lines(r: AnalysisResult) -> list[str]:
         return ["No layer runs faster in float on the runtime's per-node profile (by 0.05 ms or more).", ""]
     rows = [[t["layer"], round(d.layer_costs[t["layer"]]["fp32_us"] / 1000, 3),
              round(d.layer_costs[t["layer"]]["int8_us"] / 1000, 3), t["base_ms"], t["with_layer_ms"],
-             "yes" if t["kept"] else "no"] for t in d.base_trials]
-    return ["Layers faster in float on the runtime (per-node profile), each measured end to end: kept in float "
-            "when the whole model gets at least 0.05 ms faster:", "",
+             f"{t.get('saving_ms', 0):.3f} ± {t.get('error_ms', 0):.3f}", "yes" if t["kept"] else "no"]
+            for t in d.base_trials]
+    return ["Layers faster in float on the runtime (per-node profile), each measured end to end (paired runs): "
+            "kept in float when the whole model gets faster by at least 0.05 ms and two standard errors:", "",
             markdown_table(["layer", "profile FP32 ms", "profile INT8 ms", "model ms before",
-                            "model ms with it in float", "kept in float"], rows), ""]
+                            "model ms with it in float", "paired saving ms", "kept in float"], rows), ""]
