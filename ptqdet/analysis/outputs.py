@@ -170,7 +170,8 @@ def target_markdown(r: AnalysisResult) -> list[str]:
             f"mAP on the search images: trial model for the accuracy-only choice, the real model otherwise. "
             f"Runtime parity (held-out, {t.deployed_runtime} vs simulated): {parity}. Latency: "
             f"{t.deployed_runtime.split(' CPU')[0] if t.deployed_runtime else '-'}, batch 1, "
-            f"{d.threads if d else '-'} thread(s), median of 100 runs per model taken in alternation (run by run). Model: `{t.model_dir}`.", "",
+            f"{d.threads if d else '-'} thread(s), median of 100 runs per model taken in alternation (run by run). "
+            f"Model: `{t.model_dir}`.", "",
             f"Layers in float: {', '.join(t.skip) or 'none'}"
             + (f" ({len(t.latency_base)} of them because they run faster in float on the runtime: "
                f"{', '.join(t.latency_base)})" if t.latency_base else "") + ".", "",
