@@ -36,6 +36,7 @@ from .search import MIN_SAVING_MS, base_candidates
 
 PROFILED_BACKENDS = ("openvino",)  # per-layer costs: the backends with a per-node profile
 LATENCY_ROUNDS = 100  # paired runs per model (~1 s per model on the demo PicoDet-s)
+LATENCY_METHOD = "median-profile_paired-runs"  # part of the cached costs' key: change it with the method
 
 
 def qdq_config(cfg: PTQDetConfig) -> PTQDetConfig:
@@ -260,7 +261,7 @@ def deploy_stage(cfg: PTQDetConfig, opts: AnalysisOptions, ctx: AnalysisContext)
         info.feed = latency_feed(cfg)
     if backend not in PROFILED_BACKENDS or not opts.latency_aware:
         return info
-    cached = ctx.section(f"latency_{backend}_{opts.deploy_threads}t_paired")
+    cached = ctx.section(f"latency_{backend}_{opts.deploy_threads}t_{LATENCY_METHOD}")
     if "base" not in cached:
         with ctx.timed("layer_costs"):
             costs = layer_costs(info.models, backend, opts.deploy_threads, info.feed)
