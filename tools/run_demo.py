@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             f"`runtime` column. Latency: Paddle Inference "
             f"{machine['paddle']}, batch 1, median of 30 runs after 5 warm-up runs, "
             f"{args.threads or 'default'} threads; OpenVINO (the recommended CPU runtime: README, Deployment), "
-            f"QDQ ONNX exports of the same models, batch 1, {args.deploy_threads} thread(s), FP32 and INT8 timed "
-            f"in the same interleaved rounds (5 x 20 runs after 10 warm-up runs), the ratio taken within those rounds; "
+            f"QDQ ONNX exports of the same models, batch 1, {args.deploy_threads} thread(s), FP32 and INT8 run "
+            f"in alternation (100 runs each after 10 warm-up runs, median), the ratio taken within those runs; "
             f"on {machine['cpu']} ({machine['cores']} cores), {machine['date']}. "
             f"Total time of `make demo` after set-up: {time.time() - start:.0f} s.\n"
             + "".join(f"\n{n}\n" for n in notes))
