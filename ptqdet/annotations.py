@@ -29,7 +29,7 @@ def write_subset(anno: Path, out: Path, count: int) -> Path:
     return atomic_write_text(Path(out), json.dumps(coco, sort_keys=True, separators=(",", ":")))
 
 
-def _with_images(coco: dict, keep: set, description: str) -> dict:
+def with_images(coco: dict, keep: set, description: str) -> dict:
     info = coco.get("info") or {}
     return {**coco, "images": [im for im in coco["images"] if im["id"] in keep],
             "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
@@ -46,8 +46,8 @@ def write_split(anno: Path, out: Path, out_rest: Path, count: int) -> tuple[Path
     picked = {ids[int(i * len(ids) / count)] for i in range(count)}
     rest = set(ids) - picked
     dump = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"))
-    return (atomic_write_text(Path(out), dump(_with_images(coco, picked, f"{count} images spread by id"))),
-            atomic_write_text(Path(out_rest), dump(_with_images(coco, rest, f"the other {len(rest)} images"))))
+    return (atomic_write_text(Path(out), dump(with_images(coco, picked, f"{count} images spread by id"))),
+            atomic_write_text(Path(out_rest), dump(with_images(coco, rest, f"the other {len(rest)} images"))))
 
 
 COCO_MINI_ANNO = "annotations/instances_train2017_mini.json"

@@ -149,6 +149,27 @@ def _short_error(exc: BaseException) -> str:
     return f"not supported: {type(exc).__name__}: {text[:300]}"
 
 
+def interleaved_rounds(runners: list[tuple[Row, Any]], feed: dict[str, np.ndarray], settings: BenchSettings,
+                       warmup: bool = True) -> None:
+    """settings.rounds rounds of settings.repeats timed runs per runner, the order reversed every
+    other round (no runner always goes first); times appended to each row. warmup: first
+    settings.warmup untimed runs per runner."""
+    for _, runner in runners if warmup else ():
+        for _ in range(settings.warmup):
+            runner.run(feed)
+    rounds = range(settings.rounds)
+    if settings.progress:
+        from tqdm import tqdm
+        rounds = tqdm(rounds, desc=f"latency {runners[0][0].backend if runners else ''}", unit="round", leave=False)
+    for r in rounds:
+        order = runners if r % 2 == 0 else runners[::-1]
+        for row, runner in order:
+            for _ in range(settings.repeats):
+                start = time.perf_counter()
+                runner.run(feed)
+                row.times_ms.append((time.perf_counter() - start) * 1000)
+
+
 def bench_backend(cfg: PTQDetConfig, models: ModelSet, backend: str, feed: dict[str, np.ndarray],
                   settings: BenchSettings, source: Any = None, measure_map: bool = True) -> list[Row]:
     """Interleaved latency rounds, then (measure_map) the mAP, of every runner of one backend."""
@@ -169,17 +190,7 @@ def bench_backend(cfg: PTQDetConfig, models: ModelSet, backend: str, feed: dict[
             continue
         row.runtime = runner.mode
         runners.append((row, runner))
-    rounds = range(settings.rounds)
-    if settings.progress:
-        from tqdm import tqdm
-        rounds = tqdm(rounds, desc=f"latency {backend}", unit="round", leave=False)
-    for r in rounds:
-        order = runners if r % 2 == 0 else runners[::-1]  # no runner always goes first
-        for row, runner in order:
-            for _ in range(settings.repeats):
-                start = time.perf_counter()
-                runner.run(feed)
-                row.times_ms.append((time.perf_counter() - start) * 1000)
+    interleaved_rounds(runners, feed, settings, warmup=False)
     for row, runner in runners if measure_map else ():
         try:
             row.map = evaluate(runner, cfg, settings.dataset_key, source=source, progress=settings.progress,

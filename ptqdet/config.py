@@ -33,6 +33,8 @@ PTQDET_KEYS: dict[str, str] = {
     "plot_hist": "analysis.py: draw activation/weight distribution plots",
     "get_target_quant_model": "analysis.py: build the model that meets target_metric",
     "target_metric": "analysis.py: mAP (0-1) the analyzed INT8 model must reach",
+    "deploy_backend": "analysis.py: runtime the target model is chosen and timed for: openvino (default), paddle or "
+                      "onnxruntime (per-layer float costs: openvino)",
     "PTQ": "post-training quantization settings, shared by post_quant.py and analysis.py",
     "NMS": "NMS parameters used when the model has no NMS (arch: PPYOLOE)",
     "TrainDataset": "calibration images (only the images are read)",
@@ -41,6 +43,9 @@ PTQDET_KEYS: dict[str, str] = {
     "EvalReader": "pre-processing (sample_transforms, batch_transforms) and batch_size",
     "worker_num": "data loader workers (ptqdet loads in the main process; kept for compatibility)",
 }
+# runtimes analysis.py can choose and time the target model for (the first: the default, the
+# recommended CPU path; docs/deployment.md)
+DEPLOY_BACKENDS = ("openvino", "paddle", "onnxruntime")
 # PaddleDetection keys that may appear (usually through _BASE_) and that ptqdet ignores.
 PPDET_TOLERATED_KEYS = {
     "_BASE_", "TestDataset", "TrainReader", "TestReader", "use_gpu", "use_xpu", "use_mlu", "use_npu",
@@ -149,6 +154,7 @@ class PTQDetConfig:
     ptq: PTQSettings
     nms: NMSSettings
     ppdet: Any  # ppdet AttrDict
+    deploy_backend: str = "openvino"
 
     @property
     def nms_outside(self) -> bool:
@@ -376,6 +382,9 @@ def _validated(path: Path, cfg: Any) -> PTQDetConfig:
     target = cfg.get("target_metric")
     if target is not None and not (isinstance(target, (int, float)) and 0 <= float(target) <= 1):
         raise ConfigError(f"{path}: target_metric must be an mAP between 0 and 1, got {target!r}")
+    deploy_backend = str(cfg.get("deploy_backend", DEPLOY_BACKENDS[0]))
+    if deploy_backend not in DEPLOY_BACKENDS:
+        raise ConfigError(f"{path}: deploy_backend {deploy_backend!r} is not one of {', '.join(DEPLOY_BACKENDS)}")
     input_list = cfg.get("input_list", ["image", "scale_factor"])
     if not isinstance(input_list, (list, dict)) or not input_list:
         raise ConfigError(f"{path}: input_list must be a list of input names or a mapping")
@@ -408,4 +417,5 @@ def _validated(path: Path, cfg: Any) -> PTQDetConfig:
         ptq=ptq,
         nms=NMSSettings(**{**NMS_DEFAULTS, **(cfg.get("NMS") or {})}),
         ppdet=cfg,
+        deploy_backend=deploy_backend,
     )

@@ -100,3 +100,46 @@ def test_search_follows_quantize_one_and_proxy_breaks_ties():
     proxy = {"quantize": {"a": 1.0, "c": 3.0}}
     assert order_layers(["a", "b", "c", "d"], metric, proxy) == ["b", "c", "a", "d"]
     assert order_layers(["a", "b", "c", "d"], metric, {}) == ["b", "a", "c", "d"]  # stable: graph order
+
+
+def test_latency_order_puts_accuracy_per_ms_first_and_leaves_the_base_out():
+    from ptqdet.analysis.search import latency_order
+
+    damage = {"a": 0.04, "b": 0.02, "c": 0.0, "d": 0.01, "e": 0.03}
+    cost = {"a": 1.0, "b": 0.1, "c": 0.5, "d": -0.3, "e": 0.2}  # d: faster in float but not in the base
+    # per ms: b 0.2, e 0.15, a 0.04, d 0.01 / floor (free) -> first; c has no damage: last
+    assert latency_order(list(damage), damage, cost, base=[]) == ["d", "b", "e", "a", "c"]
+    assert latency_order(list(damage), damage, cost, base=["d", "b"]) == ["e", "a", "c"]
+    # without costs every layer costs the floor: the order is the damage order
+    assert latency_order(list(damage), damage, {}, base=[]) == ["a", "e", "b", "d", "c"]
+
+
+def test_base_candidates_are_the_profiled_savings_largest_first():
+    from ptqdet.analysis.search import base_candidates
+
+    cost = {"a": -1.0, "b": -0.04, "c": 0.3, "d": -0.2, "e": -0.06}
+    assert base_candidates(cost, min_saving_ms=0.05) == ["a", "d", "e"]
+    assert base_candidates(cost, min_saving_ms=0.05, limit=2) == ["a", "d"]
+
+
+def test_known_or_probed_empty_prefix_ends_the_search_at_once():
+    sim = Curve([0.5] * 11)
+    out = search_prefix(10, 0.4, sim, Curve([0.5] * 11), at_zero=0.45)
+    assert out.num_float == 0 and sim.calls == [] and out.simulated == 0.45 and out.evaluations == 1
+    sim = Curve([0.5] * 11)
+    out = search_prefix(10, 0.4, sim, Curve([0.5] * 11), probe_zero=True)
+    assert out.num_float == 0 and sim.calls == [0] and out.tried == {0: 0.5} and out.evaluations == 2
+    # a probe that misses: the binary search goes on above 0, within 1 + ceil(log2 N) simulations
+    values = [0.3] * 6 + [0.5] * 5
+    sim = Curve(values)
+    out = search_prefix(10, 0.4, sim, Curve(values), probe_zero=True)
+    assert out.num_float == 6 and sim.calls[0] == 0 and len(sim.calls) <= 1 + math.ceil(math.log2(10))
+
+
+def test_verification_is_judged_against_its_own_target():
+    """Search images and held-out images have different FP32 mAPs: each is held to its own target."""
+    sim, held = Curve([0.60] * 11), Curve([0.45] * 11)
+    out = search_prefix(10, 0.55, sim, held, verify_target=0.44, at_zero=0.60)
+    assert out.met and out.num_float == 0 and out.verified == 0.45
+    out = search_prefix(10, 0.55, Curve([0.60] * 11), Curve([0.45] * 11), verify_target=0.46, at_zero=0.60)
+    assert not out.met and out.verifications == 3  # missed on the held-out images: stepped forward

@@ -14,7 +14,7 @@ from ..model import ModelFiles
 from ..paddle_static import model_digest
 from ..report import write_json
 
-CACHE_VERSION = 2  # part of the cache key: bump when a cached value changes meaning
+CACHE_VERSION = 3  # part of the cache key: bump when a cached value changes meaning
 
 
 @dataclass

@@ -31,7 +31,8 @@ def kary_rounds(num_layers: int, width: int) -> int:
 
 def search_prefix_kary(num_layers: int, target: float, simulate_many: Callable[[list[int]], dict[int, float]],
                        verify: Callable[[int], float], width: int, max_verifications: int = MAX_VERIFICATIONS,
-                       on_round: Callable[[Iterable[int]], None] | None = None) -> tuple[SearchOutcome, int]:
+                       on_round: Callable[[Iterable[int]], None] | None = None, verify_target: float | None = None,
+                       at_zero: float | None = None, probe_zero: bool = False) -> tuple[SearchOutcome, int]:
     """search_prefix with `width` simulations per round: (its outcome, the rounds taken).
 
     simulate_many(ks): {k: mAP with the first k layers in float} for every k asked, run at
@@ -39,11 +40,20 @@ def search_prefix_kary(num_layers: int, target: float, simulate_many: Callable[[
     FP32 model, never evaluated) and simulate(lo) < target (lo = -1: none). Each round keeps
     the first crossing among its points, so a monotone curve gives the binary search's
     answer; a noisy one, some crossing. on_round(points): after each round (a progress bar).
+    verify_target, at_zero, probe_zero: as in search_prefix (probe_zero: a round of its own).
     """
     if width < 1:
         raise ValueError(f"width must be at least 1, got {width}")
     tried: dict[int, float] = {}
+    verify_target = target if verify_target is None else verify_target
     lo, hi, rounds = -1, num_layers, 0
+    if at_zero is None and probe_zero and num_layers > 0:
+        at_zero = tried[0] = simulate_many([0])[0]
+        rounds += 1
+        if on_round is not None:
+            on_round([0])
+    if at_zero is not None:
+        lo, hi = (-1, 0) if at_zero >= target else (0, num_layers)
     while hi - lo > 1:
         points = kary_points(lo, hi, width)
         values = simulate_many(points)
@@ -62,10 +72,11 @@ def search_prefix_kary(num_layers: int, target: float, simulate_many: Callable[[
     for attempt in range(1, max_verifications + 1):
         verified = verify(k)
         verifications += 1
-        if verified >= target or k >= num_layers or attempt == max_verifications:
+        if verified >= verify_target or k >= num_layers or attempt == max_verifications:
             break
         k = min(num_layers, k + verification_step(num_layers))
-    outcome = SearchOutcome(num_float=k, simulated=tried.get(k), verified=verified,
-                            met=verified is not None and verified >= target, tried=tried,
+    simulated = tried.get(k, at_zero if k == 0 else None)
+    outcome = SearchOutcome(num_float=k, simulated=simulated, verified=verified,
+                            met=verified is not None and verified >= verify_target, tried=tried,
                             verifications=verifications)
     return outcome, rounds

@@ -64,6 +64,9 @@ def ranking_json(cfg: PTQDetConfig, r: AnalysisResult, rows: list[dict[str, Any]
     return {"config": str(cfg.path), "model_dir": str(cfg.model_dir), "ptq": cfg.ptq.to_dict(),
             "fp32_map": r.fp32_map, "int8_map": r.int8_map, "ranking": rows, "spearman_proxy_vs_metric": r.spearman,
             "counters": r.counters.to_dict(), "target": r.target.to_dict() if r.target else None,
+            "deploy": {"backend": r.deploy.backend, "threads": r.deploy.threads, "split": r.deploy.split,
+                       "fp32_maps": r.deploy.fp32_maps, "base": r.deploy.base, "base_trials": r.deploy.base_trials,
+                       "layer_costs": r.deploy.layer_costs} if r.deploy else None,
             "machine": machine_info()}
 
 
@@ -96,9 +99,11 @@ def markdown(cfg: PTQDetConfig, r: AnalysisResult, files: dict[str, str]) -> str
              f"Config `{cfg.path}`; PTQ: algo {cfg.ptq.algo}, weights {cfg.ptq.weight_quantize_type}, "
              f"activations {cfg.ptq.activation_quantize_type}, {cfg.ptq.batch_size}x{cfg.ptq.batch_nums} "
              f"calibration images.", "",
-             markdown_table(["model", "mAP (EvalDataset)"], [["FP32", mAP_points(r.fp32_map)],
-                                                            ["INT8, all layers", mAP_points(r.int8_map)]] +
-                            ([[f"INT8, {r.target.num_skipped} layers in float (verified)",
+             markdown_table(["model", "images", "mAP"],
+                            [["FP32", "EvalDataset", mAP_points(r.fp32_map)],
+                             ["INT8, all layers (trial model)", "search images" if r.deploy else "EvalDataset",
+                              mAP_points(r.int8_map)]] +
+                            ([[f"INT8, {r.target.num_skipped} layers in float (verified)", "held-out images",
                                mAP_points(r.target.verified_map)]] if r.target else [])), "",
              "## Cost", "",
              markdown_table(["calibrations", "full evaluations", "fast evaluations", "proxy runs", "total time"],
@@ -117,19 +122,80 @@ def markdown(cfg: PTQDetConfig, r: AnalysisResult, files: dict[str, str]) -> str
     lines += ["", "Spearman rank correlation, proxy vs mAP: " +
               (", ".join(f"{m}: {v:.2f}" for m, v in r.spearman.items()) or "no proxy ranking"), ""]
     if r.target:
-        t = r.target
-        lines += ["## Target model", "",
-                  f"Target mAP {mAP_points(t.target)}: {t.num_skipped} layers kept in float, verified mAP "
-                  f"{mAP_points(t.verified_map)} ({'met' if t.met else 'NOT met'}; fake-quant graph on FP32 kernels, "
-                  f"as searched); on {t.deployed_runtime}: {mAP_points(t.deployed_map)}. Model: `{t.model_dir}`.",
-                  "", f"Full evaluations for the target: {t.search_evaluations} ({len(t.tried)} in the binary "
-                  f"search, {t.verifications} verifying the real model; goal: at most "
-                  f"ceil(log2 N) + 3 = {math.ceil(math.log2(len(r.ranking))) + 3}).",
-                  "", "Binary search (layers in float → simulated mAP): " +
-                  ", ".join(f"{k} → {mAP_points(v)}" for k, v in sorted(t.tried.items())), ""]
+        lines += target_markdown(r)
     if "activation_distribution" in files:
         lines += ["## Distributions", "", f"![activations]({Path(files['activation_distribution']).name})", "",
                   f"![weights]({Path(files['weight_distribution']).name})", "",
                   "Outlier statistics per layer (max |x| / 99.99th percentile): `distribution_stats.json`.", ""]
     lines += [f"Analyzed config: `{files['analyzed_config']}`", ""]
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def target_markdown(r: AnalysisResult) -> list[str]:
+    """The target model section: images, mAP on both image sets, runtime parity, latency."""
+    t, d = r.target, r.deploy
+    fp32 = d.fp32_maps if d else {}
+    parity = (f"**differs by {abs(mAP_points(t.deployed_map) - mAP_points(t.verified_map)):.1f} points (> 0.3): "
+              "check the runtime**" if t.parity_flag else "agrees within 0.3 point")
+    acc = t.accuracy_only
+    rows = [["FP32", "-", mAP_points(fp32.get("search")), mAP_points(fp32.get("heldout")), "-",
+             _ms(t.latency.get("FP32")), "1.00"],
+            [f"INT8 target ({t.selection} selection)", t.num_skipped, mAP_points(t.search_map),
+             mAP_points(t.verified_map), mAP_points(t.deployed_map), _ms(t.latency.get("INT8 target")),
+             _ratio(t.ratio)]]
+    if acc is not None:
+        rows.append(["INT8 accuracy-only choice (not verified)", acc.num_float, mAP_points(acc.simulated_map)
+                     if acc.simulated_map is not None else "-", "-", "-", _ms(acc.latency_ms), _ratio(acc.ratio)])
+    all_int8 = t.latency.get("INT8 all layers")
+    fp32_ms = t.latency.get("FP32")
+    rows.append(["INT8 all layers", 0, mAP_points(r.int8_map), "-", "-", _ms(all_int8),
+                 _ratio(all_int8 / fp32_ms if all_int8 and fp32_ms else None)])
+    budget = math.ceil(math.log2(len(r.ranking))) + 3
+    return ["## Target model", "",
+            (d.split if d else ""), "",
+            f"Target: {mAP_points(t.target)} on EvalDataset = FP32 minus {mAP_points(r.fp32_map - t.target)} points; "
+            f"the same drop on each image set: {mAP_points(t.search_target)} on the search images, "
+            f"{mAP_points(t.heldout_target)} on the held-out images. "
+            f"Target met (held-out): **{'yes' if t.met else 'NO'}**.", "",
+            markdown_table(["model", "layers in float", "mAP search images", "mAP held-out (simulated)",
+                            f"mAP held-out on {d.backend if d else 'runtime'}", "latency ms", "INT8/FP32"], rows), "",
+            f"mAP on the search images: trial model for the accuracy-only choice, the real model otherwise. "
+            f"Runtime parity (held-out, {t.deployed_runtime} vs simulated): {parity}. Latency: "
+            f"{t.deployed_runtime.split(' CPU')[0] if t.deployed_runtime else '-'}, batch 1, "
+            f"{d.threads if d else '-'} thread(s), median of 100 runs per model taken in alternation (run by run). "
+            f"Model: `{t.model_dir}`.", "",
+            f"Layers in float: {', '.join(t.skip) or 'none'}"
+            + (f" ({len(t.latency_base)} of them because they run faster in float on the runtime: "
+               f"{', '.join(t.latency_base)})" if t.latency_base else "") + ".", "",
+            *base_lines(r),
+            f"Full evaluations for the target: {t.search_evaluations} ({len(t.tried)} in the binary search, "
+            f"{t.verifications} verifying the real model; goal: at most ceil(log2 N) + 3 = {budget}); "
+            f"{t.comparison_evaluations} more for the accuracy-only comparison.", "",
+            "Binary search (prefix length → simulated mAP, search images): " +
+            (", ".join(f"{k} → {mAP_points(v)}" for k, v in sorted(t.tried.items())) or "none needed"), ""]
+
+
+def base_lines(r: AnalysisResult) -> list[str]:
+    """The latency base: the candidates the runtime's profile found faster in float, measured end to end."""
+    d = r.deploy
+    if d is None or not d.layer_costs:
+        return ["Per-layer float costs: not measured on this runtime (OpenVINO only): float layers chosen by mAP "
+                "damage alone.", ""]
+    if not d.base_trials:
+        return ["No layer runs faster in float on the runtime's per-node profile (by 0.05 ms or more).", ""]
+    rows = [[t["layer"], round(d.layer_costs[t["layer"]]["fp32_us"] / 1000, 3),
+             round(d.layer_costs[t["layer"]]["int8_us"] / 1000, 3), t["base_ms"], t["with_layer_ms"],
+             f"{t.get('saving_ms', 0):.3f} ± {t.get('error_ms', 0):.3f}", "yes" if t["kept"] else "no"]
+            for t in d.base_trials]
+    return ["Layers faster in float on the runtime (per-node profile), each measured end to end (paired runs): "
+            "kept in float when the whole model gets faster by at least 0.05 ms and two standard errors:", "",
+            markdown_table(["layer", "profile FP32 ms", "profile INT8 ms", "model ms before",
+                            "model ms with it in float", "paired saving ms", "kept in float"], rows), ""]

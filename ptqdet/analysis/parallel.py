@@ -34,7 +34,7 @@ from .context import AnalysisContext, ResultCache
 from .graph import QuantGraph
 from .kary_search import search_prefix_kary
 from .search import SearchOutcome
-from .sensitivity import Evaluator, metric_ranking, proxy_ranking
+from .sensitivity import Evaluator, metric_ranking, proxy_ranking, section_name
 
 PROXY_CHUNKS_PER_WORKER = 3  # proxy trials go in chunks: each chunk pays two reference runs
 DATASET_FILE_ATTRS = ("anno_path", "label_list")  # files a metric reads, shipped with the batches
@@ -257,16 +257,17 @@ def rank_in_parallel(cfg: PTQDetConfig, opts: Any, graph: QuantGraph, fast: Eval
     trials: list[Trial] = []
     chunk = max(1, math.ceil(len(layers) / (opts.parallel.workers * PROXY_CHUNKS_PER_WORKER)))
     for mode in opts.rank_modes if opts.proxy_batches > 0 else ():  # the longer trials first
-        pending = [n for n in layers if n not in ctx.section(f"proxy_{mode}")]
+        pending = [n for n in layers if n not in ctx.section(section_name("proxy", mode, len(feeds)))]
         trials += [Trial("proxy", mode, tuple(pending[i:i + chunk])) for i in range(0, len(pending), chunk)]
     for mode in opts.rank_modes:
         trials += [Trial("metric", mode, (n,), references[mode]) for n in layers
-                   if n not in ctx.section(f"metric_{mode}")]
+                   if n not in ctx.section(section_name("metric", mode))]
     if not trials:
         return
 
     def on_result(trial: Trial, scores: dict[str, float]) -> None:
-        ctx.section(f"{trial.kind}_{trial.mode}").update(scores)
+        batches = len(feeds) if trial.kind == "proxy" else None
+        ctx.section(section_name(trial.kind, trial.mode, batches)).update(scores)
         if trial.kind == "metric":
             ctx.counters.fast_evaluations += 1
         ctx.save()
@@ -276,12 +277,17 @@ def rank_in_parallel(cfg: PTQDetConfig, opts: Any, graph: QuantGraph, fast: Eval
         pool.run(trials, on_result, "layer trials")
 
 
-def search_in_parallel(cfg: PTQDetConfig, opts: Any, full: Evaluator, ranking: list[str], target: float,
-                       cached: dict[str, float], verify: Callable[[int], float], ctx: AnalysisContext,
-                       on_round: Callable[[Any], None] | None = None) -> tuple[SearchOutcome, int]:
+def search_in_parallel(cfg: PTQDetConfig, opts: Any, search: Evaluator, num_layers: int,
+                       prefix: Callable[[int], list[str]], target: float, cached: dict[str, float],
+                       cache_key: Callable[[list[str]], str],
+                       verify: Callable[[int], float], ctx: AnalysisContext,
+                       on_round: Callable[[Any], None] | None = None, **search_kwargs: Any
+                       ) -> tuple[SearchOutcome, int]:
     """search_target's search on opts.parallel's workers: a k-ary search (k = the workers) whose
-    simulations run as trials on EvalDataset, each cached (`cached`: the search's section, keyed
-    by prefix length) as the serial search caches them. Returns the outcome and the rounds."""
+    simulations (prefix(k) in float, k in 0..num_layers, on `search`'s images) run as trials, each cached in
+    `cached` under cache_key(layers) as the serial search caches them. search_kwargs: those of
+    search_prefix (verify_target, at_zero, probe_zero, max_verifications). Returns the outcome
+    and the rounds."""
     with contextlib.ExitStack() as stack:
         pools: list[TrialPool] = []  # started on the first simulation not in the cache
 
@@ -291,14 +297,14 @@ def search_in_parallel(cfg: PTQDetConfig, opts: Any, full: Evaluator, ranking: l
             ctx.save()
 
         def simulate_many(ks: list[int]) -> dict[int, float]:
-            todo = [Trial("simulate", layers=tuple(ranking[:k]), dataset="full", key=str(k)) for k in ks
-                    if str(k) not in cached]
+            todo = [Trial("simulate", layers=tuple(prefix(k)), dataset="search", key=cache_key(prefix(k)))
+                    for k in ks if cache_key(prefix(k)) not in cached]
             if todo and not pools:
-                pools.append(stack.enter_context(trial_pool(cfg, opts.parallel, full.graph, {"full": full}, None,
-                                                            ctx.progress)))
+                pools.append(stack.enter_context(trial_pool(cfg, opts.parallel, search.graph, {"search": search},
+                                                            None, ctx.progress)))
             if todo:
                 pools[0].run(todo, on_result, None)
-            return {k: cached[str(k)] for k in ks}
+            return {k: cached[cache_key(prefix(k))] for k in ks}
 
-        return search_prefix_kary(len(ranking), target, simulate_many, verify, opts.parallel.workers,
-                                  on_round=on_round)
+        return search_prefix_kary(num_layers, target, simulate_many, verify, opts.parallel.workers,
+                                  on_round=on_round, **search_kwargs)

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 
 RANK_MODES = ("quantize", "revert")
 MAX_VERIFICATIONS = 3
+# a layer the runtime's per-node profile shows at least this much faster in float (per image) is
+# a candidate for the latency base; it joins it when the whole model is measured faster by as much
+MIN_SAVING_MS = 0.05
+MAX_BASE_CANDIDATES = 12  # candidates measured end to end (~2 s each on the demo PicoDet-s)
+COST_FLOOR_MS = 1e-3  # a layer measured as free (or faster) in float still costs a little
 
 
 def search_mode(modes: Iterable[str]) -> str:
@@ -51,7 +56,8 @@ class SearchOutcome:
 
 
 def search_prefix(num_layers: int, target: float, simulate: Callable[[int], float], verify: Callable[[int], float],
-                  max_verifications: int = MAX_VERIFICATIONS, on_step: Callable[[], None] | None = None
+                  max_verifications: int = MAX_VERIFICATIONS, on_step: Callable[[], None] | None = None,
+                  verify_target: float | None = None, at_zero: float | None = None, probe_zero: bool = False
                   ) -> SearchOutcome:
     """Shortest prefix length k (0..num_layers) with simulate(k) >= target, by binary search,
     then verify(k) on the real model, stepping k forward on a miss.
@@ -64,10 +70,21 @@ def search_prefix(num_layers: int, target: float, simulate: Callable[[int], floa
     max_verifications calls, each miss but the last adding verification_step(num_layers)
     layers: the result is always the last prefix verified.
     on_step: called after each simulation (a progress bar).
+    verify_target: what verify(k) must reach (default: target; verification runs on other images).
+    at_zero: simulate(0) when already known (not counted in tried): when it meets the target,
+    the search is over at once. probe_zero: simulate(0) first (counted), for a search whose empty
+    prefix is likely to meet the target (a latency base already in float).
     """
     tried: dict[int, float] = {}
+    verify_target = target if verify_target is None else verify_target
     # invariant: simulate(hi) >= target (hi = N is the FP32 model), simulate(lo) < target (lo = -1: none)
     lo, hi = -1, num_layers
+    if at_zero is None and probe_zero and num_layers > 0:
+        at_zero = tried[0] = simulate(0)
+        if on_step is not None:
+            on_step()
+    if at_zero is not None:
+        lo, hi = (-1, 0) if at_zero >= target else (0, num_layers)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         tried[mid] = simulate(mid)
@@ -83,8 +100,31 @@ def search_prefix(num_layers: int, target: float, simulate: Callable[[int], floa
     for attempt in range(1, max_verifications + 1):
         verified = verify(k)
         verifications += 1
-        if verified >= target or k >= num_layers or attempt == max_verifications:
+        if verified >= verify_target or k >= num_layers or attempt == max_verifications:
             break
         k = min(num_layers, k + verification_step(num_layers))
-    return SearchOutcome(num_float=k, simulated=tried.get(k), verified=verified,
-                         met=verified is not None and verified >= target, tried=tried, verifications=verifications)
+    simulated = tried.get(k, at_zero if k == 0 else None)
+    return SearchOutcome(num_float=k, simulated=simulated, verified=verified,
+                         met=verified is not None and verified >= verify_target, tried=tried,
+                         verifications=verifications)
+
+
+def latency_order(layers: list[str], damage: Mapping[str, float], cost_ms: Mapping[str, float],
+                  base: list[str]) -> list[str]:
+    """The order of a latency-aware target search: the search keeps `base` (layers measured to
+    make the model faster in float) and a prefix of this order in float. Layers not in base, by
+    mAP damage per millisecond of float cost on the runtime (accuracy gained per ms lost),
+    highest first (a cost at or below ~0 counts as COST_FLOOR_MS); a layer with no damage goes
+    last, cheapest first."""
+    def key(n: str) -> tuple[int, float]:
+        d, c = damage.get(n, 0.0), max(cost_ms.get(n, 0.0), COST_FLOOR_MS)
+        return (0, -d / c) if d > 0 else (1, c)
+
+    in_base = set(base)
+    return sorted((n for n in layers if n not in in_base), key=key)
+
+
+def base_candidates(cost_ms: Mapping[str, float], min_saving_ms: float = MIN_SAVING_MS,
+                    limit: int = MAX_BASE_CANDIDATES) -> list[str]:
+    """Layers the per-node profile says save at least min_saving_ms in float, most saving first."""
+    return sorted((n for n, c in cost_ms.items() if c <= -min_saving_ms), key=lambda n: cost_ms[n])[:limit]

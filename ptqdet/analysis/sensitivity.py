@@ -39,6 +39,12 @@ def sqnr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
     return float(10 * np.log10(max(signal, 1e-30) / noise))
 
 
+def section_name(kind: str, mode: str, batches: int | None = None) -> str:
+    """The cache section of a ranking: its kind (metric, proxy) and mode, and the proxy's batches
+    (a ranking depends on those; every run with the same calibration shares the cache)."""
+    return f"{kind}_{mode}" if batches is None else f"{kind}_{mode}_{batches}batches"
+
+
 def proxy_ranking(graph: QuantGraph, feeds: list[dict[str, np.ndarray]], layers: list[str], mode: str,
                   ctx: AnalysisContext) -> dict[str, float]:
     """Per layer, the SQNR loss (dB) of the detection head outputs (before NMS) vs FP32.
@@ -59,7 +65,8 @@ def proxy_ranking(graph: QuantGraph, feeds: list[dict[str, np.ndarray]], layers:
         # damage in dB: how much SQNR this layer costs
         return value - base if mode == "revert" else 100.0 - min(value, 100.0)
 
-    return score_layers(layers, damage, ctx.section(f"proxy_{mode}"), ctx.save, ctx.progress, f"proxy ({mode} one)")
+    section = ctx.section(section_name("proxy", mode, len(feeds)))
+    return score_layers(layers, damage, section, ctx.save, ctx.progress, f"proxy ({mode} one)")
 
 
 def score_layers(layers: list[str], damage: Callable[[str], float], cache: dict[str, Any],
@@ -95,7 +102,8 @@ def metric_ranking(evaluator: Evaluator, layers: list[str], mode: str, reference
         ctx.counters.seconds["last_layer_s"] = time.perf_counter() - start
         return value
 
-    return score_layers(layers, damage, ctx.section(f"metric_{mode}"), ctx.save, ctx.progress, f"mAP ({mode} one)")
+    section = ctx.section(section_name("metric", mode))
+    return score_layers(layers, damage, section, ctx.save, ctx.progress, f"mAP ({mode} one)")
 
 
 def spearman(a: dict[str, float], b: dict[str, float]) -> float:

@@ -1,11 +1,14 @@
 """analysis.py's pipeline: calibrate once, rank layers (mAP and proxy), search the target model.
 
 Stages of `analyze`, in order:
-    reference_fp32     FP32 mAP on EvalDataset (Paddle Inference): the target is checked before any calibration
+    split_eval         (heldout.py) EvalDataset's search images and held-out images, disjoint
+    reference_fp32     FP32 mAP on EvalDataset and both parts (Paddle Inference): the target is checked first
     calibrate          one calibration, all quantizable layers but cfg.skip_tensor_list -> QuantGraph
-    int8_references    all-INT8 and FP32 mAP of the trial models (EvalDataset and the fast set)
+    int8_references    all-INT8 and FP32 mAP of the trial models (search images and the fast set)
     rank_layers        per layer, mAP damage on the fast set and SQNR loss (proxy) per mode
-    search_target      (target.py) shortest float prefix of the ranking meeting the target, verified
+    deploy_stage       (deploy.py) FP32/INT8 models on the deployment runtime, cost of float per layer
+    search_target      (target.py) float layers meeting the target at the lowest latency (search images),
+                       verified on the held-out images, timed on the deployment runtime
     distribution_plots (distributions.py) and write_outputs (outputs.py)
 Every result is cached in the AnalysisContext: an interrupted run resumes.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,13 +27,15 @@ from ..metrics import evaluate
 from ..model import ModelFiles, Predictor, PredictorOptions, default_threads, resolve_model_files
 from ..quantize import SAVED_FILES, quantize_files
 from .context import CACHE_VERSION, AnalysisContext, cache_key
+from .deploy import deploy_stage
 from .distributions import distribution_plots
 from .graph import QuantGraph
+from .heldout import EvalSplit, split_eval, split_source
 from .outputs import write_outputs
-from .results import AnalysisOptions, AnalysisResult
-from .search import RANK_MODES, order_layers
+from .results import AnalysisOptions, AnalysisResult, DeployInfo, TargetResult
+from .search import RANK_MODES, order_layers, search_mode
 from .sensitivity import Evaluator, metric_ranking, proxy_ranking, spearman
-from .target import search_target, target_metric
+from .target import TargetInputs, search_target, set_key, target_metric
 
 
 @dataclass
@@ -57,20 +63,27 @@ def check_inputs(cfg: PTQDetConfig, opts: AnalysisOptions) -> ModelFiles:
 
 
 def open_context(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisContext:
-    key = cache_key(cfg, {"rank_modes": opts.rank_modes, "proxy_batches": opts.proxy_batches, "v": CACHE_VERSION})
-    return AnalysisContext.open(opts.save_dir, key, opts.progress)
+    """The work folder of this model, data and PTQ section. What depends on more is a section of
+    its results keyed by that too (context.py): a ranking by its mode (and proxy batches), a
+    search's trials by their float-layer set, the layer costs by runtime and threads."""
+    return AnalysisContext.open(opts.save_dir, cache_key(cfg, {"v": CACHE_VERSION}), opts.progress)
 
 
-def reference_fp32(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFiles, ctx: AnalysisContext) -> float:
-    """FP32 mAP on EvalDataset with Paddle Inference (cached)."""
+def reference_fp32(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFiles, split: EvalSplit,
+                   ctx: AnalysisContext) -> dict[str, float]:
+    """FP32 mAP with Paddle Inference (cached) on EvalDataset ("all"), its search images and its
+    held-out images (the same as "all" when it is not split)."""
     refs = ctx.section("reference")
     if "fp32_full" not in refs:
         predictor = Predictor(fp32_files, PredictorOptions(device=opts.device,
                                                            threads=opts.threads or default_threads()))
         refs["fp32_full"] = evaluate(predictor, cfg, "EvalDataset", progress=opts.progress, desc="eval FP32").map
-        ctx.counters.full_evaluations += 1
+        for name, anno in (("search", split.search_anno), ("heldout", split.heldout_anno)):
+            refs[f"fp32_{name}"] = (evaluate(predictor, cfg, source=split_source(cfg, anno), progress=opts.progress,
+                                             desc=f"eval FP32 ({name})").map if anno else refs["fp32_full"])
+        ctx.counters.full_evaluations += 2  # EvalDataset, then its two parts
         ctx.save()
-    return refs["fp32_full"]
+    return {"all": refs["fp32_full"], "search": refs["fp32_search"], "heldout": refs["fp32_heldout"]}
 
 
 def calibrate(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFiles, ctx: AnalysisContext) -> QuantGraph:
@@ -89,19 +102,21 @@ def calibrate(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFiles, 
     return QuantGraph(calibrated, recovered)
 
 
-def build_evaluators(cfg: PTQDetConfig, graph: QuantGraph) -> Evaluators:
-    full = Evaluator(cfg, graph, build_source(cfg, "EvalDataset"))
+def build_evaluators(cfg: PTQDetConfig, graph: QuantGraph, split: EvalSplit) -> Evaluators:
+    """`full`: the search images of EvalDataset (heldout.py); `fast`: FastEvalDataset, else those."""
+    full = Evaluator(cfg, graph, split_source(cfg, split.search_anno))
     if not cfg.has_dataset("FastEvalDataset"):
         return Evaluators(full, full)
     return Evaluators(full, Evaluator(cfg, graph, build_source(cfg, "FastEvalDataset")))
 
 
 def int8_references(evals: Evaluators, layers: list[str], ctx: AnalysisContext) -> dict[str, float]:
-    """mAP of the trial models with no layer in float (INT8) on both sets, and with every layer
-    in float (FP32) on the fast set (cached); returns the "reference" section."""
+    """mAP of the trial models with no layer in float (INT8) on the search images and the fast
+    set, and with every layer in float (FP32) on the fast set (cached); returns the "reference" section."""
     refs = ctx.section("reference")
     if "int8_full" not in refs:
         refs["int8_full"] = evals.full.evaluate_with_float([])
+        ctx.section("trials_search")[set_key([])] = refs["int8_full"]  # the target search's k = 0
         ctx.counters.full_evaluations += 1
         refs["fp32_fast"] = evals.fast.evaluate_with_float(layers)
         refs["int8_fast"] = evals.fast.evaluate_with_float([])
@@ -143,16 +158,32 @@ def rank_layers(cfg: PTQDetConfig, opts: AnalysisOptions, graph: QuantGraph, eva
     return metric_scores, proxy_scores, feeds
 
 
+def run_target(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFiles, parts: dict[str, Any],
+               target: float, ctx: AnalysisContext) -> TargetResult:
+    """The target stage (target.py) on the search/held-out split, for the deployment runtime."""
+    deploy: DeployInfo = parts["deploy"]
+    mode = search_mode(parts["metric_scores"])
+    inputs = TargetInputs(search=parts["evals"].full, heldout=split_source(cfg, parts["split"].heldout_anno),
+                          fp32=parts["fp32"], int8_search=parts["refs"]["int8_full"], ranking=parts["ranking"],
+                          damage=parts["metric_scores"][mode], backend=deploy.backend, models=deploy.models,
+                          feed=deploy.feed, costs={n: c["cost_ms"] for n, c in deploy.layer_costs.items()},
+                          base=list(deploy.base))
+    with ctx.timed("target_search"):
+        return search_target(cfg, opts, inputs, fp32_files, target, ctx)
+
+
 def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
     """Calibrate once, rank every quantized layer, search the target model (when asked), write
     the report and the analyzed config to opts.save_dir."""
     fp32_files = check_inputs(cfg, opts)
     t0 = time.perf_counter()
     ctx = open_context(cfg, opts)
-    target = target_metric(cfg, opts.max_drop, reference_fp32(cfg, opts, fp32_files, ctx))
+    split = split_eval(cfg, ctx.work_dir)
+    fp32 = reference_fp32(cfg, opts, fp32_files, split, ctx)
+    target = target_metric(cfg, opts.max_drop, fp32["all"])
     graph = calibrate(cfg, opts, fp32_files, ctx)
     layers = list(graph.layers)
-    evals = build_evaluators(cfg, graph)
+    evals = build_evaluators(cfg, graph, split)
     refs = int8_references(evals, layers, ctx)
     metric_scores, proxy_scores, feeds = rank_layers(cfg, opts, graph, evals, refs, ctx)
     ranking = order_layers(layers, metric_scores, proxy_scores)
@@ -161,8 +192,11 @@ def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
                             spearman={m: spearman(metric_scores[m], proxy_scores[m]) for m in proxy_scores},
                             counters=ctx.counters, op_types={n: graph.layers[n].op_type for n in layers})
     if target is not None:
-        with ctx.timed("target_search"):
-            result.target = search_target(cfg, opts, evals.full, fp32_files, ranking, target, ctx)
+        result.deploy = deploy_stage(cfg, opts, ctx)
+        result.deploy.split, result.deploy.fp32_maps = split.describe(), fp32
+        parts = {"deploy": result.deploy, "metric_scores": metric_scores, "evals": evals, "split": split,
+                 "fp32": fp32, "refs": refs, "ranking": ranking}
+        result.target = run_target(cfg, opts, fp32_files, parts, target, ctx)
     with ctx.timed("plots"):
         if cfg.plot_hist:
             highlight = set(result.target.skip) if result.target else set(ranking[:5])
