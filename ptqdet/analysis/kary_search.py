@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from .search import MAX_VERIFICATIONS, SearchOutcome, verification_step
+from .search import MAX_VERIFICATIONS, SearchOutcome, verify_prefix
 
 
 def kary_points(lo: int, hi: int, width: int) -> list[int]:
@@ -68,15 +68,5 @@ def search_prefix_kary(num_layers: int, target: float, simulate_many: Callable[[
         if on_round is not None:
             on_round(points)
     # the verification of search_prefix (same steps, same budget)
-    k, verified, verifications = hi, None, 0
-    for attempt in range(1, max_verifications + 1):
-        verified = verify(k)
-        verifications += 1
-        if verified >= verify_target or k >= num_layers or attempt == max_verifications:
-            break
-        k = min(num_layers, k + verification_step(num_layers))
-    simulated = tried.get(k, at_zero if k == 0 else None)
-    outcome = SearchOutcome(num_float=k, simulated=simulated, verified=verified,
-                            met=verified is not None and verified >= verify_target, tried=tried,
-                            verifications=verifications)
+    outcome = verify_prefix(num_layers, hi, verify, verify_target, max_verifications, tried, at_zero)
     return outcome, rounds

@@ -94,7 +94,13 @@ def search_prefix(num_layers: int, target: float, simulate: Callable[[int], floa
             lo = mid
         if on_step is not None:
             on_step()
-    k = hi
+    return verify_prefix(num_layers, hi, verify, verify_target, max_verifications, tried, at_zero)
+
+
+def verify_prefix(num_layers: int, k: int, verify: Callable[[int], float], verify_target: float,
+                  max_verifications: int, tried: dict[int, float], at_zero: float | None) -> SearchOutcome:
+    """The search's end: verify(k) on the real model, stepping k forward on a miss (at most
+    max_verifications calls; the result is the last prefix verified)."""
     verified: float | None = None
     verifications = 0
     for attempt in range(1, max_verifications + 1):
