@@ -141,46 +141,51 @@ class TrialWorker:
 
         cli.quiet_libraries(True)
         self.ray, self.shipped = ray, shipped
-        self.folder = Path(tempfile.mkdtemp(prefix="ptqdet_worker_"))  # annotation files (KB), scratch cache
         self.cfg: PTQDetConfig = ray.get(shipped["cfg"])
         with tempfile.TemporaryDirectory(prefix="ptqdet_worker_model_") as tmp:  # loaded into the graph's scope
             quant, fp32 = (write_model(Path(tmp) / name, ray.get(shipped[name])) for name in ("calibrated", "fp32"))
             self.graph = QuantGraph(quant, fp32)
         self.evaluators: dict[str, Evaluator] = {}
-        self.ctx = AnalysisContext(self.folder, ResultCache(self.folder / "scratch.json"), progress=False)
+        self.metric_files: dict[str, dict[str, bytes]] = {}  # per dataset: the files its metric reads
 
     def pid(self) -> int:
         return os.getpid()
 
-    def evaluator(self, name: str) -> Evaluator:
+    def evaluator(self, name: str, folder: Path) -> Evaluator:
+        """The Evaluator of a shipped dataset, its metric's files written to `folder` (the trial's
+        temporary folder: a worker killed by Ray leaves nothing behind but that)."""
         if name not in self.evaluators:
             data = self.ray.get(self.shipped[name])
-            dataset, root = data["dataset"], self.folder / name
-            root.mkdir(exist_ok=True)
-            for attr, content in data["files"].items():
-                (root / Path(getattr(dataset, attr)).name).write_bytes(content)
+            dataset = data["dataset"]
+            for attr in data["files"]:
                 setattr(dataset, attr, Path(getattr(dataset, attr)).name)
-            dataset.dataset_dir = str(root)
+            self.metric_files[name] = {getattr(dataset, attr): content for attr, content in data["files"].items()}
             source = DecodedSource(key=data["key"], dataset=dataset, batch_transforms=None,
                                    batch_size=data["batch_size"], decoded=data["batches"])
             self.evaluators[name] = Evaluator(self.cfg, self.graph, source)
-        return self.evaluators[name]
+        evaluator = self.evaluators[name]
+        for file_name, content in self.metric_files[name].items():
+            (folder / file_name).write_bytes(content)
+        evaluator.source.dataset.dataset_dir = str(folder)
+        return evaluator
 
     def run(self, shipped: dict[str, Any], trial: Trial) -> tuple[Trial, dict[str, float]]:
         """The trial's scores: {layer: damage} (metric, proxy) or {key: mAP} (simulate)."""
         if not self.shipped:
             self.load(shipped)
+        with tempfile.TemporaryDirectory(prefix="ptqdet_trial_") as tmp:
+            return trial, self.scores(trial, Path(tmp))
+
+    def scores(self, trial: Trial, folder: Path) -> dict[str, float]:
+        ctx = AnalysisContext(folder, ResultCache(folder / "scratch.json"), progress=False)  # the serial code's cache
         if trial.kind == "metric":
-            scores = metric_ranking(self.evaluator(trial.dataset), list(trial.layers), trial.mode, trial.reference,
-                                    self.ctx)
-        elif trial.kind == "proxy":
-            scores = proxy_ranking(self.graph, self.ray.get(self.shipped["feeds"]), list(trial.layers), trial.mode,
-                                   self.ctx)
-        elif trial.kind == "simulate":
-            scores = {trial.key: self.evaluator(trial.dataset).evaluate_with_float(list(trial.layers))}
-        else:
-            raise ValueError(f"unknown trial kind {trial.kind!r}")
-        return trial, scores
+            return metric_ranking(self.evaluator(trial.dataset, folder), list(trial.layers), trial.mode,
+                                  trial.reference, ctx)
+        if trial.kind == "proxy":
+            return proxy_ranking(self.graph, self.ray.get(self.shipped["feeds"]), list(trial.layers), trial.mode, ctx)
+        if trial.kind == "simulate":
+            return {trial.key: self.evaluator(trial.dataset, folder).evaluate_with_float(list(trial.layers))}
+        raise ValueError(f"unknown trial kind {trial.kind!r}")
 
 
 class TrialPool:
