@@ -74,7 +74,7 @@ cli.quiet_libraries(True)
 from ptqdet.analysis.stages import AnalysisOptions, analyze
 from ptqdet.config import load_config
 r = analyze(load_config({str(cfg_path)!r}), AnalysisOptions(save_dir=__import__('pathlib').Path({str(save_dir)!r}),
-            proxy_batches=1, max_drop=0.02, progress=False))
+            proxy_batches=1, max_drop=0.02, progress=False, latency_aware=False))
 print(json.dumps({{"ranking": r.ranking, "metric": r.metric_scores, "proxy": r.proxy_scores,
                   "target": r.target.to_dict(), "ray_imported": "ray" in sys.modules}}))
 """
@@ -93,8 +93,11 @@ def _parallel(cfg_path: Path, save_dir: Path, max_drop: float | None = 0.02,
     from ptqdet.analysis.stages import AnalysisOptions, analyze
     from ptqdet.config import load_config
 
+    # accuracy selection in both runs: the latency-aware choice rests on timings, which two runs do not
+    # reproduce (a layer kept in float because it timed faster in one run); the ranking and the search do
     opts = AnalysisOptions(save_dir=save_dir, rank_modes=rank_modes, proxy_batches=proxy_batches, max_drop=max_drop,
-                           progress=False, parallel=ParallelOptions(workers=2) if parallel is DEFAULT else parallel)
+                           progress=False, parallel=ParallelOptions(workers=2) if parallel is DEFAULT else parallel,
+                           latency_aware=False)
     return analyze(load_config(cfg_path), opts)
 
 
