@@ -23,17 +23,20 @@ weights of each quantized layer and nowhere else, with the same integers and ste
 
 Weights are int8, symmetric. Activations hold the values Paddle computes (x / step rounded and
 clipped to [-128, 127]), written in the form OpenVINO runs fastest and right (2026.4.1, the
-pinned version; measured on the real PicoDet-s at 416, 1 thread, Intel Xeon with AMX):
+pinned version), chosen per convolution input:
 - inputs of ordinary convolutions: int8, zero point 0. A zero point becomes the convolution's
-  "input zero point", and OpenVINO then compiles each convolution whose fused output
-  quantization is per channel (those feeding equalized depthwise inputs,
-  PTQ.equalize_depthwise) with its legacy JIT kernel instead of brgconv: 12.4 against 8.4 ms.
+  "input zero point", and on CPUs with AMX OpenVINO then compiles each convolution whose fused
+  output quantization is per channel (those feeding equalized depthwise inputs,
+  PTQ.equalize_depthwise) with its legacy JIT kernel instead of brgconv: 12.4 against 8.4 ms
+  (real PicoDet-s at 416, 1 thread, Intel Xeon with AMX).
 - inputs of depthwise convolutions: uint8, zero point 128 (the same values): with int8 inputs
   OpenVINO's depthwise INT8 kernel loses accuracy (equalized real PicoDet-s 34.5 against 35.3
   mAP, same model) at no speed gain.
-ptqdet wrote uint8 everywhere before because OpenVINO 2024.6 computed 1x1 convolutions fed by a
-Concat wrongly with symmetric int8 (PP-YOLOE-s 17 instead of 32 mAP); 2026.4.1 computes them
-right (32.0; tests/test_backends.py checks the detections against Paddle INT8).
+- inputs that a Concat produces: uint8, zero point 128. On CPUs without AMX (AMD EPYC with
+  avx512_vnni, 2026.4.1) OpenVINO computes a convolution reading a Concat through a symmetric
+  int8 quantization wrongly (PP-YOLOE-s 17.1 instead of 31.9 mAP; each of its ten such inputs
+  alone moves the outputs 25-134 px against ONNX Runtime, the other 64 inputs none); on Xeon
+  with AMX it computed them right, and 2024.6 got them wrong everywhere. PicoDet-s has none.
 """
 from __future__ import annotations
 
@@ -47,11 +50,15 @@ from .paddle_static import QDQ_OP_TYPES, WEIGHT_SLOTS
 
 # quantized Paddle layers this export writes: they become ONNX Conv nodes
 SUPPORTED_LAYERS = ("conv2d", "depthwise_conv2d")
-# activation zero point (and so its type) by the layer that reads it: see the module docstring
+# activation zero point (and so its type) by the layer that reads it, and for inputs that one of
+# CONCAT_PRODUCERS writes: see the module docstring
 ACTIVATION_ZERO_POINTS = {"conv2d": np.int8(0), "depthwise_conv2d": np.uint8(128)}
+CONCAT_ZERO_POINT = np.uint8(128)
+CONCAT_PRODUCERS = ("Concat",)
 # what an export's QDQ nodes look like: results measured on an export (runtime mAP) are valid
 # for exports of the same format only
-QDQ_FORMAT = "ptqdet-qdq-2: conv inputs int8 (zero point 0), depthwise inputs uint8 (128)"
+QDQ_FORMAT = ("ptqdet-qdq-3: conv inputs int8 (zero point 0); depthwise inputs and inputs written by a Concat "
+              "uint8 (128)")
 
 
 class QDQExportError(RuntimeError):
@@ -226,6 +233,14 @@ def _splice(graph: Any, before: dict[int, list[Any]], initializers: list[Any]) -
     graph.initializer.extend(kept + initializers)
 
 
+def activation_zero_point(op_type: str, producer: str | None) -> np.integer:
+    """Zero point (and type) of a quantized convolution input: by the Paddle layer type that
+    reads it and the ONNX op type that writes it (None: a graph input)."""
+    if producer in CONCAT_PRODUCERS:
+        return CONCAT_ZERO_POINT
+    return ACTIVATION_ZERO_POINTS[op_type]
+
+
 def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
     """Write QDQ nodes in front of the Conv nodes of the quantized layers (in place).
     Returns how many Conv nodes were quantized; QDQExportError if a layer has no Conv."""
@@ -239,6 +254,7 @@ def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
     before: dict[int, list[Any]] = {}  # id(Conv node) -> nodes to insert in front of it
     weight_dq: dict[str, str] = {}
     input_qdq: dict[tuple[str, float, str], str] = {}
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
     quantized = 0
     for node in model.graph.node:
         if node.op_type != "Conv" or len(node.input) < 2 or not pending.get(node.input[1]):
@@ -250,7 +266,7 @@ def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
             initializers += inits
             new.append(dq)
             weight_dq[layer.weight] = dq.output[0]
-        zero_point = ACTIVATION_ZERO_POINTS[layer.op_type]
+        zero_point = activation_zero_point(layer.op_type, producers.get(node.input[0]))
         key = (node.input[0], layer.input_step, zero_point.dtype.name)
         if key not in input_qdq:
             inits, qdq = _input_qdq(node.input[0], layer.input_step, len(input_qdq), zero_point)
