@@ -25,8 +25,6 @@ from .config import ConfigError, PTQDetConfig
 from .export import ExportError, export_onnx, load_export
 from .metrics import evaluate
 from .model import ModelFiles, resolve_model_files
-
-# fingerprint: also imported from here by ptqdet.recipe_bench
 from .paddle_static import fingerprint
 from .report import mAP_points, markdown_table, write_json
 
@@ -78,27 +76,46 @@ class ModelSet:
     fp32: ModelFiles
     int8: ModelFiles
     onnx: dict[str, Path | str]  # FP32/INT8 -> export folder, or the error text
+    quantized_now: bool = False  # the INT8 model was calibrated by this call, not reused
+
+
+# what quantize_cached records next to work_dir/int8
+INT8_STAMP = "int8.source.json"
+
+
+def quantize_cached(cfg: PTQDetConfig, fp32: ModelFiles, work_dir: Path, progress: bool = True,
+                    log: Callable[[str], None] = print) -> tuple[dict[str, Any], bool]:
+    """PTQ of cfg's model into work_dir/int8 unless the same FP32 model and PTQ settings made it
+    already (work_dir/INT8_STAMP holds their fingerprint). Returns the stamp (key, source, PTQ
+    seconds of the run that made the model, layers quantized; callers may add what they measure
+    on the model and write it back) and whether it quantized now."""
+    from .quantize import quantize
+
+    int8_dir = work_dir / "int8"
+    stamp = work_dir / INT8_STAMP
+    key = fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list,
+                               "skip_types": cfg.skip_op_types})
+    if stamp.is_file() and (int8_dir / "model.pdmodel").is_file():
+        saved = json.loads(stamp.read_text())
+        if saved.get("key") == key:
+            log(f"reusing {int8_dir} (same FP32 model and PTQ settings)")
+            return saved, False
+    log(f"quantizing {fp32.model_dir} -> {int8_dir} (PTQ section of {cfg.path})")
+    start = time.perf_counter()
+    result = quantize(cfg, int8_dir, progress=progress)
+    saved = {"key": key, "fp32": str(fp32.model_dir), "config": str(cfg.path),
+             "seconds": time.perf_counter() - start, "quantized": len(result.quantized_layers)}
+    write_json(stamp, saved)
+    return saved, True
 
 
 def prepare_models(cfg: PTQDetConfig, work_dir: Path, need_onnx: bool, progress: bool = True,
                    log: Callable[[str], None] = print) -> ModelSet:
     """FP32 files, the INT8 model (quantized again only when the FP32 model or PTQ settings
     changed) and, when ONNX backends are asked for, fresh ONNX exports of both."""
-    from .quantize import quantize
-
     fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
-    int8_dir = work_dir / "int8"
-    stamp = work_dir / "int8.source.json"
-    key = fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list,
-                               "skip_types": cfg.skip_op_types})
-    if not (stamp.is_file() and json.loads(stamp.read_text()).get("key") == key
-            and (int8_dir / "model.pdmodel").is_file()):
-        log(f"quantizing {fp32.model_dir} -> {int8_dir} (PTQ section of {cfg.path})")
-        quantize(cfg, int8_dir, progress=progress)
-        write_json(stamp, {"key": key, "fp32": str(fp32.model_dir), "config": str(cfg.path)})
-    else:
-        log(f"reusing {int8_dir} (same FP32 model and PTQ settings)")
-    int8 = resolve_model_files(int8_dir)
+    _, quantized_now = quantize_cached(cfg, fp32, work_dir, progress, log)
+    int8 = resolve_model_files(work_dir / "int8")
     onnx: dict[str, Path | str] = {}
     if need_onnx:
         for precision, files in (("FP32", fp32), ("INT8", int8)):
@@ -107,7 +124,7 @@ def prepare_models(cfg: PTQDetConfig, work_dir: Path, need_onnx: bool, progress:
             except ExportError as exc:
                 onnx[precision] = str(exc)
                 log(f"ONNX export of the {precision} model failed: {exc}")
-    return ModelSet(fp32, int8, onnx)
+    return ModelSet(fp32, int8, onnx, quantized_now)
 
 
 def _variants(models: ModelSet, backend: str, settings: BenchSettings) -> list[tuple[Row, BackendOptions, Path | None]]:

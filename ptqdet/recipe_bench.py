@@ -8,26 +8,23 @@ would run) and INT8, timed in interleaved rounds, batch 1, one evaluation image.
 """
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .backends import BackendOptions, open_backend
-from .benchmark import BenchSettings, ModelSet, bench_backend, fingerprint
+from .benchmark import INT8_STAMP, BenchSettings, ModelSet, bench_backend, quantize_cached
 from .config import PTQDetConfig
 from .export import ExportError, export_onnx
 from .metrics import evaluate
-from .model import ModelFiles, resolve_model_files
+from .model import resolve_model_files
 from .qdq import QDQ_FORMAT
-from .quantize import layer_weights, quantize
+from .quantize import layer_weights
 from .recipes import Recipe, apply_recipe
 from .report import mAP_points, markdown_table, write_json
 
 RUNTIME = "openvino"
-STAMP = "int8.source.json"
 
 
 @dataclass
@@ -82,7 +79,7 @@ def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: fl
     int8_dir = work_dir / recipe.name.replace(", ", "_").replace(" ", "_")
     fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
     try:
-        stamp = quantize_once(variant, fp32, int8_dir, progress)
+        stamp, _ = quantize_cached(variant, fp32, int8_dir, progress, log=lambda _msg: None)
         row.ptq_seconds = stamp["seconds"]
         row.total_layers = len(layer_weights(fp32, variant.ptq.quantizable_op_type))
         row.float_layers = row.total_layers - stamp["quantized"]
@@ -98,7 +95,7 @@ def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: fl
             if key not in stamp:
                 runner = open_backend(backend, model, options)
                 stamp[key] = evaluate(runner, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} {label}").map
-                write_json(int8_dir / STAMP, stamp)
+                write_json(int8_dir / INT8_STAMP, stamp)
         row.sim_map, row.runtime_map = stamp["sim_map"], stamp["runtime_map"]
         row.runtime_bf16_map = stamp["runtime_bf16_map"]
     except (ExportError, RuntimeError, ValueError, OSError, AssertionError) as exc:
@@ -113,22 +110,6 @@ def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: fl
         errors += [f"{r.precision} ({n}T): {r.error}" for r in rows if r.error]
     row.error = "; ".join(errors) or None
     return row
-
-
-def quantize_once(cfg: PTQDetConfig, fp32: ModelFiles, work_dir: Path, progress: bool) -> dict[str, Any]:
-    """PTQ into work_dir/int8 unless the same FP32 model and settings made it already. Returns the
-    stamp: the first run's PTQ seconds, the layers quantized, and what was measured on the model since."""
-    stamp = work_dir / STAMP
-    key = fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list, "skip_types": cfg.skip_op_types})
-    if stamp.is_file() and (work_dir / "int8" / "model.pdmodel").is_file():
-        saved = json.loads(stamp.read_text())
-        if saved.get("key") == key:
-            return saved
-    start = time.perf_counter()
-    result = quantize(cfg, work_dir / "int8", progress=progress)
-    saved = {"key": key, "seconds": time.perf_counter() - start, "quantized": len(result.quantized_layers)}
-    write_json(stamp, saved)
-    return saved
 
 
 def run_recipes(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, threads: list[int], progress: bool = True,

@@ -47,11 +47,9 @@ def qdq_config(cfg: PTQDetConfig) -> PTQDetConfig:
 def deploy_models(cfg: PTQDetConfig, work_dir: Path, backend: str, progress: bool) -> tuple[ModelSet, bool]:
     """FP32 and all-INT8 models for `backend` (ONNX exports unless it is paddle), cached; and
     whether the INT8 model was calibrated now (not reused)."""
-    stamp = work_dir / "int8.source.json"  # benchmark.prepare_models' record of what it quantized
-    before = stamp.read_text() if stamp.is_file() else None
     models = prepare_models(qdq_config(cfg), work_dir, need_onnx=backend != "paddle", progress=progress,
                             log=lambda _msg: None)
-    return models, stamp.read_text() != before
+    return models, models.quantized_now
 
 
 def deploy_form(files: ModelFiles, backend: str, export_dir: Path) -> Path:
