@@ -4,7 +4,7 @@ For each config and recipe: PTQ in QDQ form (onnx_format forced on, so that the 
 deploys), its mAP as the quantized graph computes it (Paddle, fake-quant ops on FP32 kernels:
 "simulated") and on the recommended runtime (OpenVINO, ptqdet's QDQ export), then latency on
 that runtime at each thread count: FP32 (f32), FP32 at bf16 (the float a CPU with native bf16
-would run) and INT8, timed in interleaved rounds, batch 1, one evaluation image.
+would run) and INT8, timed run by run in alternation (LATENCY_RUNS each), batch 1, one evaluation image.
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from .recipes import Recipe, apply_recipe
 from .report import mAP_points, markdown_table, write_json
 
 RUNTIME = "openvino"
+# latency: runs per model, one at a time in alternation (blocks of 20 runs per model moved the
+# demo PicoDet-s INT8/FP32 at 2 threads between 0.63 and 0.77 from one idle run to the next)
+LATENCY_RUNS = 200
 
 
 @dataclass
@@ -104,7 +107,7 @@ def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: fl
     models = ModelSet(fp32, resolve_model_files(int8_dir / "int8"), {"FP32": fp32_onnx, "INT8": int8_onnx})
     errors = []
     for n in threads:
-        settings = BenchSettings(backends=(RUNTIME,), threads=n, progress=progress)
+        settings = BenchSettings(backends=(RUNTIME,), threads=n, progress=progress, rounds=LATENCY_RUNS, repeats=1)
         rows = bench_backend(cfg, models, RUNTIME, feed, settings, measure_map=False)
         row.latency[n] = {r.precision: r.median for r in rows}
         errors += [f"{r.precision} ({n}T): {r.error}" for r in rows if r.error]
