@@ -50,11 +50,12 @@ from .paddle_static import QDQ_OP_TYPES, WEIGHT_SLOTS
 
 # quantized Paddle layers this export writes: they become ONNX Conv nodes
 SUPPORTED_LAYERS = ("conv2d", "depthwise_conv2d")
-# activation zero point (and so its type) by the layer that reads it, and for inputs that one of
-# CONCAT_PRODUCERS writes: see the module docstring
-ACTIVATION_ZERO_POINTS = {"conv2d": np.int8(0), "depthwise_conv2d": np.uint8(128)}
-CONCAT_ZERO_POINT = np.uint8(128)
-CONCAT_PRODUCERS = ("Concat",)
+# activation zero point (and so its type): the same integers as int8 with 0 or uint8 with 128.
+# uint8 for depthwise inputs and for inputs one of UINT8_PRODUCERS writes, int8 otherwise: see
+# the module docstring
+INT8_ZERO_POINT, UINT8_ZERO_POINT = np.int8(0), np.uint8(128)
+UINT8_LAYERS = ("depthwise_conv2d",)
+UINT8_PRODUCERS = ("Concat",)
 # what an export's QDQ nodes look like: results measured on an export (runtime mAP) are valid
 # for exports of the same format only
 QDQ_FORMAT = ("ptqdet-qdq-3: conv inputs int8 (zero point 0); depthwise inputs and inputs written by a Concat "
@@ -236,9 +237,7 @@ def _splice(graph: Any, before: dict[int, list[Any]], initializers: list[Any]) -
 def activation_zero_point(op_type: str, producer: str | None) -> np.integer:
     """Zero point (and type) of a quantized convolution input: by the Paddle layer type that
     reads it and the ONNX op type that writes it (None: a graph input)."""
-    if producer in CONCAT_PRODUCERS:
-        return CONCAT_ZERO_POINT
-    return ACTIVATION_ZERO_POINTS[op_type]
+    return UINT8_ZERO_POINT if op_type in UINT8_LAYERS or producer in UINT8_PRODUCERS else INT8_ZERO_POINT
 
 
 def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:

@@ -6,9 +6,9 @@
 
 For each config and recipe (ptqdet.recipes; --list shows them): PTQ (QDQ), mAP of the quantized
 graph ("simulated") and on OpenVINO INT8, layers kept in float, PTQ wall time, and OpenVINO
-latency of INT8 against FP32 (f32) and against FP32 at bf16, at each --threads, run by run
-in alternation (200 runs each), batch 1. Writes <out>.md and <out>.json (machine, CPU features, date, command), a row at
-a time. Measure on an idle machine.
+latency of INT8 against FP32 (f32) and against FP32 at bf16, at each --threads, run by run in
+alternation (ptqdet.recipe_bench.LATENCY_RUNS each), batch 1. Writes <out>.md and <out>.json
+(machine, CPU features, date, command), a row at a time. Measure on an idle machine.
 """
 from __future__ import annotations
 
