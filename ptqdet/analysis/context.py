@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -57,12 +58,15 @@ class ResultCache:
     def __init__(self, path: Path):
         self.path = path
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        self.lock = threading.Lock()  # --workers: the accuracy-only search saves from a thread of its own
 
     def get(self, section: str) -> dict[str, Any]:
-        return self.data.setdefault(section, {})
+        with self.lock:
+            return self.data.setdefault(section, {})
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        with self.lock:
+            write_json(self.path, self.data)
 
 
 @dataclass

@@ -246,15 +246,22 @@ def measured_base(candidates: list[str], int8_export: Path, work_dir: Path,
     return base, records
 
 
-def deploy_stage(cfg: PTQDetConfig, opts: AnalysisOptions, ctx: AnalysisContext) -> DeployInfo:
-    """The deployment runtime's FP32 and all-INT8 models (cached in the work folder), the cost of
-    float per layer on it and the latency base (both cached per runtime and threads)."""
+def deploy_backend(cfg: PTQDetConfig, opts: AnalysisOptions) -> str:
+    """The runtime the analysis deploys to: the config's deploy_backend on CPU, Paddle on GPU."""
+    return cfg.deploy_backend if opts.device == "cpu" else "paddle"
+
+
+def deploy_stage(cfg: PTQDetConfig, opts: AnalysisOptions, ctx: AnalysisContext,
+                 made: tuple[ModelSet, bool] | None = None) -> DeployInfo:
+    """The deployment runtime's FP32 and all-INT8 models (cached in the work folder; made: what
+    deploy_models already returned), the cost of float per layer on it and the latency base
+    (both cached per runtime and threads)."""
     from ..pipeline import latency_feed
 
-    backend = cfg.deploy_backend if opts.device == "cpu" else "paddle"
+    backend = deploy_backend(cfg, opts)
     info = DeployInfo(backend=backend, threads=opts.deploy_threads)
     with ctx.timed("deploy_models"):
-        info.models, calibrated = deploy_models(cfg, ctx.work_dir / "deploy", backend, opts.progress)
+        info.models, calibrated = made or deploy_models(cfg, ctx.work_dir / "deploy", backend, opts.progress)
         ctx.counters.calibrations += int(calibrated)
         info.feed = latency_feed(cfg)
     if backend not in PROFILED_BACKENDS or not opts.latency_aware:

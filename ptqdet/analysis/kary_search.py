@@ -32,7 +32,8 @@ def kary_rounds(num_layers: int, width: int) -> int:
 def search_prefix_kary(num_layers: int, target: float, simulate_many: Callable[[list[int]], dict[int, float]],
                        verify: Callable[[int], float], width: int, max_verifications: int = MAX_VERIFICATIONS,
                        on_round: Callable[[Iterable[int]], None] | None = None, verify_target: float | None = None,
-                       at_zero: float | None = None, probe_zero: bool = False) -> tuple[SearchOutcome, int]:
+                       at_zero: float | None = None, probe_zero: bool = False,
+                       before_verify: Callable[[], None] | None = None) -> tuple[SearchOutcome, int]:
     """search_prefix with `width` simulations per round: (its outcome, the rounds taken).
 
     simulate_many(ks): {k: mAP with the first k layers in float} for every k asked, run at
@@ -41,6 +42,8 @@ def search_prefix_kary(num_layers: int, target: float, simulate_many: Callable[[
     the first crossing among its points, so a monotone curve gives the binary search's
     answer; a noisy one, some crossing. on_round(points): after each round (a progress bar).
     verify_target, at_zero, probe_zero: as in search_prefix (probe_zero: a round of its own).
+    before_verify: called once the rounds are over, before the first verify (to start other
+    work on the idle workers while the driver verifies).
     """
     if width < 1:
         raise ValueError(f"width must be at least 1, got {width}")
@@ -67,6 +70,8 @@ def search_prefix_kary(num_layers: int, target: float, simulate_many: Callable[[
             lo = points[-1]
         if on_round is not None:
             on_round(points)
+    if before_verify is not None:
+        before_verify()
     # the verification of search_prefix (same steps, same budget)
     outcome = verify_prefix(num_layers, hi, verify, verify_target, max_verifications, tried, at_zero)
     return outcome, rounds

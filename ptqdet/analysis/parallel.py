@@ -22,7 +22,9 @@ import math
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,10 +256,13 @@ def payload_bytes(value: Any) -> int:
 
 
 def rank_in_parallel(cfg: PTQDetConfig, opts: Any, graph: QuantGraph, fast: Evaluator, references: dict[str, float],
-                     feeds: list[dict[str, Any]], ctx: AnalysisContext) -> None:
+                     feeds: list[dict[str, Any]], ctx: AnalysisContext, beside: Callable[[], None] | None = None
+                     ) -> None:
     """Fill the cache sections of the rankings (proxy_<mode>, metric_<mode>; opts: the
     AnalysisOptions) on opts.parallel's workers; the serial loops then read every score
-    from the cache. Cached layers are not run again."""
+    from the cache. Cached layers are not run again. beside: the driver's own work, run while
+    the workers rank (the driver only waits on them then); it must not need the rankings, and
+    it is over when this returns."""
     layers = list(graph.layers)
     trials: list[Trial] = []
     chunk = max(1, math.ceil(len(layers) / (opts.parallel.workers * PROXY_CHUNKS_PER_WORKER)))
@@ -268,6 +273,8 @@ def rank_in_parallel(cfg: PTQDetConfig, opts: Any, graph: QuantGraph, fast: Eval
         trials += [Trial("metric", mode, (n,), references[mode]) for n in layers
                    if n not in ctx.section(section_name("metric", mode))]
     if not trials:
+        if beside is not None:
+            beside()
         return
 
     def on_result(trial: Trial, scores: dict[str, float]) -> None:
@@ -277,39 +284,72 @@ def rank_in_parallel(cfg: PTQDetConfig, opts: Any, graph: QuantGraph, fast: Eval
             ctx.counters.fast_evaluations += 1
         ctx.save()
 
-    with trial_pool(cfg, opts.parallel, graph, {"fast": fast}, feeds if opts.proxy_batches > 0 else None,
-                    ctx.progress) as pool:
-        pool.run(trials, on_result, "layer trials")
+    # the trials are waited on in a thread, the driver's own work runs in the main thread (Paddle's
+    # static-graph mode is per thread and cannot be entered from another); on an error in
+    # either, the pool closes first (its workers killed), then the waiting thread ends
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-trials") as waiter, \
+            trial_pool(cfg, opts.parallel, graph, {"fast": fast}, feeds if opts.proxy_batches > 0 else None,
+                       ctx.progress) as pool:
+        job = waiter.submit(pool.run, trials, on_result, "layer trials")
+        if beside is not None:
+            beside()
+        job.result()
 
 
-def search_in_parallel(cfg: PTQDetConfig, opts: Any, search: Evaluator, num_layers: int,
-                       prefix: Callable[[int], list[str]], target: float, cached: dict[str, float],
-                       cache_key: Callable[[list[str]], str],
-                       verify: Callable[[int], float], ctx: AnalysisContext,
-                       on_round: Callable[[Any], None] | None = None, **search_kwargs: Any
-                       ) -> tuple[SearchOutcome, int]:
-    """search_target's search on opts.parallel's workers: a k-ary search (k = the workers) whose
-    simulations (prefix(k) in float, k in 0..num_layers, on `search`'s images) run as trials, each cached in
-    `cached` under cache_key(layers) as the serial search caches them. search_kwargs: those of
-    search_prefix (verify_target, at_zero, probe_zero, max_verifications). Returns the outcome
-    and the rounds."""
-    with contextlib.ExitStack() as stack:
-        pools: list[TrialPool] = []  # started on the first simulation not in the cache
+class Simulator:
+    """The target stage's simulations (mAP on the search images with a set of layers in float) as
+    trials on the workers, each cached in `cached` under cache_key(layers) as the serial search
+    caches them. The pool starts on the first simulation not in the cache and lives as long as
+    the simulations() block. Safe to use from two driver threads (one pool run at a time)."""
 
-        def on_result(trial: Trial, scores: dict[str, float]) -> None:
-            cached.update(scores)
-            ctx.counters.full_evaluations += 1
-            ctx.save()
+    def __init__(self, cfg: PTQDetConfig, opts: Any, search: Evaluator, cached: dict[str, float],
+                 cache_key: Callable[[list[str]], str], ctx: AnalysisContext, stack: contextlib.ExitStack):
+        self.cfg, self.opts, self.search, self.cached, self.cache_key = cfg, opts, search, cached, cache_key
+        self.ctx, self.stack = ctx, stack
+        self.pool: TrialPool | None = None
+        self.lock = threading.Lock()
+        self.new = 0  # simulations run (not found in the cache)
 
-        def simulate_many(ks: list[int]) -> dict[int, float]:
-            todo = [Trial("simulate", layers=tuple(prefix(k)), dataset="search", key=cache_key(prefix(k)))
-                    for k in ks if cache_key(prefix(k)) not in cached]
-            if todo and not pools:
-                pools.append(stack.enter_context(trial_pool(cfg, opts.parallel, search.graph, {"search": search},
-                                                            None, ctx.progress)))
+    @property
+    def workers(self) -> int:
+        return self.opts.parallel.workers
+
+    def many(self, sets: list[list[str]]) -> list[float]:
+        """mAP on the search images with each set of layers in float, the missing ones run at once."""
+        with self.lock:
+            todo = {self.cache_key(s): s for s in sets if self.cache_key(s) not in self.cached}
+            if todo and self.pool is None:
+                self.pool = self.stack.enter_context(trial_pool(self.cfg, self.opts.parallel, self.search.graph,
+                                                                {"search": self.search}, None, self.ctx.progress))
             if todo:
-                pools[0].run(todo, on_result, None)
-            return {k: cached[cache_key(prefix(k))] for k in ks}
+                trials = [Trial("simulate", layers=tuple(s), dataset="search", key=k) for k, s in todo.items()]
+                self.pool.run(trials, self._on_result, None)
+            return [self.cached[self.cache_key(s)] for s in sets]
 
-        return search_prefix_kary(num_layers, target, simulate_many, verify, opts.parallel.workers,
-                                  on_round=on_round, **search_kwargs)
+    def _on_result(self, trial: Trial, scores: dict[str, float]) -> None:
+        self.cached.update(scores)
+        self.ctx.counters.full_evaluations += 1
+        self.new += 1
+        self.ctx.save()
+
+
+@contextlib.contextmanager
+def simulations(cfg: PTQDetConfig, opts: Any, search: Evaluator, cached: dict[str, float],
+                cache_key: Callable[[list[str]], str], ctx: AnalysisContext) -> Iterator[Simulator]:
+    """A Simulator on opts.parallel's workers (opts: the AnalysisOptions); its workers are killed
+    when the block ends."""
+    with contextlib.ExitStack() as stack:
+        yield Simulator(cfg, opts, search, cached, cache_key, ctx, stack)
+
+
+def search_in_parallel(sim: Simulator, num_layers: int, prefix: Callable[[int], list[str]], target: float,
+                       verify: Callable[[int], float], on_round: Callable[[Any], None] | None = None,
+                       **search_kwargs: Any) -> tuple[SearchOutcome, int]:
+    """The k-ary search (k = the workers) over prefix lengths 0..num_layers, prefix(k) in float,
+    its simulations on sim's workers. search_kwargs: those of search_prefix_kary (verify_target,
+    at_zero, probe_zero, max_verifications, before_verify). Returns the outcome and the rounds."""
+    def simulate_many(ks: list[int]) -> dict[int, float]:
+        return dict(zip(ks, sim.many([prefix(k) for k in ks])))
+
+    return search_prefix_kary(num_layers, target, simulate_many, verify, sim.workers, on_round=on_round,
+                              **search_kwargs)

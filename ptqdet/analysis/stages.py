@@ -15,6 +15,7 @@ Every result is cached in the AnalysisContext: an interrupted run resumes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from ..metrics import evaluate
 from ..model import ModelFiles, Predictor, PredictorOptions, default_threads, resolve_model_files
 from ..quantize import SAVED_FILES, quantize_files
 from .context import CACHE_VERSION, AnalysisContext, cache_key
-from .deploy import deploy_stage
+from .deploy import deploy_backend, deploy_models, deploy_stage
 from .distributions import distribution_plots
 from .graph import QuantGraph
 from .heldout import EvalSplit, split_eval, split_source
@@ -133,10 +134,11 @@ def calibration_feeds(cfg: PTQDetConfig, batches: int) -> list[dict[str, np.ndar
 
 
 def rank_layers(cfg: PTQDetConfig, opts: AnalysisOptions, graph: QuantGraph, evals: Evaluators,
-                refs: dict[str, float], ctx: AnalysisContext
+                refs: dict[str, float], ctx: AnalysisContext, beside: Callable[[], None] | None = None
                 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], list[dict[str, np.ndarray]]]:
     """Per mode, the mAP damage (fast set) and the proxy's SQNR loss of every layer (no proxy
-    with proxy_batches 0); also returns the feeds the proxy ran on."""
+    with proxy_batches 0); also returns the feeds the proxy ran on. beside: driver work that
+    --workers runs while the workers rank (rank_in_parallel); ignored without --workers."""
     layers = list(graph.layers)
     references = {mode: refs["int8_fast"] if mode == "revert" else refs["fp32_fast"] for mode in opts.rank_modes}
     proxy_scores: dict[str, dict[str, float]] = {}
@@ -146,7 +148,7 @@ def rank_layers(cfg: PTQDetConfig, opts: AnalysisOptions, graph: QuantGraph, eva
         from .parallel import rank_in_parallel
 
         with ctx.timed("parallel_ranking"):
-            rank_in_parallel(cfg, opts, graph, evals.fast, references, feeds, ctx)
+            rank_in_parallel(cfg, opts, graph, evals.fast, references, feeds, ctx, beside)
     with ctx.timed("proxy_ranking"):
         for mode in opts.rank_modes if opts.proxy_batches > 0 else ():
             proxy_scores[mode] = proxy_ranking(graph, feeds, layers, mode, ctx)
@@ -185,14 +187,21 @@ def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
     layers = list(graph.layers)
     evals = build_evaluators(cfg, graph, split)
     refs = int8_references(evals, layers, ctx)
-    metric_scores, proxy_scores, feeds = rank_layers(cfg, opts, graph, evals, refs, ctx)
+    made: dict[str, Any] = {}  # --workers: the deployment models, made while the workers rank
+
+    def deployment_models() -> None:
+        with ctx.timed("deploy_models_beside_ranking"):
+            made["models"] = deploy_models(cfg, ctx.work_dir / "deploy", deploy_backend(cfg, opts), progress=False)
+
+    early = deployment_models if opts.parallel is not None and target is not None else None
+    metric_scores, proxy_scores, feeds = rank_layers(cfg, opts, graph, evals, refs, ctx, early)
     ranking = order_layers(layers, metric_scores, proxy_scores)
     result = AnalysisResult(fp32_map=refs["fp32_full"], int8_map=refs["int8_full"], ranking=ranking,
                             metric_scores=metric_scores, proxy_scores=proxy_scores,
                             spearman={m: spearman(metric_scores[m], proxy_scores[m]) for m in proxy_scores},
                             counters=ctx.counters, op_types={n: graph.layers[n].op_type for n in layers})
     if target is not None:
-        result.deploy = deploy_stage(cfg, opts, ctx)
+        result.deploy = deploy_stage(cfg, opts, ctx, made.get("models"))
         result.deploy.split, result.deploy.fp32_maps = split.describe(), fp32
         parts = {"deploy": result.deploy, "metric_scores": metric_scores, "evals": evals, "split": split,
                  "fp32": fp32, "refs": refs, "ranking": ranking}

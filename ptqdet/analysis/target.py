@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +25,9 @@ from ..metrics import evaluate
 from ..model import ModelFiles, Predictor, PredictorOptions, default_threads
 from ..quantize import SAVED_FILES, quantize_files
 from .context import AnalysisContext
-from .deploy import deploy_form, measure_models, qdq_config, runtime_form
+from .deploy import deploy_form, float_variant, measure_models, qdq_config, runtime_form
 from .results import AnalysisOptions, Choice, TargetResult
-from .search import MAX_VERIFICATIONS, latency_order, search_prefix
+from .search import MAX_VERIFICATIONS, SearchOutcome, latency_order, search_prefix
 from .sensitivity import Evaluator
 
 TARGET_DIR = "target_quant_model"  # paddleslim's Analysis saves its target model under the same name
@@ -90,6 +92,21 @@ def accuracy_only(inputs: TargetInputs, ctx: AnalysisContext, threshold: float) 
     return outcome.num_float, outcome.simulated, ctx.counters.full_evaluations - before
 
 
+def accuracy_only_parallel(inputs: TargetInputs, sim: Any, threshold: float) -> tuple[int, float | None, int]:
+    """accuracy_only as a k-ary search on the workers of sim (parallel.Simulator)."""
+    from .kary_search import search_prefix_kary
+
+    before = sim.new
+    ranking = inputs.ranking
+
+    def simulate_many(ks: list[int]) -> dict[int, float]:
+        return dict(zip(ks, sim.many([ranking[:k] for k in ks])))
+
+    outcome, _ = search_prefix_kary(len(ranking), threshold, simulate_many, lambda k: simulate_many([k])[k],
+                                    sim.workers, max_verifications=1, at_zero=inputs.int8_search)
+    return outcome.num_float, outcome.simulated, sim.new - before
+
+
 def real_model(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, fp32_files: ModelFiles,
                skip: list[str], out_dir: Path, ctx: AnalysisContext) -> ModelFiles:
     """PTQ with `skip` in float, as post_quant.py makes it (QDQ form for an ONNX runtime)."""
@@ -119,7 +136,7 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
     # the issue's budget for the target's full evaluations: ceil(log2 N) + 3; a probe of the base
     # alone (likely to meet the target: its layers are float) takes one from the verifications
     budget = math.ceil(math.log2(max(len(inputs.ranking), 2))) + 3
-    simulations = math.ceil(math.log2(len(order) + 1)) + (1 if base else 0)
+    searched = math.ceil(math.log2(len(order) + 1)) + (1 if base else 0)  # simulations at most
 
     def verify(k: int) -> float:
         files = real_model(cfg, opts, inputs, fp32_files, base + order[:k], out_dir, ctx)
@@ -128,42 +145,61 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
 
     bar = ctx.bar(None, total=math.ceil(math.log2(len(order) + 1)), desc="target search", unit="eval")
     kwargs = dict(verify_target=heldout_thr, at_zero=None if base else inputs.int8_search, probe_zero=bool(base),
-                  max_verifications=max(1, min(MAX_VERIFICATIONS, budget - simulations)))
+                  max_verifications=max(1, min(MAX_VERIFICATIONS, budget - searched)))
     if opts.parallel is None:
         outcome = search_prefix(len(order), search_thr, lambda k: trial_map(inputs, ctx, base + order[:k]), verify,
                                 on_step=bar.update if bar is not None else None, **kwargs)
-        rounds = len(outcome.tried)
-    else:  # --workers: a k-ary search, k simulations at once on the Ray workers
-        from .kary_search import kary_rounds
-        from .parallel import search_in_parallel
+        result = target_result(cfg, opts, inputs, target, base, order, outcome, len(outcome.tried), bar, ctx)
+        deploy_checks(cfg, opts, inputs, fp32_files, result, ctx)
+        return result
+    # --workers: a k-ary search, k simulations at once on the Ray workers; while the driver
+    # verifies the target model (PTQ, mostly one core), the workers search the accuracy-only choice
+    from .kary_search import kary_rounds
+    from .parallel import search_in_parallel, simulations
 
-        if bar is not None:
-            bar.reset(total=kary_rounds(len(order), opts.parallel.workers))
-        outcome, rounds = search_in_parallel(cfg, opts, inputs.search, len(order), lambda k: base + order[:k],
-                                             search_thr,
-                                             ctx.section("trials_search"), set_key, verify, ctx,
-                                             on_round=(lambda _: bar.update()) if bar is not None else None,
-                                             **kwargs)
     if bar is not None:
-        bar.close()
-    skip = base + order[:outcome.num_float]
-    files = ModelFiles(out_dir, *SAVED_FILES)
-    ctx.counters.full_evaluations += 1  # the real model on the search images (reported beside the held-out mAP)
-    result = TargetResult(
-        target=target, skip=skip, num_skipped=len(skip), simulated_map=outcome.simulated,
-        verified_map=outcome.verified, met=outcome.met, deployed_map=0.0, deployed_runtime="",
-        verifications=outcome.verifications, search_evaluations=outcome.evaluations, model_dir=str(out_dir),
-        tried=outcome.tried, search_rounds=rounds, search_target=search_thr, heldout_target=heldout_thr,
-        search_map=simulated_map(cfg, opts, files, inputs.search.source, "target model (search images)"),
-        selection="latency" if latency_aware else "accuracy", latency_base=base)
-    deploy_checks(cfg, opts, inputs, fp32_files, result, ctx)
+        bar.reset(total=kary_rounds(len(order), opts.parallel.workers))
+    with simulations(cfg, opts, inputs.search, ctx.section("trials_search"), set_key, ctx) as sim, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="accuracy-only") as background:
+        comparison: list[Future] = []
+
+        def start_comparison() -> None:
+            comparison.append(background.submit(accuracy_only_parallel, inputs, sim, search_thr))
+
+        outcome, rounds = search_in_parallel(sim, len(order), lambda k: base + order[:k], search_thr, verify,
+                                             on_round=(lambda _: bar.update()) if bar is not None else None,
+                                             before_verify=start_comparison, **kwargs)
+        result = target_result(cfg, opts, inputs, target, base, order, outcome, rounds, bar, ctx)
+        deploy_checks(cfg, opts, inputs, fp32_files, result, ctx, comparison[0] if comparison else None)
     return result
 
 
+def target_result(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, target: float, base: list[str],
+                  order: list[str], outcome: SearchOutcome, rounds: int, bar: Any, ctx: AnalysisContext
+                  ) -> TargetResult:
+    """The searched and verified target model, with its mAP on the search images."""
+    if bar is not None:
+        bar.close()
+    ctx.counters.full_evaluations += 1  # the real model on the search images (reported beside the held-out mAP)
+    drop = inputs.fp32["all"] - target
+    skip = base + order[:outcome.num_float]
+    out_dir = opts.save_dir / TARGET_DIR
+    files = ModelFiles(out_dir, *SAVED_FILES)
+    return TargetResult(
+        target=target, skip=skip, num_skipped=len(skip), simulated_map=outcome.simulated,
+        verified_map=outcome.verified, met=outcome.met, deployed_map=0.0, deployed_runtime="",
+        verifications=outcome.verifications, search_evaluations=outcome.evaluations, model_dir=str(out_dir),
+        tried=outcome.tried, search_rounds=rounds, search_target=inputs.fp32["search"] - drop,
+        heldout_target=inputs.fp32["heldout"] - drop,
+        search_map=simulated_map(cfg, opts, files, inputs.search.source, "target model (search images)"),
+        selection="latency" if opts.latency_aware and bool(inputs.costs) else "accuracy", latency_base=base)
+
+
 def deploy_checks(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, fp32_files: ModelFiles,
-                  result: TargetResult, ctx: AnalysisContext) -> None:
+                  result: TargetResult, ctx: AnalysisContext, comparison: Future | None = None) -> None:
     """The target model on the deployment runtime: its held-out mAP (parity with the simulated
-    one) and its latency beside FP32, the all-INT8 model and the accuracy-only choice."""
+    one) and its latency beside FP32, the all-INT8 model and the accuracy-only choice
+    (comparison: its search, running on the workers; None: searched here)."""
     files = ModelFiles(Path(result.model_dir), *SAVED_FILES)
     work = ctx.work_dir / "deploy_target"
     target_form = deploy_form(files, inputs.backend, work / "target_onnx")
@@ -176,9 +212,9 @@ def deploy_checks(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
         result.parity_flag = abs(result.deployed_map - result.verified_map) * 100 > PARITY_POINTS
     models = {"FP32": runtime_form(inputs.models, "FP32", inputs.backend), "INT8 target": target_form,
               "INT8 all layers": runtime_form(inputs.models, "INT8", inputs.backend)}
-    timed_as, comparison = accuracy_choice(cfg, opts, inputs, fp32_files, result, ctx)
-    if comparison is not None:
-        models[timed_as] = comparison
+    timed_as, compared = accuracy_choice(cfg, opts, inputs, fp32_files, result, ctx, comparison)
+    if compared is not None:
+        models[timed_as] = compared
     rows = measure_models(cfg, models, inputs.backend, opts.deploy_threads, inputs.feed, opts.progress)
     result.latency = {name: round(row.median, 3) for name, row in rows.items() if row.median}
     fp32_ms = result.latency.get("FP32")
@@ -189,15 +225,32 @@ def deploy_checks(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
 
 
 def accuracy_choice(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, fp32_files: ModelFiles,
-                    result: TargetResult, ctx: AnalysisContext) -> tuple[str, Path | None]:
+                    result: TargetResult, ctx: AnalysisContext, search: Future | None = None
+                    ) -> tuple[str, Path | None]:
     """result.accuracy_only (the mAP-only choice on the search images), and (latency row that
-    times it, the runtime form of its model when no other row has it)."""
-    k, sim, spent = accuracy_only(inputs, ctx, result.search_target)
+    times it, the runtime form of its model when no other row has it). search: the choice's
+    search already running (accuracy_only_parallel); None: search it here."""
+    k, sim, spent = search.result() if search is not None else accuracy_only(inputs, ctx, result.search_target)
     result.accuracy_only, result.comparison_evaluations = Choice(k, sim), spent
     skip = inputs.ranking[:k]
     if set(skip) == set(result.skip):
         return "INT8 target", None
     if not skip:
         return "INT8 all layers", None
+    return "INT8 accuracy-only", timing_model(cfg, opts, inputs, fp32_files, skip, ctx)
+
+
+def timing_model(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, fp32_files: ModelFiles,
+                 skip: list[str], ctx: AnalysisContext) -> Path:
+    """A model to time with `skip` in float, in the runtime's form: on an ONNX runtime the
+    all-INT8 export with those layers in float (float_variant: the graph PTQ would make, without
+    a calibration: scales do not change the latency); on Paddle, or when the export is not in
+    that form, the real model (PTQ)."""
+    if inputs.backend != "paddle":
+        try:
+            return float_variant(runtime_form(inputs.models, "INT8", inputs.backend), skip,
+                                 ctx.work_dir / "accuracy_only_onnx")
+        except ValueError:
+            pass
     files = real_model(cfg, opts, inputs, fp32_files, skip, ctx.work_dir / "accuracy_only", ctx)
-    return "INT8 accuracy-only", deploy_form(files, inputs.backend, ctx.work_dir / "accuracy_only_onnx")
+    return deploy_form(files, inputs.backend, ctx.work_dir / "accuracy_only_onnx")
