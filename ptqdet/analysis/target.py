@@ -94,16 +94,13 @@ def accuracy_only(inputs: TargetInputs, ctx: AnalysisContext, threshold: float) 
 
 def accuracy_only_parallel(inputs: TargetInputs, sim: Any, threshold: float) -> tuple[int, float | None, int]:
     """accuracy_only as a k-ary search on the workers of sim (parallel.Simulator)."""
-    from .kary_search import search_prefix_kary
+    from .parallel import search_in_parallel
 
     before = sim.new
     ranking = inputs.ranking
-
-    def simulate_many(ks: list[int]) -> dict[int, float]:
-        return dict(zip(ks, sim.many([ranking[:k] for k in ks])))
-
-    outcome, _ = search_prefix_kary(len(ranking), threshold, simulate_many, lambda k: simulate_many([k])[k],
-                                    sim.workers, max_verifications=1, at_zero=inputs.int8_search)
+    outcome, _ = search_in_parallel(sim, len(ranking), lambda k: ranking[:k], threshold,
+                                    lambda k: sim.many([ranking[:k]])[0], max_verifications=1,
+                                    at_zero=inputs.int8_search)
     return outcome.num_float, outcome.simulated, sim.new - before
 
 
