@@ -6,8 +6,6 @@ transforms itself, batch by batch, so an error surfaces at once with its traceba
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
 import sys
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, PTQDetConfig
+from .stdout import quiet_stdout
 
 
 def decodable(path: str | Path) -> bool:
@@ -213,7 +212,7 @@ def build_source(cfg: PTQDetConfig, key: str, batch_size: int | None = None, ima
     if type(dataset).__name__ == "ImageFolder":  # ppdet looks for image_dir outside dataset_dir
         dataset.set_images([str(p) for p in folder_images(dataset_paths(dataset)["image_dir"])])
     else:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
+        with quiet_stdout():  # pycocotools prints while indexing
             dataset.parse_dataset()
     if len(dataset) == 0:
         raise ConfigError(f"{cfg.path}: dataset {key!r} holds no images")

@@ -1,8 +1,6 @@
 """COCO and VOC mAP through PaddleDetection's metrics (pycocotools for COCO), and the eval loop."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import tempfile
 import time
@@ -17,6 +15,7 @@ from .config import PTQDetConfig
 from .data import BatchSource, build_source, feed_from_batch
 from .model import Runner
 from .postprocess import to_detections
+from .stdout import quiet_stdout
 
 COCO_STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
                    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
@@ -66,7 +65,7 @@ def coco_map_of_records(anno_file: Path, records: list[dict[str, Any]]) -> tuple
     with tempfile.TemporaryDirectory(prefix="ptqdet_coco_") as tmp:
         path = Path(tmp) / "bbox.json"
         path.write_text(json.dumps(records))
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet_stdout():
             raw = cocoapi_eval(str(path), "bbox", anno_file=str(anno_file))
     return coco_stats(raw)
 
@@ -77,14 +76,14 @@ class MetricSession:
     def __init__(self, cfg: PTQDetConfig, source: BatchSource):
         self._tmp = tempfile.TemporaryDirectory(prefix="ptqdet_eval_")
         self.cfg = cfg
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet_stdout():
             self.metric = create_metric(cfg, source, Path(self._tmp.name))
 
     def update(self, batch: dict[str, np.ndarray], detections: dict[str, np.ndarray]) -> None:
         self.metric.update(batch, detections)
 
     def result(self) -> tuple[float, dict[str, float]]:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet_stdout():
             self.metric.accumulate()
         results = self.metric.get_results()
         self._tmp.cleanup()
@@ -99,6 +98,23 @@ class FunctionRunner:
 
     def __init__(self, run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]):
         self.run = run
+
+
+def detect(runner: Runner, cfg: PTQDetConfig, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The runner's detections of one decoded batch (NMS outside the model when the config says so)."""
+    return to_detections(runner.run(feed_from_batch(batch, cfg.feed_names)), cfg.nms_outside, cfg.nms)
+
+
+def map_of_detections(cfg: PTQDetConfig, source: BatchSource, batches: list[dict[str, Any]],
+                      detections: list[dict[str, np.ndarray]]) -> float:
+    """mAP of detections made elsewhere (one per batch of `batches`, in order), as evaluate()
+    computes it: --workers splits one evaluation over its workers and scores it here."""
+    if len(batches) != len(detections):
+        raise ValueError(f"{len(detections)} detections for {len(batches)} batches")
+    session = MetricSession(cfg, source)
+    for batch, found in zip(batches, detections):
+        session.update(batch, found)
+    return session.result()[0]
 
 
 def evaluate(predictor: Runner, cfg: PTQDetConfig, dataset_key: str = "EvalDataset",
@@ -117,8 +133,7 @@ def evaluate(predictor: Runner, cfg: PTQDetConfig, dataset_key: str = "EvalDatas
     start = time.perf_counter()
     images = 0
     for batch in batches:
-        outputs = predictor.run(feed_from_batch(batch, cfg.feed_names))
-        session.update(batch, to_detections(outputs, cfg.nms_outside, cfg.nms))
+        session.update(batch, detect(predictor, cfg, batch))
         images += len(batch["im_id"]) if "im_id" in batch else 1
     value, stats = session.result()
     return EvalResult(map=value, stats=stats, images=images, seconds=time.perf_counter() - start, dataset=source.key)
