@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_drop", type=float, default=None,
                         help="target = FP32 mAP - MAX_DROP (0-1 scale), instead of target_metric")
     cli.add_ray_flags(parser, "the per-layer trials (both rankings and the proxy) and the target search's "
-                              "simulations (a k-ary search, k = N)")
+                              "simulations (each split over the workers; see --search_width)")
+    cli.add_search_width_flag(parser)
     args = parser.parse_args(argv)
     cli.quiet_libraries(args.quiet)
     from ptqdet.analysis.stages import AnalysisOptions, analyze

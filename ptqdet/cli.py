@@ -36,6 +36,14 @@ def add_ray_flags(parser: argparse.ArgumentParser, what: str) -> None:
                              "a local Ray instance; needs --workers")
 
 
+def add_search_width_flag(parser: argparse.ArgumentParser) -> None:
+    """--search_width (analysis.py, with --workers)."""
+    parser.add_argument("--search_width", type=int, default=1,
+                        help="with --workers: prefix lengths the target search simulates per round (a k-ary search: "
+                             "fewer rounds, more simulations); default 1: the binary search of a serial run, each "
+                             "simulation split over the workers (faster on few workers)")
+
+
 def parallel_options(args: argparse.Namespace):
     """ParallelOptions of the --workers flags (None without --workers); ConfigError on bad values."""
     if args.workers is None:
@@ -46,7 +54,11 @@ def parallel_options(args: argparse.Namespace):
         raise ConfigError(f"--workers ({args.workers}) and --worker_threads ({args.worker_threads}) must be at least 1")
     from .analysis.parallel import ParallelOptions
 
-    return ParallelOptions(workers=args.workers, address=args.ray_address, threads=args.worker_threads)
+    width = getattr(args, "search_width", 1)
+    if width < 1:
+        raise ConfigError(f"--search_width ({width}) must be at least 1")
+    return ParallelOptions(workers=args.workers, address=args.ray_address, threads=args.worker_threads,
+                           search_width=width)
 
 
 def quiet_libraries(quiet: bool = False) -> None:

@@ -144,9 +144,9 @@ def test_a_head_and_a_worker_node_give_the_serial_ranking_proxy_and_target(tmp_p
     # a k-ary search with 2 workers: fewer rounds than the binary search's simulations
     assert t.search_rounds <= serial["target"]["search_rounds"]
     assert len(t.tried) <= 2 * t.search_rounds
-    # the driver made the deployment models while the workers ranked, and the workers searched the
-    # accuracy-only comparison while the driver verified
-    assert "deploy_models_beside_ranking" in result.counters.seconds
+    # the deployment models were made in a task of their own (while the driver calibrated and the
+    # workers ranked), and the workers searched the accuracy-only comparison while the driver verified
+    assert "deploy_models_wait" in result.counters.seconds
     assert t.accuracy_only is not None and 0 <= t.accuracy_only.num_float <= len(result.ranking)
 
 

@@ -93,10 +93,12 @@ class AnalysisContext:
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
-        """counters.seconds[stage] = the block's wall time."""
+        """Add the block's wall time to counters.seconds[stage] (a stage timed in several blocks sums them)."""
         start = time.perf_counter()
-        yield
-        self.counters.seconds[stage] = time.perf_counter() - start
+        try:
+            yield
+        finally:
+            self.counters.seconds[stage] = self.counters.seconds.get(stage, 0.0) + time.perf_counter() - start
 
     def bar(self, iterable: Iterable[Any] | None = None, **kwargs: Any) -> Any:
         """A tqdm bar over `iterable` (or a manual one), or the iterable itself (None) when

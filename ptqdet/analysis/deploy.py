@@ -18,6 +18,7 @@ latency of the models the analysis chooses, measured on it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,18 @@ def deploy_models(cfg: PTQDetConfig, work_dir: Path, backend: str, progress: boo
     models = prepare_models(qdq_config(cfg), work_dir, need_onnx=backend != "paddle", progress=progress,
                             log=lambda _msg: None)
     return models, models.quantized_now
+
+
+def deploy_models_in_task(config_path: Path, cwd: Path, work_dir: Path, backend: str) -> tuple[ModelSet, bool]:
+    """deploy_models in a process of its own (analysis.py --workers: a Ray task): the config
+    loaded there (ppdet's reader transforms live in its process-wide workspace, which a pickled
+    config does not carry), relative paths resolved from the driver's folder `cwd`."""
+    from .. import cli
+    from ..config import load_config
+
+    cli.quiet_libraries(True)
+    os.chdir(cwd)
+    return deploy_models(load_config(config_path), work_dir, backend, progress=False)
 
 
 def deploy_form(files: ModelFiles, backend: str, export_dir: Path) -> Path:

@@ -31,7 +31,8 @@ from typing import Any
 
 from ..config import PTQDetConfig
 from ..data import BatchSource
-from ..model import ModelFiles
+from ..metrics import detect
+from ..model import ModelFiles, Predictor, PredictorOptions
 from .context import AnalysisContext, ResultCache
 from .graph import QuantGraph
 from .kary_search import search_prefix_kary
@@ -50,20 +51,29 @@ class ParallelOptions:
     workers: int
     address: str | None = None  # None: a local Ray instance for this run
     threads: int = 1  # OMP/MKL threads per worker
+    # prefix lengths the target search simulates per round (k-ary search); each simulation is split
+    # over workers // width workers. 1 (default): the serial run's binary search, each simulation on
+    # all the workers at once: measured on the demo PicoDet-s with 2 workers, 7 rounds of half a
+    # simulation beat 5 rounds of a whole one (and 7 simulations cost less CPU than 10)
+    search_width: int = 1
     object_store_mb: int = 500  # local instance only
 
 
 @dataclass(frozen=True)
 class Trial:
     """One unit of work for a worker: "metric" (one layer's mAP damage), "proxy" (SQNR loss of
-    a chunk of layers) or "simulate" (mAP with `layers` in float, the target search)."""
+    a chunk of layers), "detect" (detections of batches[part[0]:part[1]] with `layers` in
+    float: a part of one of the target search's simulations) or "model_detect" (the same of a
+    real model, `model`: the object ref of its files)."""
 
     kind: str
     mode: str = ""
     layers: tuple[str, ...] = ()
     reference: float = 0.0
     dataset: str = "fast"
-    key: str = ""  # simulate: the prefix length, as the search cache names it
+    key: str = ""  # detect: the float-layer set, as the search cache names it
+    part: tuple[int, int] = (0, 0)  # detect, model_detect: the batches [start, stop)
+    model: Any = None  # model_detect: object ref of {file name: bytes}
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -91,6 +101,20 @@ def connect(opts: ParallelOptions, quiet: bool) -> Any:
         ray.init(num_cpus=opts.workers * opts.threads, object_store_memory=opts.object_store_mb * 2**20,
                  include_dashboard=False, **common)
     return ray
+
+
+def start_beside(opts: ParallelOptions, progress: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) as a Ray task in a process of its own on the driver's machine (its files are
+    the driver's), taking no worker's CPU slot: the driver's own single-core work (a PTQ and
+    its exports) run while the driver calibrates and the workers rank. Returns its object ref
+    (ray.get: the result, or the task's error)."""
+    ray = connect(opts, quiet=not progress)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    task = ray.remote(fn).options(num_cpus=0, max_retries=0, scheduling_strategy=here,
+                                  runtime_env={"env_vars": thread_env(1)})
+    return task.remote(*args)
 
 
 def model_bytes(files: ModelFiles) -> dict[str, bytes]:
@@ -171,22 +195,28 @@ class TrialWorker:
         evaluator.source.dataset.dataset_dir = str(folder)
         return evaluator
 
-    def run(self, shipped: dict[str, Any], trial: Trial) -> tuple[Trial, dict[str, float]]:
-        """The trial's scores: {layer: damage} (metric, proxy) or {key: mAP} (simulate)."""
+    def run(self, shipped: dict[str, Any], trial: Trial) -> tuple[Trial, Any]:
+        """The trial's result: {layer: damage} (metric, proxy) or a list of detections per batch (detect)."""
         if not self.shipped:
             self.load(shipped)
         with tempfile.TemporaryDirectory(prefix="ptqdet_trial_") as tmp:
             return trial, self.scores(trial, Path(tmp))
 
-    def scores(self, trial: Trial, folder: Path) -> dict[str, float]:
+    def scores(self, trial: Trial, folder: Path) -> Any:
         ctx = AnalysisContext(folder, ResultCache(folder / "scratch.json"), progress=False)  # the serial code's cache
         if trial.kind == "metric":
             return metric_ranking(self.evaluator(trial.dataset, folder), list(trial.layers), trial.mode,
                                   trial.reference, ctx)
         if trial.kind == "proxy":
             return proxy_ranking(self.graph, self.ray.get(self.shipped["feeds"]), list(trial.layers), trial.mode, ctx)
-        if trial.kind == "simulate":
-            return {trial.key: self.evaluator(trial.dataset, folder).evaluate_with_float(list(trial.layers))}
+        if trial.kind == "detect":
+            return self.evaluator(trial.dataset, folder).detections_with_float(list(trial.layers), *trial.part)
+        if trial.kind == "model_detect":
+            files = write_model(folder / "model", self.ray.get(trial.model))
+            runner = Predictor(files, PredictorOptions(threads=int(os.environ.get("OMP_NUM_THREADS", "1")),
+                                                       mkldnn=False))
+            batches = self.evaluator(trial.dataset, folder).batches[slice(*trial.part)]
+            return [detect(runner, self.cfg, batch) for batch in batches]
         raise ValueError(f"unknown trial kind {trial.kind!r}")
 
 
@@ -197,8 +227,8 @@ class TrialPool:
         self.ray, self.actors, self.shipped, self.progress = ray, actors, shipped, progress
         self.shipped_bytes = shipped_bytes
 
-    def run(self, trials: list[Trial], on_result: Callable[[Trial, dict[str, float]], None], desc: str | None) -> None:
-        """Run every trial; on_result(trial, scores) in the driver as each one finishes (desc: a
+    def run(self, trials: list[Trial], on_result: Callable[[Trial, Any], None], desc: str | None) -> None:
+        """Run every trial; on_result(trial, result) in the driver as each one finishes (desc: a
         progress bar's title; None: no bar)."""
         from ray.util import ActorPool
 
@@ -297,10 +327,14 @@ def rank_in_parallel(cfg: PTQDetConfig, opts: Any, graph: QuantGraph, fast: Eval
 
 
 class Simulator:
-    """The target stage's simulations (mAP on the search images with a set of layers in float) as
-    trials on the workers, each cached in `cached` under cache_key(layers) as the serial search
-    caches them. The pool starts on the first simulation not in the cache and lives as long as
-    the simulations() block. Safe to use from two driver threads (one pool run at a time)."""
+    """The target stage's simulations (mAP on the search images with a set of layers in float) on
+    the workers, each cached in `cached` under cache_key(layers) as the serial search caches it.
+    Each simulation is split into parts (contiguous batches) so that every worker has one: one
+    set on two workers takes half a simulation's time, two sets one each. The workers return
+    detections; the driver scores each set's parts together, in batch order, as evaluate() would
+    (the same mAP as the serial run). The pool starts on the first simulation not in the cache
+    and lives as long as the simulations() block. Safe to use from two driver threads (one pool
+    run at a time)."""
 
     def __init__(self, cfg: PTQDetConfig, opts: Any, search: Evaluator, cached: dict[str, float],
                  cache_key: Callable[[list[str]], str], ctx: AnalysisContext, stack: contextlib.ExitStack):
@@ -318,19 +352,51 @@ class Simulator:
         """mAP on the search images with each set of layers in float, the missing ones run at once."""
         with self.lock:
             todo = {self.cache_key(s): s for s in sets if self.cache_key(s) not in self.cached}
-            if todo and self.pool is None:
-                self.pool = self.stack.enter_context(trial_pool(self.cfg, self.opts.parallel, self.search.graph,
-                                                                {"search": self.search}, None, self.ctx.progress))
             if todo:
-                trials = [Trial("simulate", layers=tuple(s), dataset="search", key=k) for k, s in todo.items()]
-                self.pool.run(trials, self._on_result, None)
+                parts = split_batches(len(self.search.batches), max(1, self.workers // len(todo)))
+                trials = [Trial("detect", layers=tuple(s), dataset="search", key=k, part=part)
+                          for k, s in todo.items() for part in parts]
+                done: dict[str, dict[tuple[int, int], list[Any]]] = {k: {} for k in todo}
+
+                def on_result(trial: Trial, detections: list[Any]) -> None:
+                    done[trial.key][trial.part] = detections
+                    if len(done[trial.key]) == len(parts):
+                        self._scored(trial.key, [d for part in parts for d in done[trial.key][part]])
+
+                self._pool().run(trials, on_result, None)
             return [self.cached[self.cache_key(s)] for s in sets]
 
-    def _on_result(self, trial: Trial, scores: dict[str, float]) -> None:
-        self.cached.update(scores)
+    def model_map(self, files: ModelFiles) -> float:
+        """mAP on the search images of a real model run as the search simulated it (fake-quant
+        graph on FP32 kernels: target.simulated_map), split over the workers like a simulation."""
+        with self.lock:
+            pool = self._pool()
+            model = pool.ray.put(model_bytes(files))
+            parts = split_batches(len(self.search.batches), self.workers)
+            done: dict[tuple[int, int], list[Any]] = {}
+            pool.run([Trial("model_detect", dataset="search", part=part, model=model) for part in parts],
+                          lambda trial, detections: done.__setitem__(trial.part, detections), None)
+            return self.search.map_of_detections([d for part in parts for d in done[part]])
+
+    def _pool(self) -> TrialPool:
+        """The workers, started on first use (the lock is held)."""
+        if self.pool is None:
+            self.pool = self.stack.enter_context(trial_pool(self.cfg, self.opts.parallel, self.search.graph,
+                                                            {"search": self.search}, None, self.ctx.progress))
+        return self.pool
+
+    def _scored(self, key: str, detections: list[Any]) -> None:
+        self.cached[key] = self.search.map_of_detections(detections)
         self.ctx.counters.full_evaluations += 1
         self.new += 1
         self.ctx.save()
+
+
+def split_batches(num_batches: int, parts: int) -> list[tuple[int, int]]:
+    """[start, stop) of up to `parts` contiguous, nearly equal runs of batches (none empty)."""
+    parts = max(1, min(parts, num_batches))
+    bounds = [round(i * num_batches / parts) for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
 @contextlib.contextmanager
@@ -345,11 +411,13 @@ def simulations(cfg: PTQDetConfig, opts: Any, search: Evaluator, cached: dict[st
 def search_in_parallel(sim: Simulator, num_layers: int, prefix: Callable[[int], list[str]], target: float,
                        verify: Callable[[int], float], on_round: Callable[[Any], None] | None = None,
                        **search_kwargs: Any) -> tuple[SearchOutcome, int]:
-    """The k-ary search (k = the workers) over prefix lengths 0..num_layers, prefix(k) in float,
-    its simulations on sim's workers. search_kwargs: those of search_prefix_kary (verify_target,
-    at_zero, probe_zero, max_verifications, before_verify). Returns the outcome and the rounds."""
+    """The k-ary search (k = opts.parallel.search_width prefix lengths per round; 1: the binary
+    search, each simulation split over the workers) over prefix lengths 0..num_layers, prefix(k)
+    in float, its simulations on sim's workers. search_kwargs: those of search_prefix_kary
+    (verify_target, at_zero, probe_zero, max_verifications, before_verify). Returns the outcome
+    and the rounds."""
     def simulate_many(ks: list[int]) -> dict[int, float]:
         return dict(zip(ks, sim.many([prefix(k) for k in ks])))
 
-    return search_prefix_kary(num_layers, target, simulate_many, verify, sim.workers, on_round=on_round,
-                              **search_kwargs)
+    return search_prefix_kary(num_layers, target, simulate_many, verify, sim.opts.parallel.search_width,
+                              on_round=on_round, **search_kwargs)

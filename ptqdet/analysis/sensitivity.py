@@ -8,7 +8,7 @@ import numpy as np
 
 from ..config import PTQDetConfig
 from ..data import BatchSource
-from ..metrics import FunctionRunner, evaluate
+from ..metrics import FunctionRunner, detect, evaluate, map_of_detections
 from .context import AnalysisContext
 from .graph import QuantGraph
 
@@ -28,6 +28,18 @@ class Evaluator:
         program = self.graph.variant(layers)
         runner = FunctionRunner(lambda feed: self.graph.run(program, feed))
         return evaluate(runner, self.cfg, source=self.source, batches=self.batches, progress=False).map
+
+    def detections_with_float(self, layers: list[str] | set[str], start: int, stop: int
+                              ) -> list[dict[str, np.ndarray]]:
+        """The detections of batches[start:stop] with `layers` in float: one part of an
+        evaluation split over workers (map_of_detections scores the parts together)."""
+        program = self.graph.variant(layers)
+        runner = FunctionRunner(lambda feed: self.graph.run(program, feed))
+        return [detect(runner, self.cfg, batch) for batch in self.batches[start:stop]]
+
+    def map_of_detections(self, detections: list[dict[str, np.ndarray]]) -> float:
+        """mAP of the detections of every batch, in order (as evaluate_with_float scores them)."""
+        return map_of_detections(self.cfg, self.source, self.batches, detections)
 
 
 def sqnr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:

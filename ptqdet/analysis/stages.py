@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from ..metrics import evaluate
 from ..model import ModelFiles, Predictor, PredictorOptions, default_threads, resolve_model_files
 from ..quantize import SAVED_FILES, quantize_files
 from .context import CACHE_VERSION, AnalysisContext, cache_key
-from .deploy import deploy_backend, deploy_models, deploy_stage
+from .deploy import deploy_backend, deploy_models_in_task, deploy_stage
 from .distributions import distribution_plots
 from .graph import QuantGraph
 from .heldout import EvalSplit, split_eval, split_source
@@ -111,19 +112,32 @@ def build_evaluators(cfg: PTQDetConfig, graph: QuantGraph, split: EvalSplit) -> 
     return Evaluators(full, Evaluator(cfg, graph, build_source(cfg, "FastEvalDataset")))
 
 
-def int8_references(evals: Evaluators, layers: list[str], ctx: AnalysisContext) -> dict[str, float]:
-    """mAP of the trial models with no layer in float (INT8) on the search images and the fast
-    set, and with every layer in float (FP32) on the fast set (cached); returns the "reference" section."""
+def int8_references(evals: Evaluators, layers: list[str], ctx: AnalysisContext, search: bool = True
+                    ) -> dict[str, float]:
+    """mAP of the trial models with every layer in float (FP32) and with none (INT8) on the fast
+    set, and (search) the INT8 one on the search images (cached); returns the "reference" section.
+    --workers leaves the search images' one (search=False) to int8_search_reference, which the
+    driver runs while the workers rank (the rankings do not need it)."""
     refs = ctx.section("reference")
-    if "int8_full" not in refs:
-        refs["int8_full"] = evals.full.evaluate_with_float([])
-        ctx.section("trials_search")[set_key([])] = refs["int8_full"]  # the target search's k = 0
-        ctx.counters.full_evaluations += 1
+    if "int8_fast" not in refs:
         refs["fp32_fast"] = evals.fast.evaluate_with_float(layers)
         refs["int8_fast"] = evals.fast.evaluate_with_float([])
         ctx.counters.fast_evaluations += 2
         ctx.save()
+    if search:
+        int8_search_reference(evals, ctx)
     return refs
+
+
+def int8_search_reference(evals: Evaluators, ctx: AnalysisContext) -> float:
+    """mAP of the all-INT8 trial model on the search images (cached; also the target search's k = 0)."""
+    refs = ctx.section("reference")
+    if "int8_full" not in refs:
+        refs["int8_full"] = evals.full.evaluate_with_float([])
+        ctx.section("trials_search")[set_key([])] = refs["int8_full"]
+        ctx.counters.full_evaluations += 1
+        ctx.save()
+    return refs["int8_full"]
 
 
 def calibration_feeds(cfg: PTQDetConfig, batches: int) -> list[dict[str, np.ndarray]]:
@@ -174,27 +188,49 @@ def run_target(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFiles,
         return search_target(cfg, opts, inputs, fp32_files, target, ctx)
 
 
+def start_deploy_models(cfg: PTQDetConfig, opts: AnalysisOptions, ctx: AnalysisContext) -> Any:
+    """--workers with a target: the deployment models (deploy.deploy_models: a PTQ in QDQ form
+    and ONNX exports, mostly one core) started in a Ray task of their own, so that they run
+    while this process calibrates (one core) and the workers rank; None otherwise (deploy_stage
+    makes them). Returns the task's object ref."""
+    if opts.parallel is None or (not cfg.get_target_quant_model and opts.max_drop is None):
+        return None
+    from .parallel import start_beside
+
+    return start_beside(opts.parallel, opts.progress, deploy_models_in_task, Path(cfg.path).resolve(), Path.cwd(),
+                        (ctx.work_dir / "deploy").resolve(), deploy_backend(cfg, opts))
+
+
 def analyze(cfg: PTQDetConfig, opts: AnalysisOptions) -> AnalysisResult:
     """Calibrate once, rank every quantized layer, search the target model (when asked), write
     the report and the analyzed config to opts.save_dir."""
     fp32_files = check_inputs(cfg, opts)
     t0 = time.perf_counter()
     ctx = open_context(cfg, opts)
+    deploying = start_deploy_models(cfg, opts, ctx)
     split = split_eval(cfg, ctx.work_dir)
-    fp32 = reference_fp32(cfg, opts, fp32_files, split, ctx)
+    with ctx.timed("reference_fp32"):
+        fp32 = reference_fp32(cfg, opts, fp32_files, split, ctx)
     target = target_metric(cfg, opts.max_drop, fp32["all"])
     graph = calibrate(cfg, opts, fp32_files, ctx)
     layers = list(graph.layers)
-    evals = build_evaluators(cfg, graph, split)
-    refs = int8_references(evals, layers, ctx)
+    with ctx.timed("decode_images"):
+        evals = build_evaluators(cfg, graph, split)
+    with ctx.timed("int8_references"):
+        refs = int8_references(evals, layers, ctx, search=opts.parallel is None)
     made: dict[str, Any] = {}  # --workers: the deployment models, made while the workers rank
 
-    def deployment_models() -> None:
-        with ctx.timed("deploy_models_beside_ranking"):
-            made["models"] = deploy_models(cfg, ctx.work_dir / "deploy", deploy_backend(cfg, opts), progress=False)
+    def beside_ranking() -> None:  # --workers: the driver's own work while the workers rank
+        with ctx.timed("int8_references"):
+            int8_search_reference(evals, ctx)
+        if deploying is not None and target is not None:
+            import ray
 
-    early = deployment_models if opts.parallel is not None and target is not None else None
-    metric_scores, proxy_scores, feeds = rank_layers(cfg, opts, graph, evals, refs, ctx, early)
+            with ctx.timed("deploy_models_wait"):
+                made["models"] = ray.get(deploying)
+
+    metric_scores, proxy_scores, feeds = rank_layers(cfg, opts, graph, evals, refs, ctx,
+                                                     beside_ranking if opts.parallel is not None else None)
     ranking = order_layers(layers, metric_scores, proxy_scores)
     result = AnalysisResult(fp32_map=refs["fp32_full"], int8_map=refs["int8_full"], ranking=ranking,
                             metric_scores=metric_scores, proxy_scores=proxy_scores,

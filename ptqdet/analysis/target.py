@@ -136,9 +136,10 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
     searched = math.ceil(math.log2(len(order) + 1)) + (1 if base else 0)  # simulations at most
 
     def verify(k: int) -> float:
-        files = real_model(cfg, opts, inputs, fp32_files, base + order[:k], out_dir, ctx)
-        ctx.counters.full_evaluations += 1
-        return simulated_map(cfg, opts, files, inputs.heldout, "verify target model (held-out)")
+        with ctx.timed("target_verify"):
+            files = real_model(cfg, opts, inputs, fp32_files, base + order[:k], out_dir, ctx)
+            ctx.counters.full_evaluations += 1
+            return simulated_map(cfg, opts, files, inputs.heldout, "verify target model (held-out)")
 
     bar = ctx.bar(None, total=math.ceil(math.log2(len(order) + 1)), desc="target search", unit="eval")
     kwargs = dict(verify_target=heldout_thr, at_zero=None if base else inputs.int8_search, probe_zero=bool(base),
@@ -146,16 +147,20 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
     if opts.parallel is None:
         outcome = search_prefix(len(order), search_thr, lambda k: trial_map(inputs, ctx, base + order[:k]), verify,
                                 on_step=bar.update if bar is not None else None, **kwargs)
-        result = target_result(cfg, opts, inputs, target, base, order, outcome, len(outcome.tried), bar, ctx)
+        with ctx.timed("target_search_map"):
+            search_map = simulated_map(cfg, opts, ModelFiles(out_dir, *SAVED_FILES), inputs.search.source,
+                                       "target model (search images)")
+        result = target_result(opts, inputs, target, base, order, outcome, len(outcome.tried), bar, ctx, search_map)
         deploy_checks(cfg, opts, inputs, fp32_files, result, ctx)
         return result
-    # --workers: a k-ary search, k simulations at once on the Ray workers; while the driver
+    # --workers: the search's simulations on the Ray workers (each split over them, or k at once:
+    # --search_width); while the driver
     # verifies the target model (PTQ, mostly one core), the workers search the accuracy-only choice
     from .kary_search import kary_rounds
     from .parallel import search_in_parallel, simulations
 
     if bar is not None:
-        bar.reset(total=kary_rounds(len(order), opts.parallel.workers))
+        bar.reset(total=kary_rounds(len(order), opts.parallel.search_width))
     with simulations(cfg, opts, inputs.search, ctx.section("trials_search"), set_key, ctx) as sim, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="accuracy-only") as background:
         comparison: list[Future] = []
@@ -166,53 +171,63 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
         outcome, rounds = search_in_parallel(sim, len(order), lambda k: base + order[:k], search_thr, verify,
                                              on_round=(lambda _: bar.update()) if bar is not None else None,
                                              before_verify=start_comparison, **kwargs)
-        result = target_result(cfg, opts, inputs, target, base, order, outcome, rounds, bar, ctx)
-        deploy_checks(cfg, opts, inputs, fp32_files, result, ctx, comparison[0] if comparison else None)
+        # the real model on the search images: on the workers (after the comparison), while the
+        # driver measures it on the deployment runtime
+        search_map = background.submit(sim.model_map, ModelFiles(out_dir, *SAVED_FILES))
+        result = target_result(opts, inputs, target, base, order, outcome, rounds, bar, ctx, None)
+        deploy_checks(cfg, opts, inputs, fp32_files, result, ctx, comparison[0] if comparison else None, search_map)
     return result
 
 
-def target_result(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, target: float, base: list[str],
-                  order: list[str], outcome: SearchOutcome, rounds: int, bar: Any, ctx: AnalysisContext
+def target_result(opts: AnalysisOptions, inputs: TargetInputs, target: float, base: list[str], order: list[str],
+                  outcome: SearchOutcome, rounds: int, bar: Any, ctx: AnalysisContext, search_map: float | None
                   ) -> TargetResult:
-    """The searched and verified target model, with its mAP on the search images."""
+    """The searched and verified target model, with its mAP on the search images (None: set later)."""
     if bar is not None:
         bar.close()
     ctx.counters.full_evaluations += 1  # the real model on the search images (reported beside the held-out mAP)
     drop = inputs.fp32["all"] - target
     skip = base + order[:outcome.num_float]
     out_dir = opts.save_dir / TARGET_DIR
-    files = ModelFiles(out_dir, *SAVED_FILES)
     return TargetResult(
         target=target, skip=skip, num_skipped=len(skip), simulated_map=outcome.simulated,
         verified_map=outcome.verified, met=outcome.met, deployed_map=0.0, deployed_runtime="",
         verifications=outcome.verifications, search_evaluations=outcome.evaluations, model_dir=str(out_dir),
         tried=outcome.tried, search_rounds=rounds, search_target=inputs.fp32["search"] - drop,
         heldout_target=inputs.fp32["heldout"] - drop,
-        search_map=simulated_map(cfg, opts, files, inputs.search.source, "target model (search images)"),
+        search_map=search_map,
         selection="latency" if opts.latency_aware and bool(inputs.costs) else "accuracy", latency_base=base)
 
 
 def deploy_checks(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, fp32_files: ModelFiles,
-                  result: TargetResult, ctx: AnalysisContext, comparison: Future | None = None) -> None:
+                  result: TargetResult, ctx: AnalysisContext, comparison: Future | None = None,
+                  search_map: Future | None = None) -> None:
     """The target model on the deployment runtime: its held-out mAP (parity with the simulated
     one) and its latency beside FP32, the all-INT8 model and the accuracy-only choice
-    (comparison: its search, running on the workers; None: searched here)."""
+    (comparison: its search, running on the workers; None: searched here). search_map: the
+    model's mAP on the search images, running on the workers (awaited before the timing)."""
     files = ModelFiles(Path(result.model_dir), *SAVED_FILES)
     work = ctx.work_dir / "deploy_target"
-    target_form = deploy_form(files, inputs.backend, work / "target_onnx")
-    runner = open_backend(inputs.backend, target_form)
-    result.deployed_runtime = runner.mode
-    result.deployed_map = evaluate(runner, cfg, source=inputs.heldout, progress=opts.progress,
-                                   desc=f"target model on {inputs.backend} (held-out)").map
+    with ctx.timed("target_runtime_map"):
+        target_form = deploy_form(files, inputs.backend, work / "target_onnx")
+        runner = open_backend(inputs.backend, target_form)
+        result.deployed_runtime = runner.mode
+        result.deployed_map = evaluate(runner, cfg, source=inputs.heldout, progress=opts.progress,
+                                       desc=f"target model on {inputs.backend} (held-out)").map
     ctx.counters.full_evaluations += 1
     if result.verified_map is not None:
         result.parity_flag = abs(result.deployed_map - result.verified_map) * 100 > PARITY_POINTS
     models = {"FP32": runtime_form(inputs.models, "FP32", inputs.backend), "INT8 target": target_form,
               "INT8 all layers": runtime_form(inputs.models, "INT8", inputs.backend)}
-    timed_as, compared = accuracy_choice(cfg, opts, inputs, fp32_files, result, ctx, comparison)
+    with ctx.timed("target_accuracy_only"):
+        timed_as, compared = accuracy_choice(cfg, opts, inputs, fp32_files, result, ctx, comparison)
     if compared is not None:
         models[timed_as] = compared
-    rows = measure_models(cfg, models, inputs.backend, opts.deploy_threads, inputs.feed, opts.progress)
+    if search_map is not None:  # the latency is measured on an idle machine
+        with ctx.timed("target_search_map"):
+            result.search_map = search_map.result()
+    with ctx.timed("target_latency"):
+        rows = measure_models(cfg, models, inputs.backend, opts.deploy_threads, inputs.feed, opts.progress)
     result.latency = {name: round(row.median, 3) for name, row in rows.items() if row.median}
     fp32_ms = result.latency.get("FP32")
     result.ratio = result.latency["INT8 target"] / fp32_ms if fp32_ms else None
