@@ -72,3 +72,16 @@ def test_noisy_curve_ends_on_a_crossing_and_verification_steps_forward():
 def test_width_must_be_positive():
     with pytest.raises(ValueError):
         search_prefix_kary(10, 0.5, Batch([0.0] * 11), lambda k: 0.0, 0)
+
+
+@pytest.mark.parametrize("batches,parts", [(15, 2), (15, 4), (3, 8), (1, 2), (120, 7)])
+def test_split_batches_covers_every_batch_once_in_order(batches, parts):
+    """--workers splits a simulation into contiguous runs of batches, one per worker: together
+    they are the batches in order, none empty, at most `parts`, sizes within one of each other."""
+    from ptqdet.analysis.parallel import split_batches
+
+    runs = split_batches(batches, parts)
+    assert [i for start, stop in runs for i in range(start, stop)] == list(range(batches))
+    assert len(runs) == min(parts, batches) and all(stop > start for start, stop in runs)
+    sizes = [stop - start for start, stop in runs]
+    assert max(sizes) - min(sizes) <= 1
