@@ -8,6 +8,14 @@ compares the two: same layer order, largest per-layer mAP difference (from the c
 precision), same target model (skip list). Writes outputs/bench_parallel/bench_parallel.{md,json}
 (`--out`) with the machine, the load average before and after each run, and the date. Both runs
 share the machine with whatever else runs: read the load average.
+
+The latency-aware target rests on timings each run measures anew (the float cost of each layer
+on the runtime, the latency base), so two runs can choose different float layers for a reason
+that is not the workers. The replay separates the two: it gives the --workers run the serial
+run's runtime measurements (its cache's latency section) and runs it again (the rankings and
+simulations come from its cache), so its target must be the serial one. The accuracy-only
+choice (ranking.json's target.accuracy_only) does not depend on timings: it is compared as is.
+`--replay_only` runs the replay on the runs already in --out.
 """
 from __future__ import annotations
 
@@ -41,11 +49,43 @@ def run(name: str, flags: list[str], out: Path) -> dict:
             "target": ranking["target"], "counters": ranking["counters"], "stderr_tail": r.stderr[-2000:]}
 
 
+def load(name: str, out: Path) -> dict:
+    """A run already in `out` (for --replay_only), as run() returns it (seconds and target from
+    its record: a replay rewrites the run's ranking.json)."""
+    record = json.loads((out / "bench_parallel.json").read_text())
+    saved = next(r for r in record["runs"] if r["name"] == name)
+    return {**saved, "cache": json.loads(next((out / name).glob(".work/*/results.json")).read_text())}
+
+
+def replay(serial: dict, name: str, flags: list[str], out: Path) -> dict:
+    """Run `name` again from its cache with the serial run's runtime measurements (module doc)."""
+    cache_path = next((out / name).glob(".work/*/results.json"))
+    cache = json.loads(cache_path.read_text())
+    latency = {k: v for k, v in serial["cache"].items() if k.startswith("latency_")}
+    if not latency:
+        raise SystemExit("the serial run has no runtime measurements to replay (accuracy selection?)")
+    cache.update(latency)
+    cache_path.write_text(json.dumps(cache))
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, str(ROOT / "analysis.py"), *flags, "--save_dir", str(out / name), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"replay of {name} failed:\n{r.stderr[-3000:]}")
+    target = json.loads((out / name / "ranking.json").read_text())["target"]
+    return {"seconds": time.perf_counter() - start, "skip": target["skip"],
+            "same_target": target["skip"] == serial["target"]["skip"]}
+
+
+def accuracy_only(run: dict) -> int | None:
+    return ((run["target"] or {}).get("accuracy_only") or {}).get("num_float")
+
+
 def compare(a: dict, b: dict) -> dict:
     sections = [k for k in a["cache"] if k.startswith(("metric_", "proxy_"))]
     diff = max((abs(a["cache"][s][n] - b["cache"][s][n]) for s in sections for n in a["cache"][s]), default=0.0)
     return {"same_order": a["ranking"] == b["ranking"], "max_abs_diff": diff, "sections": sections,
-            "same_target": (a["target"] or {}).get("skip") == (b["target"] or {}).get("skip")}
+            "same_target": (a["target"] or {}).get("skip") == (b["target"] or {}).get("skip"),
+            "same_accuracy_only": accuracy_only(a) == accuracy_only(b)}
 
 
 def main() -> int:
@@ -54,14 +94,28 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="Ray workers of the parallel run (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="--threads of both runs (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_parallel", help="output folder")
+    parser.add_argument("--replay_only", action="store_true",
+                        help="only replay the runs already in --out (the latency-aware target with the serial run's "
+                             "runtime measurements; see above) and rewrite the report")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more analysis.py flags, for both runs")
     args = parser.parse_args()
     from ptqdet.report import atomic_write_text, machine_info, markdown_table, write_json
 
     common = ["--config_path", args.config_path, "--threads", str(args.threads), *args.extra]
-    serial = run("serial", common, args.out)
-    parallel = run(f"workers{args.workers}", [*common, "--workers", str(args.workers)], args.out)
+    name, parallel_flags = f"workers{args.workers}", [*common, "--workers", str(args.workers)]
+    if args.replay_only:
+        record = json.loads((args.out / "bench_parallel.json").read_text())
+        serial, parallel = load("serial", args.out), load(name, args.out)
+        stamp_runs = record["date"]
+    else:
+        serial = run("serial", common, args.out)
+        parallel = run(name, parallel_flags, args.out)
+        stamp_runs = time.strftime("%Y-%m-%d %H:%M")
     same = compare(serial, parallel)
+    replayed = None
+    if (serial["target"] or {}).get("selection") == "latency":
+        replayed = replay(serial, name, parallel_flags, args.out)
+        same["replay_same_target"] = replayed["same_target"]
     rows = [[r["name"], f"{r['seconds']:.0f}", f"{r['seconds'] / serial['seconds']:.2f}",
              r["target"]["num_skipped"] if r["target"] else "-",
              f"{r['target']['search_rounds']} / {r['target']['search_evaluations']}" if r["target"] else "-",
@@ -69,14 +123,21 @@ def main() -> int:
     table = markdown_table(["run", "wall s", "x serial", "layers in float", "search rounds / full evals",
                             "load avg 1 min (before / after)"], rows)
     verdict = (f"same layer order: {same['same_order']}; largest per-layer difference ({', '.join(same['sections'])})"
-               f": {same['max_abs_diff']:.2e}; same target model: {same['same_target']}")
+               f": {same['max_abs_diff']:.2e}; same target model: {same['same_target']}; same accuracy-only "
+               f"choice: {same['same_accuracy_only']} ({accuracy_only(serial)} and {accuracy_only(parallel)} layers)")
+    if replayed is not None:
+        verdict += (f"; replayed with the serial run's runtime measurements ({replayed['seconds']:.0f} s): "
+                    f"same target model: {replayed['same_target']} ({len(replayed['skip'])} layers in float)")
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    atomic_write_text(args.out / "bench_parallel.md", f"{table}\n\n{verdict}\n\n{stamp}, `{' '.join(sys.argv)}`\n")
+    atomic_write_text(args.out / "bench_parallel.md",
+                      f"{table}\n\n{verdict}\n\nruns {stamp_runs}, report {stamp}, `{' '.join(sys.argv)}`\n")
     runs = [{k: v for k, v in r.items() if k != "cache"} for r in (serial, parallel)]
-    write_json(args.out / "bench_parallel.json", {"date": stamp, "argv": sys.argv, "machine": machine_info(),
-                                                   "compare": same, "runs": runs})
+    write_json(args.out / "bench_parallel.json", {"date": stamp_runs, "argv": sys.argv, "machine": machine_info(),
+                                                   "compare": same, "replay": replayed, "runs": runs})
     print(table + "\n\n" + verdict)
-    return 0 if same["same_order"] and same["max_abs_diff"] <= 1e-6 and same["same_target"] else 1
+    same_target = same["same_target"] or bool(same.get("replay_same_target"))
+    ok = same["same_order"] and same["max_abs_diff"] <= 1e-6 and same["same_accuracy_only"] and same_target
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
