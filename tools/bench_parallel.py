@@ -32,51 +32,56 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def analyze(flags: list[str], save_dir: Path, what: str) -> tuple[float, str]:
+    """analysis.py with `flags` into save_dir (--quiet): its wall time and stderr; exits on failure."""
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, str(ROOT / "analysis.py"), *flags, "--save_dir", str(save_dir), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{r.stderr[-3000:]}")
+    return time.perf_counter() - start, r.stderr
+
+
+def results_cache(save_dir: Path) -> Path:
+    """The analysis' result cache in save_dir (one cache key per run)."""
+    return next(save_dir.glob(".work/*/results.json"))
+
+
 def run(name: str, flags: list[str], out: Path) -> dict:
     save_dir = out / name
     shutil.rmtree(save_dir, ignore_errors=True)
     load_before = os.getloadavg()
-    start = time.perf_counter()
-    r = subprocess.run([sys.executable, str(ROOT / "analysis.py"), *flags, "--save_dir", str(save_dir), "--quiet"],
-                       cwd=ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if r.returncode != 0:
-        raise SystemExit(f"{name} run failed:\n{r.stderr[-3000:]}")
+    seconds, stderr = analyze(flags, save_dir, f"{name} run")
     ranking = json.loads((save_dir / "ranking.json").read_text())
-    cache = json.loads(next(save_dir.glob(".work/*/results.json")).read_text())
     return {"name": name, "seconds": seconds, "load_before": load_before, "load_after": os.getloadavg(),
-            "ranking": [row["layer"] for row in ranking["ranking"]], "cache": cache,
-            "target": ranking["target"], "counters": ranking["counters"], "stderr_tail": r.stderr[-2000:]}
+            "ranking": [row["layer"] for row in ranking["ranking"]],
+            "cache": json.loads(results_cache(save_dir).read_text()),
+            "target": ranking["target"], "counters": ranking["counters"], "stderr_tail": stderr[-2000:]}
 
 
-def load(name: str, out: Path) -> dict:
+def load(record: dict, name: str, out: Path) -> dict:
     """A run already in `out` (for --replay_only), as run() returns it (seconds and target from
-    its record: a replay rewrites the run's ranking.json)."""
-    record = json.loads((out / "bench_parallel.json").read_text())
+    the report's record: a replay rewrites the run's ranking.json)."""
     saved = next(r for r in record["runs"] if r["name"] == name)
-    return {**saved, "cache": json.loads(next((out / name).glob(".work/*/results.json")).read_text())}
+    return {**saved, "cache": json.loads(results_cache(out / name).read_text())}
 
 
 def replay(serial: dict, name: str, flags: list[str], out: Path) -> dict:
     """Run `name` again from its cache with the serial run's runtime measurements (module doc)."""
-    cache_path = next((out / name).glob(".work/*/results.json"))
-    cache = json.loads(cache_path.read_text())
+    from ptqdet.report import write_json
+
     latency = {k: v for k, v in serial["cache"].items() if k.startswith("latency_")}
     if not latency:
         raise SystemExit("the serial run has no runtime measurements to replay (accuracy selection?)")
-    cache.update(latency)
-    cache_path.write_text(json.dumps(cache))
-    start = time.perf_counter()
-    r = subprocess.run([sys.executable, str(ROOT / "analysis.py"), *flags, "--save_dir", str(out / name), "--quiet"],
-                       cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"replay of {name} failed:\n{r.stderr[-3000:]}")
+    cache_path = results_cache(out / name)
+    write_json(cache_path, {**json.loads(cache_path.read_text()), **latency})
+    seconds, _ = analyze(flags, out / name, f"replay of {name}")
     target = json.loads((out / name / "ranking.json").read_text())["target"]
-    return {"seconds": time.perf_counter() - start, "skip": target["skip"],
-            "same_target": target["skip"] == serial["target"]["skip"]}
+    return {"seconds": seconds, "skip": target["skip"], "same_target": target["skip"] == serial["target"]["skip"]}
 
 
 def accuracy_only(run: dict) -> int | None:
+    """Layers in float of the run's accuracy-only choice (None: no target)."""
     return ((run["target"] or {}).get("accuracy_only") or {}).get("num_float")
 
 
@@ -105,7 +110,7 @@ def main() -> int:
     name, parallel_flags = f"workers{args.workers}", [*common, "--workers", str(args.workers)]
     if args.replay_only:
         record = json.loads((args.out / "bench_parallel.json").read_text())
-        serial, parallel = load("serial", args.out), load(name, args.out)
+        serial, parallel = load(record, "serial", args.out), load(record, name, args.out)
         stamp_runs = record["date"]
     else:
         serial = run("serial", common, args.out)
