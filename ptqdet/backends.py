@@ -105,6 +105,8 @@ class OnnxRuntimeBackend(OnnxRunner):
 
     def __init__(self, export: OnnxExport, options: BackendOptions):
         super().__init__(export, options)
+        if export.onnx_path.suffix != ".onnx":
+            raise ConfigError(f"{export.onnx_path} is an OpenVINO IR, not ONNX: run it with --backend openvino")
         ort = require("onnxruntime", "onnxruntime")
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads

@@ -33,6 +33,9 @@ from .qdq import QDQ_FORMAT, QDQExportError, QuantizedLayer, insert_qdq, strip_q
 
 EXPORT_META = "export.json"
 ONNX_FILE = "model.onnx"
+# an OpenVINO IR (model.xml + model.bin) in place of model.onnx: a model another tool quantized
+# from ptqdet's FP32 export (NNCF, ptqdet.peers); it runs on OpenVINO only, with the export's NMS
+IR_FILE = "model.xml"
 DEFAULT_OPSET = 13
 # INT8: "ptqdet" writes the QDQ nodes itself (ptqdet.qdq: what Paddle Inference runs in INT8);
 # "paddle2onnx" lets paddle2onnx convert the QDQ model's own quantize/dequantize ops
@@ -66,15 +69,17 @@ class OnnxExport:
 
 
 def load_export(path: str | Path) -> OnnxExport:
-    """An export folder (model.onnx + export.json) or a model.onnx inside one."""
+    """An export folder (model.onnx + export.json) or a model.onnx inside one; model.xml
+    (an OpenVINO IR, IR_FILE) in place of model.onnx too."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     meta_path = folder / EXPORT_META
-    if not (folder / ONNX_FILE).is_file() or not meta_path.is_file():
-        raise ConfigError(f"not an ONNX export of ptqdet (needs {ONNX_FILE} and {EXPORT_META}): {folder}")
+    model_file = next((folder / f for f in (ONNX_FILE, IR_FILE) if (folder / f).is_file()), None)
+    if model_file is None or not meta_path.is_file():
+        raise ConfigError(f"not an ONNX export of ptqdet (needs {ONNX_FILE} or {IR_FILE}, and {EXPORT_META}): {folder}")
     data = json.loads(meta_path.read_text())
     nms = NMSSettings(**data["nms"]) if data.get("nms") else None
-    return OnnxExport(onnx_path=folder / ONNX_FILE, source=data["source"], precision=data["precision"],
+    return OnnxExport(onnx_path=model_file, source=data["source"], precision=data["precision"],
                       input_names=list(data["input_names"]), output_names=list(data["output_names"]), nms=nms,
                       opset=int(data["opset"]), paddle2onnx=data["paddle2onnx"], qdq=data.get("qdq"),
                       quantized_layers=data.get("quantized_layers"), qdq_format=data.get("qdq_format"))
@@ -83,7 +88,7 @@ def load_export(path: str | Path) -> OnnxExport:
 def is_onnx_export(path: str | Path) -> bool:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    return (folder / EXPORT_META).is_file() and (folder / ONNX_FILE).is_file()
+    return (folder / EXPORT_META).is_file() and any((folder / f).is_file() for f in (ONNX_FILE, IR_FILE))
 
 
 def _nms_settings(attrs: dict[str, Any], op_type: str) -> NMSSettings:

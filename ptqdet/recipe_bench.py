@@ -90,42 +90,67 @@ def bench_recipe(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, fp32_map: fl
         if stamp.get("qdq_format") != QDQ_FORMAT:  # runtime mAPs measured on an older export format
             stamp = {k: v for k, v in stamp.items() if k not in ("runtime_map", "runtime_bf16_map")}
             stamp["qdq_format"] = QDQ_FORMAT
-        measures = {"sim_map": (int8_dir / "int8", BackendOptions(mkldnn=False), "paddle", "simulated"),
-                    "runtime_map": (int8_onnx, BackendOptions(), RUNTIME, RUNTIME),
-                    "runtime_bf16_map": (int8_onnx, BackendOptions(openvino_precision="bf16"), RUNTIME,
-                                         f"{RUNTIME} bf16")}
-        for key, (model, options, backend, label) in measures.items():
-            if key not in stamp:
-                runner = open_backend(backend, model, options)
-                stamp[key] = evaluate(runner, cfg, "EvalDataset", progress=progress, desc=f"{recipe.name} {label}").map
-                write_json(int8_dir / INT8_STAMP, stamp)
-        row.sim_map, row.runtime_map = stamp["sim_map"], stamp["runtime_map"]
-        row.runtime_bf16_map = stamp["runtime_bf16_map"]
+        measure_maps(cfg, row, int8_onnx, stamp, int8_dir / INT8_STAMP, progress,
+                     simulated=int8_dir / "int8")
     except (ExportError, RuntimeError, ValueError, OSError, AssertionError) as exc:
         row.error = _short(exc)
         return row
-    models = ModelSet(fp32, resolve_model_files(int8_dir / "int8"), {"FP32": fp32_onnx, "INT8": int8_onnx})
-    errors = []
+    measure_latency(cfg, row, ModelSet(fp32, resolve_model_files(int8_dir / "int8"),
+                                       {"FP32": fp32_onnx, "INT8": int8_onnx}), threads, feed, progress)
+    return row
+
+
+def measure_maps(cfg: PTQDetConfig, row: RecipeRow, int8_export: Path, stamp: dict, stamp_path: Path,
+                 progress: bool = True, simulated: Path | None = None) -> None:
+    """The INT8 model's mAPs into `row`: on the runtime in f32 and in bf16 (from `int8_export`)
+    and, given the quantized Paddle model `simulated`, on Paddle's FP32 kernels. Each is kept in
+    `stamp` (written to `stamp_path` as soon as it is measured) and reused from there."""
+    measures = {"runtime_map": (int8_export, BackendOptions(), RUNTIME, RUNTIME),
+                "runtime_bf16_map": (int8_export, BackendOptions(openvino_precision="bf16"), RUNTIME,
+                                     f"{RUNTIME} bf16")}
+    if simulated is not None:
+        measures = {"sim_map": (simulated, BackendOptions(mkldnn=False), "paddle", "simulated"), **measures}
+    for key, (model, options, backend, label) in measures.items():
+        if key not in stamp:
+            runner = open_backend(backend, model, options)
+            stamp[key] = evaluate(runner, cfg, "EvalDataset", progress=progress, desc=f"{row.recipe} {label}").map
+            write_json(stamp_path, stamp)
+    row.sim_map, row.runtime_map = stamp.get("sim_map"), stamp["runtime_map"]
+    row.runtime_bf16_map = stamp["runtime_bf16_map"]
+
+
+def measure_latency(cfg: PTQDetConfig, row: RecipeRow, models: ModelSet, threads: list[int], feed: dict,
+                    progress: bool = True) -> None:
+    """OpenVINO latency of FP32, FP32 at bf16 and the INT8 export models.onnx["INT8"] (f32 and
+    bf16), run by run in alternation, at each thread count, into `row`."""
+    errors = [row.error] if row.error else []
     for n in threads:
         settings = BenchSettings(backends=(RUNTIME,), threads=n, progress=progress, rounds=LATENCY_RUNS, repeats=1)
         rows = bench_backend(cfg, models, RUNTIME, feed, settings, measure_map=False)
         row.latency[n] = {r.precision: r.median for r in rows}
         errors += [f"{r.precision} ({n}T): {r.error}" for r in rows if r.error]
     row.error = "; ".join(errors) or None
-    return row
 
 
 def run_recipes(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, threads: list[int], progress: bool = True,
-                log: Callable[[str], None] = print, on_row: Callable[[RecipeRow], None] | None = None
-                ) -> list[RecipeRow]:
+                log: Callable[[str], None] = print, on_row: Callable[[RecipeRow], None] | None = None,
+                nncf_presets: tuple[str, ...] = (), nncf_python: Path | None = None) -> list[RecipeRow]:
+    """Every recipe on one model, then NNCF's PTQ of the same FP32 export at each of
+    `nncf_presets` (ptqdet.peers; `nncf_python`: the NNCF venv's python)."""
+    from .peers import NNCF_PYTHON, nncf_row
     from .pipeline import latency_feed
 
     fp32_map, fp32_onnx = fp32_reference(cfg, work_dir, progress)
     feed = latency_feed(cfg)
     rows = []
-    for recipe in recipes:
-        log(f"{cfg.path.stem}: {recipe.name}")
-        rows.append(bench_recipe(cfg, recipe, work_dir, fp32_map, fp32_onnx, threads, feed, progress))
+    jobs = [(recipe.name, lambda r=recipe: bench_recipe(cfg, r, work_dir, fp32_map, fp32_onnx, threads, feed,
+                                                        progress)) for recipe in recipes]
+    jobs += [(f"NNCF {preset}", lambda p=preset: nncf_row(cfg, p, work_dir, fp32_map, fp32_onnx, threads, feed,
+                                                          progress, nncf_python or NNCF_PYTHON))
+             for preset in nncf_presets]
+    for name, job in jobs:
+        log(f"{cfg.path.stem}: {name}")
+        rows.append(job())
         if on_row:
             on_row(rows[-1])
     return rows
