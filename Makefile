@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
 DATA := dataset/shapes
 PYTEST_ARGS ?=
 
-.PHONY: venv data lint demo test test-fast clean-outputs images bench coco-mini real-model
+.PHONY: venv data lint demo test test-fast clean-outputs images bench coco-mini real-model nncf-venv
 
 venv: $(STAMP)
 
@@ -39,6 +39,16 @@ coco-mini: venv
 REAL_MODEL ?= picodet_s_416_coco_lcnet
 real-model: venv
 	$(PY) -m ptqdet.fetch --out $(REAL_MODEL)
+
+# OpenVINO's own PTQ (NNCF) for the recovery benchmark's peer rows (tools/bench_recovery.py --nncf):
+# its own venv, as NNCF needs numpy 2 and Paddle 2.6 numpy < 1.24; the OpenVINO of requirements.txt.
+NNCF_VENV := .venv-nncf
+NNCF ?= nncf==3.4.0
+nncf-venv: $(NNCF_VENV)/.installed
+$(NNCF_VENV)/.installed: requirements.txt
+	test -x $(NNCF_VENV)/bin/python || $(PYTHON) -m venv $(NNCF_VENV)
+	$(NNCF_VENV)/bin/python -m pip install -q "$(NNCF)" "$$(grep -o '^openvino==[^ ]*' requirements.txt)"
+	touch $@
 
 demo: data
 	$(PY) tools/run_demo.py

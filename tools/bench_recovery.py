@@ -9,6 +9,10 @@ graph ("simulated") and on OpenVINO INT8, layers kept in float, PTQ wall time, a
 latency of INT8 against FP32 (f32) and against FP32 at bf16, at each --threads, run by run in
 alternation (ptqdet.recipe_bench.LATENCY_RUNS each), batch 1. Writes <out>.md and <out>.json
 (machine, CPU features, date, command), a row at a time. Measure on an idle machine.
+
+--nncf adds OpenVINO's own PTQ as rows beside the recipes (ptqdet.peers): NNCF's `nncf.quantize`
+of the same FP32 export with default settings and a preset, calibrated on the same images,
+measured the same way. NNCF runs in its own venv (`make nncf-venv`; it needs numpy 2).
 """
 from __future__ import annotations
 
@@ -32,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="models, one folder per config and recipe (default outputs/recovery)")
     parser.add_argument("--out", type=Path, default=Path("outputs/recovery/recovery"),
                         help="report path without suffix (default outputs/recovery/recovery)")
+    parser.add_argument("--nncf", nargs="*", default=None, metavar="PRESET",
+                        help="also OpenVINO's own PTQ (NNCF) of each model's FP32 export, calibrated on the same "
+                             "images, one row per preset: performance, mixed (default with no value: both); "
+                             "needs `make nncf-venv`")
+    parser.add_argument("--nncf_python", type=Path, default=None,
+                        help="python of the NNCF venv (default .venv-nncf/bin/python)")
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -50,7 +60,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if any(n < 1 for n in args.threads):
         raise ConfigError(f"--threads {args.threads}: thread counts must be positive")
+    from ptqdet.peers import NNCF_PRESETS, NNCF_PYTHON
+
     recipes = [recipe_by_name(name) for name in args.recipes]
+    nncf_presets = () if args.nncf is None else tuple(args.nncf or NNCF_PRESETS)
+    for preset in nncf_presets:
+        if preset not in NNCF_PRESETS:
+            raise ConfigError(f"--nncf {preset}: not an NNCF preset ({', '.join(NNCF_PRESETS)})")
+    nncf_python = args.nncf_python or NNCF_PYTHON
+    if nncf_presets and not nncf_python.is_file():
+        raise ConfigError(f"--nncf needs NNCF in its own venv: {nncf_python} is missing (make nncf-venv)")
     for path in args.config_path:  # every config is checked before any work
         load_config(path)
     machine = machine_info()
@@ -70,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.config_path:
         cfg = load_config(path)  # loaded again right before use: ppdet keeps the last config's readers globally
         run_recipes(cfg, recipes, args.work_dir / model_name(cfg).replace("/", "_"), args.threads,
-                    progress=not args.quiet, on_row=write)
+                    progress=not args.quiet, on_row=write, nncf_presets=nncf_presets, nncf_python=nncf_python)
     print(recipes_table(rows, args.threads))
     print(f"\nreport: {args.out.with_suffix('.md')}")
     return 0
