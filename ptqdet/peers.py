@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from .config import ConfigError, PTQDetConfig
 from .data import build_source, feed_from_batch
 from .export import EXPORT_META, IR_FILE, ONNX_FILE
 from .model import resolve_model_files
+from .paddle_static import replace_dir
 from .recipe_bench import RecipeRow, measure_latency, measure_maps, model_name
 from .report import write_json
 
@@ -89,9 +89,7 @@ def nncf_quantize(cfg: PTQDetConfig, fp32_export: Path, out_dir: Path, preset: s
         write_json(tmp_dir / EXPORT_META, meta)
         stamp = {"key": key, "config": str(cfg.path), **info}
         write_json(tmp_dir / STAMP, stamp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp_dir.rename(out_dir)
+        replace_dir(tmp_dir, out_dir)
     return stamp
 
 
