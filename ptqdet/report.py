@@ -43,16 +43,29 @@ def write_json(path: Path, data: Any) -> Path:
 def machine_info() -> dict[str, Any]:
     import paddle
 
-    cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpu = cpu_name(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(),
+        cpu = ""
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cpu": cpu or platform.processor() or
+            platform.machine(), "cores": os.cpu_count(),
             "cpu_features": cpu_features(), "python": platform.python_version(), "paddle": paddle.__version__}
+
+
+def cpu_name(cpuinfo: str) -> str:
+    """The first CPU's model name with its family and model numbers: a VM may name only the
+    vendor line ("AMD EPYC"), and the numbers still tell the generation (family 25, model 17:
+    Zen 4), which decides what INT8 costs. Empty when /proc/cpuinfo has no model name."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor only
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "")
+    if name and "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 # CPU flags that decide what INT8 and bf16 cost (x86): VNNI int8 dot products, native bf16, AMX tiles
