@@ -5,10 +5,16 @@ deploys), its mAP as the quantized graph computes it (Paddle, fake-quant ops on 
 "simulated") and on the recommended runtime (OpenVINO, ptqdet's QDQ export), then latency on
 that runtime at each thread count: FP32 (f32), FP32 at bf16 (the float a CPU with native bf16
 would run) and INT8, timed run by run in alternation (LATENCY_RUNS each), batch 1, one evaluation image.
+The runtime's mAPs are scored in a child process (map_in_child), so that a runtime crash costs
+one row, not the benchmark. ptqdet.peers adds rows for NNCF's PTQ of the same export.
 """
 from __future__ import annotations
 
+import multiprocessing
+import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,12 +117,45 @@ def measure_maps(cfg: PTQDetConfig, row: RecipeRow, int8_export: Path, stamp: di
     if simulated is not None:
         measures = {"sim_map": (simulated, BackendOptions(mkldnn=False), "paddle", "simulated"), **measures}
     for key, (model, options, backend, label) in measures.items():
-        if key not in stamp:
-            runner = open_backend(backend, model, options)
-            stamp[key] = evaluate(runner, cfg, "EvalDataset", progress=progress, desc=f"{row.recipe} {label}").map
-            write_json(stamp_path, stamp)
+        if key in stamp:
+            continue
+        desc = f"{row.recipe} {label}"
+        if backend == RUNTIME:
+            stamp[key] = map_in_child(cfg.path, model, options, progress, desc)
+        else:
+            stamp[key] = evaluate(open_backend(backend, model, options), cfg, "EvalDataset", progress=progress,
+                                  desc=desc).map
+        write_json(stamp_path, stamp)
     row.sim_map, row.runtime_map = stamp.get("sim_map"), stamp["runtime_map"]
     row.runtime_bf16_map = stamp["runtime_bf16_map"]
+
+
+def map_in_child(config_path: Path, model: Path, options: BackendOptions, progress: bool = True,
+                 desc: str = "", attempts: int = 2, score: Callable[..., float] | None = None) -> float:
+    """EvalDataset mAP of an export on the runtime, scored in a fresh process (the config loaded
+    again from `config_path`). OpenVINO 2026.4.1 has crashed (SIGSEGV in a worker thread) now
+    and then while scoring INT8 models in bf16 on an AMD EPYC (docs/status.md), which ended the
+    whole benchmark; a crashed child is scored again in a new one, up to `attempts` times, and
+    then raises RuntimeError (the row's error) instead. `score`: what the child runs (tests)."""
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(1, attempts + 1):
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            try:
+                return pool.submit(score or _child_map, str(config_path), str(model), options, progress, desc).result()
+            except BrokenProcessPool:
+                print(f"warning: {RUNTIME} crashed scoring {model} ({options.openvino_precision}), "
+                      f"attempt {attempt} of {attempts}", file=sys.stderr)
+    raise RuntimeError(f"{RUNTIME} crashed {attempts} times scoring {model} ({options.openvino_precision})")
+
+
+def _child_map(config_path: str, model: str, options: BackendOptions, progress: bool, desc: str) -> float:
+    from . import cli
+    from .config import load_config
+
+    cli.quiet_libraries(quiet=True)
+    cfg = load_config(config_path)
+    return evaluate(open_backend(RUNTIME, Path(model), options), cfg, "EvalDataset", progress=progress,
+                    desc=desc).map
 
 
 def measure_latency(cfg: PTQDetConfig, row: RecipeRow, models: ModelSet, threads: list[int], feed: dict,

@@ -118,3 +118,21 @@ def test_nncf_row_is_measured_like_a_recipe(fp32_export, tmp_path, monkeypatch):
     stamp = json.loads((tmp_path / "nncf_performance" / peers.STAMP).read_text())
     assert stamp["runtime_map"] == row.runtime_map  # kept with the model, reused by the next run
     assert "| NNCF performance |" in recipe_bench.recipes_table([row], [1])
+
+
+def _crash(*args) -> float:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+    return 0.0
+
+
+def test_a_runtime_crash_while_scoring_is_retried_then_an_error(capfd):
+    from ptqdet.recipe_bench import map_in_child
+
+    with pytest.raises(RuntimeError, match=r"openvino crashed 2 times scoring .*model \(bf16\)"):
+        map_in_child(DEMO_CONFIGS / "picodet_s_ptq.yaml", MODELS / "model", BackendOptions(openvino_precision="bf16"),
+                     progress=False, score=_crash)
+    err = capfd.readouterr().err
+    assert "attempt 1 of 2" in err and "attempt 2 of 2" in err
