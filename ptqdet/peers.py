@@ -10,6 +10,7 @@ sits in an export folder (model.xml + export.json, ptqdet.export.IR_FILE) that r
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -24,7 +25,7 @@ from .data import build_source, feed_from_batch
 from .export import EXPORT_META, IR_FILE, ONNX_FILE
 from .model import resolve_model_files
 from .paddle_static import replace_dir
-from .recipe_bench import RecipeRow, measure_latency, measure_maps, model_name
+from .recipe_bench import PeerRow, RecipeRow, measure_latency, measure_maps, model_name
 from .report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,11 @@ def calibration_arrays(cfg: PTQDetConfig) -> dict[str, np.ndarray]:
     if not feeds:
         raise ConfigError(f"{cfg.path}: TrainDataset has no image that can be decoded")
     return {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
+
+
+def nncf_peers(presets: tuple[str, ...], python: Path = NNCF_PYTHON) -> list[tuple[str, PeerRow]]:
+    """recipe_bench.run_recipes' peer rows for these NNCF presets."""
+    return [(f"NNCF {preset}", functools.partial(nncf_row, preset=preset, python=python)) for preset in presets]
 
 
 def _digest(fp32_export: Path, calibration: dict[str, np.ndarray], preset: str) -> str:
@@ -93,8 +99,8 @@ def nncf_quantize(cfg: PTQDetConfig, fp32_export: Path, out_dir: Path, preset: s
     return stamp
 
 
-def nncf_row(cfg: PTQDetConfig, preset: str, work_dir: Path, fp32_map: float, fp32_export: Path,
-             threads: list[int], feed: dict, progress: bool = True, python: Path = NNCF_PYTHON) -> RecipeRow:
+def nncf_row(cfg: PTQDetConfig, work_dir: Path, fp32_map: float, fp32_export: Path, threads: list[int],
+             feed: dict, progress: bool = True, *, preset: str, python: Path = NNCF_PYTHON) -> RecipeRow:
     """One NNCF preset on one model, measured like a recipe row (no simulated mAP: NNCF's model
     exists only as an OpenVINO IR; layers in float: not counted)."""
     row = RecipeRow(model_name(cfg), f"NNCF {preset}", fp32_map=fp32_map)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -171,12 +171,16 @@ def measure_latency(cfg: PTQDetConfig, row: RecipeRow, models: ModelSet, threads
     row.error = "; ".join(errors) or None
 
 
+# a row that is not a recipe (ptqdet.peers: another tool's PTQ of the same model), made from
+# (cfg, work_dir, fp32_map, fp32_onnx, threads, feed, progress) like bench_recipe's rows
+PeerRow = Callable[[PTQDetConfig, Path, float, Path, list[int], dict, bool], RecipeRow]
+
+
 def run_recipes(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, threads: list[int], progress: bool = True,
                 log: Callable[[str], None] = print, on_row: Callable[[RecipeRow], None] | None = None,
-                nncf_presets: tuple[str, ...] = (), nncf_python: Path | None = None) -> list[RecipeRow]:
-    """Every recipe on one model, then NNCF's PTQ of the same FP32 export at each of
-    `nncf_presets` (ptqdet.peers; `nncf_python`: the NNCF venv's python)."""
-    from .peers import NNCF_PYTHON, nncf_row
+                peers: Sequence[tuple[str, PeerRow]] = ()) -> list[RecipeRow]:
+    """Every recipe on one model, then each (name, row maker) of `peers` on the same FP32
+    reference, export and latency image."""
     from .pipeline import latency_feed
 
     fp32_map, fp32_onnx = fp32_reference(cfg, work_dir, progress)
@@ -184,9 +188,8 @@ def run_recipes(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, thread
     rows = []
     jobs = [(recipe.name, lambda r=recipe: bench_recipe(cfg, r, work_dir, fp32_map, fp32_onnx, threads, feed,
                                                         progress)) for recipe in recipes]
-    jobs += [(f"NNCF {preset}", lambda p=preset: nncf_row(cfg, p, work_dir, fp32_map, fp32_onnx, threads, feed,
-                                                          progress, nncf_python or NNCF_PYTHON))
-             for preset in nncf_presets]
+    jobs += [(name, lambda make=make: make(cfg, work_dir, fp32_map, fp32_onnx, threads, feed, progress))
+             for name, make in peers]
     for name, job in jobs:
         log(f"{cfg.path.stem}: {name}")
         rows.append(job())

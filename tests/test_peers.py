@@ -108,8 +108,9 @@ def test_nncf_row_is_measured_like_a_recipe(fp32_export, tmp_path, monkeypatch):
     monkeypatch.setattr(recipe_bench, "LATENCY_RUNS", 10)
     cfg = load_config(DEMO_CONFIGS / "picodet_s_ptq.yaml")
     cfg = dataclasses.replace(cfg, ptq=dataclasses.replace(cfg.ptq, batch_size=4, batch_nums=2))
-    row = peers.nncf_row(cfg, "performance", tmp_path, 0.5, fp32_export.onnx_path.parent, [1], latency_feed(cfg),
-                         progress=False)
+    (name, make), = peers.nncf_peers(("performance",))
+    row = make(cfg, tmp_path, 0.5, fp32_export.onnx_path.parent, [1], latency_feed(cfg), False)
+    assert name == row.recipe
     assert row.error is None, row.error
     assert row.recipe == "NNCF performance" and row.sim_map is None and row.ptq_seconds > 0
     assert 0.0 < row.runtime_map < 1.0 and 0.0 < row.runtime_bf16_map < 1.0

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if any(n < 1 for n in args.threads):
         raise ConfigError(f"--threads {args.threads}: thread counts must be positive")
-    from ptqdet.peers import NNCF_PRESETS, NNCF_PYTHON
+    from ptqdet.peers import NNCF_PRESETS, NNCF_PYTHON, nncf_peers
 
     recipes = [recipe_by_name(name) for name in args.recipes]
     nncf_presets = () if args.nncf is None else tuple(args.nncf or NNCF_PRESETS)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.config_path:
         cfg = load_config(path)  # loaded again right before use: ppdet keeps the last config's readers globally
         run_recipes(cfg, recipes, args.work_dir / model_name(cfg).replace("/", "_"), args.threads,
-                    progress=not args.quiet, on_row=write, nncf_presets=nncf_presets, nncf_python=nncf_python)
+                    progress=not args.quiet, on_row=write, peers=nncf_peers(nncf_presets, nncf_python))
     print(recipes_table(rows, args.threads))
     print(f"\nreport: {args.out.with_suffix('.md')}")
     return 0
