@@ -113,5 +113,7 @@ def nncf_row(cfg: PTQDetConfig, work_dir: Path, fp32_map: float, fp32_export: Pa
         row.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         return row
     fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
+    # ModelSet's Paddle INT8 files serve only the paddle backend, which this row does not time:
+    # NNCF's model exists as the IR alone
     measure_latency(cfg, row, ModelSet(fp32, fp32, {"FP32": fp32_export, "INT8": out_dir}), threads, feed, progress)
     return row
