@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,28 +182,36 @@ class OpenVINOBackend(OnnxRunner):
         request.infer(feed)
         return [request.get_output_tensor(i).data.copy() for i in range(len(self.output_names))]
 
-    def profile(self, feed: dict[str, np.ndarray], runs: int = 20, warmup: int = 5) -> list[tuple[list[str], float]]:
-        """Per executed node of the compiled model: the original (ONNX) layer names fused into
-        it and its median execution time in microseconds over `runs` runs (OpenVINO's PERF_COUNT,
-        read from the runtime model; the median: a burst of other work on the machine lands on
-        one node in one run). Compiles a profiling copy; the runner itself is unchanged."""
+    def profiler(self, feed: dict[str, np.ndarray], warmup: int = 5
+                 ) -> tuple[Callable[[], dict[str, float]], list[tuple[str, list[str]]]]:
+        """A profiling copy of the compiled model (OpenVINO's PERF_COUNT; the runner itself is
+        unchanged): a function that runs it once on `feed` and returns microseconds per executed
+        node, and the compiled model's nodes in order with the original (ONNX) layer names fused
+        into each."""
         feed = self._feed(feed)
         model = self._model.clone()
         model.reshape({n: self._ov.PartialShape(list(a.shape)) for n, a in feed.items()})
         request = self._core.compile_model(model, "CPU", {**self._config, "PERF_COUNT": True}).create_infer_request()
         for _ in range(warmup):
             request.infer(feed)
-        times: dict[str, list[float]] = {}
-        for _ in range(runs):
+
+        def run() -> dict[str, float]:
             request.infer(feed)
-            for info in request.profiling_info:
-                times.setdefault(info.node_name, []).append(info.real_time.total_seconds() * 1e6)
-        out = []
+            return {info.node_name: info.real_time.total_seconds() * 1e6 for info in request.profiling_info}
+
+        nodes = []
         for op in request.get_compiled_model().get_runtime_model().get_ordered_ops():
             rt = op.get_rt_info()
             names = rt["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in rt else []
-            out.append((names, float(np.median(times.get(op.get_friendly_name(), [0.0])))))
-        return out
+            nodes.append((op.get_friendly_name(), names))
+        return run, nodes
+
+    def profile(self, feed: dict[str, np.ndarray], runs: int = 20, warmup: int = 5) -> list[tuple[list[str], float]]:
+        """Per executed node of the compiled model: the original (ONNX) layer names fused into
+        it and its median execution time in microseconds over `runs` runs (the median: a burst
+        of other work on the machine lands on one node in one run)."""
+        run, nodes = self.profiler(feed, warmup)
+        return median_profile([run() for _ in range(runs)], nodes)
 
     def precision_in_use(self) -> str:
         """What the compiled model really runs at (checks the hint was honoured)."""
@@ -222,6 +231,11 @@ class PaddleBackend(Predictor):
         super().__init__(files, PredictorOptions(device=options.device, threads=options.resolved_threads(),
                                                  mkldnn=options.mkldnn, tensorrt=options.tensorrt))
         self.threads = options.resolved_threads()
+
+
+def median_profile(runs: list[dict[str, float]], nodes: list[tuple[str, list[str]]]) -> list[tuple[list[str], float]]:
+    """(original layer names, median µs) per node, from a profiler's runs (OpenVINOBackend.profiler)."""
+    return [(names, float(np.median([r.get(node, 0.0) for r in runs]))) for node, names in nodes]
 
 
 def open_backend(name: str, model: str | Path, options: BackendOptions | None = None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .analysis.deploy import conv_kernel_ratio
 from .backends import BackendOptions, open_backend
 from .benchmark import INT8_STAMP, BenchSettings, ModelSet, bench_backend, quantize_cached
 from .config import PTQDetConfig
@@ -48,6 +49,7 @@ class RecipeRow:
     total_layers: int | None = None
     ptq_seconds: float | None = None
     latency: dict[int, dict[str, float | None]] = field(default_factory=dict)  # threads -> precision -> ms
+    conv_ratio: dict[int, float] = field(default_factory=dict)  # threads -> convolutions' own time, INT8/FP32
     error: str | None = None
 
     def int8(self, threads: int) -> tuple[float | None, str]:
@@ -161,13 +163,19 @@ def _child_map(config_path: str, model: str, options: BackendOptions, progress: 
 def measure_latency(cfg: PTQDetConfig, row: RecipeRow, models: ModelSet, threads: list[int], feed: dict,
                     progress: bool = True) -> None:
     """OpenVINO latency of FP32, FP32 at bf16 and the INT8 export models.onnx["INT8"] (f32 and
-    bf16), run by run in alternation, at each thread count, into `row`."""
+    bf16), run by run in alternation, at each thread count, into `row`; and the convolutions'
+    own time, INT8 over FP32 (ptqdet.analysis.deploy.conv_kernel_ratio)."""
     errors = [row.error] if row.error else []
     for n in threads:
         settings = BenchSettings(backends=(RUNTIME,), threads=n, progress=progress, rounds=LATENCY_RUNS, repeats=1)
         rows = bench_backend(cfg, models, RUNTIME, feed, settings, measure_map=False)
         row.latency[n] = {r.precision: r.median for r in rows}
         errors += [f"{r.precision} ({n}T): {r.error}" for r in rows if r.error]
+        try:
+            row.conv_ratio[n] = conv_kernel_ratio(Path(models.onnx["FP32"]), Path(models.onnx["INT8"]), n, feed,
+                                               runs=LATENCY_RUNS)
+        except (RuntimeError, OSError, ValueError) as exc:
+            errors.append(f"convolution profile ({n}T): {_short(exc)}")
     row.error = "; ".join(errors) or None
 
 
@@ -201,7 +209,7 @@ def run_recipes(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, thread
 def recipes_table(rows: list[RecipeRow], threads: list[int]) -> str:
     headers = ["model", "recipe", "mAP simulated", "mAP OpenVINO INT8 (b)", "FP32 mAP", "layers in float", "PTQ s"]
     for n in threads:
-        headers += [f"INT8 ms ({n}T)", f"INT8/FP32 ({n}T)", f"INT8/bf16 ({n}T)"]
+        headers += [f"INT8 ms ({n}T)", f"INT8/FP32 ({n}T)", f"INT8/bf16 ({n}T)", f"conv INT8/FP32 ({n}T)"]
     table = []
     for r in rows:
         runtime = f"{_points(r.runtime_map)} ({_points(r.runtime_bf16_map)})" if r.runtime_map is not None else None
@@ -212,10 +220,15 @@ def recipes_table(rows: list[RecipeRow], threads: list[int]) -> str:
             ms, which = r.int8(n)
             fp, bf = r.ratio(n, "FP32"), r.ratio(n, "FP32 (bf16)")
             mark = "b" if which == "INT8 (bf16)" else ""
-            cells += [f"{ms:.1f}{mark}" if ms else None, f"{fp:.2f}" if fp else None, f"{bf:.2f}" if bf else None]
+            conv = r.conv_ratio.get(n)
+            cells += [f"{ms:.1f}{mark}" if ms else None, f"{fp:.2f}" if fp else None, f"{bf:.2f}" if bf else None,
+                      f"{conv:.2f}" if conv else None]
         table.append(cells)
     text = markdown_table(headers, table) + ("\n\nINT8 ms: the faster of the INT8 model's two OpenVINO runs, its "
-                                              "remaining float ops in f32 or (b) in bf16.")
+                                              "remaining float ops in f32 or (b) in bf16. conv INT8/FP32: the "
+                                              "convolutions' own OpenVINO node time (per-node profile, median), INT8 "
+                                              "over FP32, without quantizations, reorders or other nodes: what the "
+                                              "INT8 kernels gain on this CPU.")
     errors = [f"- {r.model} / {r.recipe}: {r.error}" for r in rows if r.error]
     return text + ("\n\nErrors:\n" + "\n".join(errors) if errors else "")
 

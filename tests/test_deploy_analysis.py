@@ -61,6 +61,50 @@ def test_float_variant_runs_the_layer_on_its_float_input_and_dequantized_weights
         float_variant(out, ["conv2d_0.w_0"], tmp_path / "again")
 
 
+def _fp32_conv_model(path):
+    """x -> Conv (weight conv2d_0.w_0) -> y, the float model of _qdq_conv_model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "conv2d_0.w_0")]
+    nodes = [helper.make_node("Conv", ["x", "conv2d_0.w_0"], ["y"], name="Conv.0")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], inits)
+    path.mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path / "model.onnx"))
+
+
+class _FakeProfiled:
+    """A runner whose per-node profile is fixed: node -> (original layer names, µs)."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def profiler(self, feed):
+        times = {n: us for n, (_, us) in self.nodes.items()}
+        return (lambda: times), [(n, names) for n, (names, _) in self.nodes.items()]
+
+
+def test_conv_kernel_ratio_counts_the_convolutions_alone(tmp_path, monkeypatch):
+    from ptqdet.analysis import deploy
+
+    _fp32_conv_model(tmp_path / "fp32")
+    _qdq_conv_model(tmp_path / "int8")
+    profiles = {"fp32": {"conv": (["Conv.0"], 10.0), "reorder": ([""], 5.0)},
+                "int8": {"quantize": (["x.Q"], 7.0), "conv": (["Conv.0", "x.DQ", "w.DQ"], 4.0), "other": (["y"], 3.0)},
+                "ir": {"quantize": (["x.Q"], 1.0), "conv": (["Conv.0"], 6.0)}}
+    monkeypatch.setattr(deploy, "open_backend", lambda name, path, options: _FakeProfiled(profiles[path.name]))
+    feed = {"x": np.zeros((2, 3, 2, 2), np.float32)}
+    # the INT8 input quantization, reorders and other nodes are left out: 4 / 10, not 14 / 15
+    assert deploy.conv_kernel_ratio(tmp_path / "fp32", tmp_path / "int8", 1, feed, runs=3) == pytest.approx(0.4)
+    # an IR (no model.onnx) made from the FP32 export: its Conv names are read from that export
+    (tmp_path / "ir").mkdir()
+    assert deploy.conv_kernel_ratio(tmp_path / "fp32", tmp_path / "ir", 1, feed, runs=3) == pytest.approx(0.6)
+    profiles["ir"] = {"quantize": (["x.Q"], 1.0)}
+    with pytest.raises(RuntimeError, match="no convolution"):
+        deploy.conv_kernel_ratio(tmp_path / "fp32", tmp_path / "ir", 1, feed, runs=3)
+
+
 def test_paired_saving_sees_a_small_gain_through_shared_bursts():
     from ptqdet.analysis.deploy import paired_saving
 

@@ -116,9 +116,11 @@ def test_nncf_row_is_measured_like_a_recipe(fp32_export, tmp_path, monkeypatch):
     assert 0.0 < row.runtime_map < 1.0 and 0.0 < row.runtime_bf16_map < 1.0
     assert set(row.latency[1]) == {"FP32", "FP32 (bf16)", "INT8", "INT8 (bf16)"}
     assert all(ms > 0 for ms in row.latency[1].values()) and row.ratio(1, "FP32") > 0
+    assert 0.0 < row.conv_ratio[1] < 5.0  # the IR's convolutions found under the FP32 export's Conv names
     stamp = json.loads((tmp_path / "nncf_performance" / peers.STAMP).read_text())
     assert stamp["runtime_map"] == row.runtime_map  # kept with the model, reused by the next run
-    assert "| NNCF performance |" in recipe_bench.recipes_table([row], [1])
+    table = recipe_bench.recipes_table([row], [1])
+    assert "| NNCF performance |" in table and "conv INT8/FP32 (1T)" in table
 
 
 def _crash(*args) -> float:

@@ -12,6 +12,8 @@ latency of the models the analysis chooses, measured on it.
 - `measured_base`: of the layers the profile says are faster in float, those that make the whole
   model faster, measured end to end on the runtime with float_variant (a float layer between
   INT8 layers also moves conversions that the per-node profile does not charge to it).
+- `conv_kernel_ratio`: the convolutions' own time on OpenVINO, INT8 over FP32 (what the
+  INT8 kernels gain on this CPU; tools/bench_recovery.py reports it).
 - `measure_models`: interleaved latency rounds of the FP32 model and INT8 models on the runtime
   (ptqdet.benchmark's rounds), batch 1.
 """
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import BackendOptions, open_backend
+from ..backends import BackendOptions, median_profile, open_backend
 from ..benchmark import BenchSettings, ModelSet, Row, interleaved_rounds, prepare_models
 from ..config import PTQDetConfig
 from ..export import export_onnx
@@ -111,15 +113,17 @@ def onnx_layer_nodes(onnx_path: Path) -> dict[str, tuple[set[str], set[str]]]:
     return layers
 
 
-def attribute(profile: list[tuple[list[str], float]], layers: dict[str, tuple[set[str], set[str]]]
-              ) -> dict[str, float]:
+def attribute(profile: list[tuple[list[str], float]], layers: dict[str, tuple[set[str], set[str]]],
+              with_quantize: bool = True) -> dict[str, float]:
     """Microseconds per layer: each executed node goes to the layer whose Conv (or batch norm)
-    it runs, else to the layer whose input quantization it runs; others are shared by all."""
+    it runs, else (`with_quantize`) to the layer whose input quantization it runs; others are
+    shared by all."""
     times = dict.fromkeys(layers, 0.0)
     for names, us in profile:
         found = set(names)
         owner = next((w for w, (own, _) in layers.items() if own & found), None)
-        owner = owner or next((w for w, (_, qdq) in layers.items() if qdq & found), None)
+        if owner is None and with_quantize:
+            owner = next((w for w, (_, qdq) in layers.items() if qdq & found), None)
         if owner is not None:
             times[owner] += us
     return times
@@ -140,6 +144,32 @@ def layer_costs(models: ModelSet, backend: str, threads: int, feed: dict[str, np
     return {w: {"fp32_us": round(per_precision["FP32"].get(w, 0.0), 1), "int8_us": round(us, 1),
                 "cost_ms": (per_precision["FP32"].get(w, 0.0) - us) / 1000.0}
             for w, us in per_precision["INT8"].items()}
+
+
+def conv_kernel_ratio(fp32_export: Path, int8_export: Path, threads: int, feed: dict[str, np.ndarray],
+                      runs: int = 200) -> float:
+    """OpenVINO time of the convolutions alone, INT8 over FP32: both models profiled per node,
+    run by run in alternation (`runs` each, batch 1, median per node), summed over the nodes
+    that run a Conv (with what is fused into it), leaving out the input quantizations, reorders
+    and every other node. What the INT8 convolution kernels gain on this CPU: with convolutions
+    most of the time, the whole model's INT8/FP32 ratio cannot go far below it whatever graph
+    surrounds them. An OpenVINO IR made from the FP32 export (NNCF's) keeps its Conv names: its
+    convolutions are read there."""
+    feed = {k: v[:1] for k, v in feed.items()}
+    profilers = []
+    for export in (fp32_export, int8_export):
+        onnx_path = export / "model.onnx"
+        layers = onnx_layer_nodes(onnx_path if onnx_path.is_file() else fp32_export / "model.onnx")
+        run, nodes = open_backend("openvino", export, BackendOptions(threads=threads)).profiler(feed)
+        profilers.append((run, nodes, layers, []))
+    for _ in range(runs):
+        for run, _nodes, _layers, times in profilers:
+            times.append(run())
+    fp32, int8 = (sum(attribute(median_profile(times, nodes), layers, with_quantize=False).values())
+                  for _run, nodes, layers, times in profilers)
+    if not fp32 or not int8:
+        raise RuntimeError(f"no convolution found in the OpenVINO profile of {fp32_export} or {int8_export}")
+    return int8 / fp32
 
 
 def measure_models(cfg: PTQDetConfig, models: dict[str, Path], backend: str, threads: int,
