@@ -4,7 +4,8 @@ For each config and recipe: PTQ in QDQ form (onnx_format forced on, so that the 
 deploys), its mAP as the quantized graph computes it (Paddle, fake-quant ops on FP32 kernels:
 "simulated") and on the recommended runtime (OpenVINO, ptqdet's QDQ export), then latency on
 that runtime at each thread count: FP32 (f32), FP32 at bf16 (the float a CPU with native bf16
-would run) and INT8, timed run by run in alternation (LATENCY_RUNS each), batch 1, one evaluation image.
+would run) and INT8, timed run by run in alternation (LATENCY_RUNS each), batch 1, one evaluation image,
+and the convolutions' own time INT8/FP32 (ptqdet.analysis.deploy.conv_kernel_ratio).
 The runtime's mAPs are scored in a child process (map_in_child), so that a runtime crash costs
 one row, not the benchmark. ptqdet.peers adds rows for NNCF's PTQ of the same export.
 """

@@ -7,7 +7,8 @@
 For each config and recipe (ptqdet.recipes; --list shows them): PTQ (QDQ), mAP of the quantized
 graph ("simulated") and on OpenVINO INT8, layers kept in float, PTQ wall time, and OpenVINO
 latency of INT8 against FP32 (f32) and against FP32 at bf16, at each --threads, run by run in
-alternation (ptqdet.recipe_bench.LATENCY_RUNS each), batch 1. Writes <out>.md and <out>.json
+alternation (ptqdet.recipe_bench.LATENCY_RUNS each), batch 1; and the convolutions' own time in
+OpenVINO's per-node profile, INT8 over FP32 (what the INT8 kernels gain on this CPU). Writes <out>.md and <out>.json
 (machine, CPU features, date, command), a row at a time. Measure on an idle machine.
 
 --nncf adds OpenVINO's own PTQ as rows beside the recipes (ptqdet.peers): NNCF's `nncf.quantize`
