@@ -206,13 +206,6 @@ class OpenVINOBackend(OnnxRunner):
             nodes.append((op.get_friendly_name(), names))
         return run, nodes
 
-    def profile(self, feed: dict[str, np.ndarray], runs: int = 20, warmup: int = 5) -> list[tuple[list[str], float]]:
-        """Per executed node of the compiled model: the original (ONNX) layer names fused into
-        it and its median execution time in microseconds over `runs` runs (the median: a burst
-        of other work on the machine lands on one node in one run)."""
-        run, nodes = self.profiler(feed, warmup)
-        return median_profile([run() for _ in range(runs)], nodes)
-
     def precision_in_use(self) -> str:
         """What the compiled model really runs at (checks the hint was honoured)."""
         if not self._compiled:

@@ -5,7 +5,8 @@ latency of the models the analysis chooses, measured on it.
   the config's `PTQ:` section in QDQ form, ONNX exports for OpenVINO / ONNX Runtime), cached
   in the analysis' work folder (rebuilt when the model or the PTQ section changes).
 - `layer_costs`: per quantized layer, its time in the FP32 model and in the INT8 model on the
-  runtime (OpenVINO's per-node profile, 1 image, the analysis' latency threads); the cost of
+  runtime (OpenVINO's per-node profiles of both, run by run in alternation, 1 image, the
+  analysis' latency threads); the cost of
   keeping the layer in float is the difference (negative: the layer is faster in float).
 - `float_variant`: the all-INT8 ONNX model with some layers back in float (their weights
   dequantized, their input quantization bypassed), without a calibration: for timing only.
@@ -39,7 +40,7 @@ from .search import MIN_SAVING_MS, base_candidates
 
 PROFILED_BACKENDS = ("openvino",)  # per-layer costs: the backends with a per-node profile
 LATENCY_ROUNDS = 100  # paired runs per model (~1 s per model on the demo PicoDet-s)
-LATENCY_METHOD = "median-profile_paired-runs"  # part of the cached costs' key: change it with the method
+LATENCY_METHOD = "alternated-median-profile_paired-runs"  # part of the cached costs' key: change it with the method
 
 
 def qdq_config(cfg: PTQDetConfig) -> PTQDetConfig:
@@ -129,44 +130,48 @@ def attribute(profile: list[tuple[list[str], float]], layers: dict[str, tuple[se
     return times
 
 
+def alternated_profiles(backend: str, exports: list[Path], threads: int, feed: dict[str, np.ndarray],
+                        runs: int) -> list[list[tuple[list[str], float]]]:
+    """Per-node profiles (OpenVINOBackend.profiler) of several exports on `backend`, run by run in
+    alternation, `runs` each, batch 1, median per node: other work on the machine slows them alike."""
+    feed = {k: v[:1] for k, v in feed.items()}
+    profilers = [open_backend(backend, export, BackendOptions(threads=threads)).profiler(feed) for export in exports]
+    times: list[list[dict[str, float]]] = [[] for _ in profilers]
+    for _ in range(runs):
+        for (run, _nodes), model_times in zip(profilers, times):
+            model_times.append(run())
+    return [median_profile(model_times, nodes) for (_run, nodes), model_times in zip(profilers, times)]
+
+
 def layer_costs(models: ModelSet, backend: str, threads: int, feed: dict[str, np.ndarray], runs: int = 30
                 ) -> dict[str, dict[str, float]]:
     """Per layer, µs in the FP32 and the INT8 model on `backend` and the cost of float (ms:
     fp32 - int8). Empty when the backend has no per-node profile here (PROFILED_BACKENDS)."""
     if backend not in PROFILED_BACKENDS:
         return {}
-    feed = {k: v[:1] for k, v in feed.items()}
-    per_precision = {}
-    for precision in ("FP32", "INT8"):
-        export = Path(models.onnx[precision])
-        runner = open_backend(backend, export, BackendOptions(threads=threads))
-        per_precision[precision] = attribute(runner.profile(feed, runs=runs), onnx_layer_nodes(export / "model.onnx"))
-    return {w: {"fp32_us": round(per_precision["FP32"].get(w, 0.0), 1), "int8_us": round(us, 1),
-                "cost_ms": (per_precision["FP32"].get(w, 0.0) - us) / 1000.0}
-            for w, us in per_precision["INT8"].items()}
+    exports = [Path(models.onnx[precision]) for precision in ("FP32", "INT8")]
+    fp32, int8 = (attribute(profile, onnx_layer_nodes(export / "model.onnx"))
+                  for export, profile in zip(exports, alternated_profiles(backend, exports, threads, feed, runs)))
+    return {w: {"fp32_us": round(fp32.get(w, 0.0), 1), "int8_us": round(us, 1),
+                "cost_ms": (fp32.get(w, 0.0) - us) / 1000.0}
+            for w, us in int8.items()}
 
 
 def conv_kernel_ratio(fp32_export: Path, int8_export: Path, threads: int, feed: dict[str, np.ndarray],
                       runs: int = 200) -> float:
-    """OpenVINO time of the convolutions alone, INT8 over FP32: both models profiled per node,
-    run by run in alternation (`runs` each, batch 1, median per node), summed over the nodes
-    that run a Conv (with what is fused into it), leaving out the input quantizations, reorders
-    and every other node. What the INT8 convolution kernels gain on this CPU: with convolutions
-    most of the time, the whole model's INT8/FP32 ratio cannot go far below it whatever graph
-    surrounds them. An OpenVINO IR made from the FP32 export (NNCF's) keeps its Conv names: its
-    convolutions are read there."""
-    feed = {k: v[:1] for k, v in feed.items()}
-    profilers = []
-    for export in (fp32_export, int8_export):
+    """OpenVINO time of the convolutions alone, INT8 over FP32: both models profiled per node in
+    alternation (alternated_profiles), summed over the nodes that run a Conv (with what is fused
+    into it), leaving out the input quantizations, reorders and every other node. What the INT8
+    convolution kernels gain on this CPU: with convolutions most of the time, the whole model's
+    INT8/FP32 ratio cannot go far below it whatever graph surrounds them. An OpenVINO IR made
+    from the FP32 export (NNCF's) keeps its Conv names: its convolutions are read there."""
+    def convolutions(export: Path) -> dict[str, tuple[set[str], set[str]]]:
         onnx_path = export / "model.onnx"
-        layers = onnx_layer_nodes(onnx_path if onnx_path.is_file() else fp32_export / "model.onnx")
-        run, nodes = open_backend("openvino", export, BackendOptions(threads=threads)).profiler(feed)
-        profilers.append((run, nodes, layers, []))
-    for _ in range(runs):
-        for run, _nodes, _layers, times in profilers:
-            times.append(run())
-    fp32, int8 = (sum(attribute(median_profile(times, nodes), layers, with_quantize=False).values())
-                  for _run, nodes, layers, times in profilers)
+        return onnx_layer_nodes(onnx_path if onnx_path.is_file() else fp32_export / "model.onnx")
+
+    exports = [fp32_export, int8_export]
+    fp32, int8 = (sum(attribute(profile, convolutions(export), with_quantize=False).values())
+                  for export, profile in zip(exports, alternated_profiles("openvino", exports, threads, feed, runs)))
     if not fp32 or not int8:
         raise RuntimeError(f"no convolution found in the OpenVINO profile of {fp32_export} or {int8_export}")
     return int8 / fp32
