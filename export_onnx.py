@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.quiet_libraries(args.quiet)
     from ptqdet.export import ExportError, check_onnx, export_onnx
-    from ptqdet.model import check_model, resolve_model_files
+    from ptqdet.files import resolve_model_files
+    from ptqdet.program import check_model
 
     files = resolve_model_files(args.model_dir, args.model_filename, args.params_filename)
     check_model(files)

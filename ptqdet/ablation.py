@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import ModelFiles
+from .files import ModelFiles
 from .paddle_static import loaded_program
 
 

@@ -1,7 +1,7 @@
 """Inference backends behind one interface: `run(feed) -> outputs`, as ptqdet.model.Predictor.
 
 - `paddle`: Paddle Inference (ptqdet.model.Predictor): CPU oneDNN FP32/INT8 (tuned: see
-  PredictorOptions.int8_ops and int8_slow_ops), GPU with optional TensorRT FP32/FP16/INT8.
+  BackendOptions.int8_ops and int8_slow_ops), GPU with optional TensorRT FP32/FP16/INT8.
 - `openvino`: OpenVINO on the paddle2onnx export (ptqdet.export). Inference precision is
   pinned (default f32; OpenVINO's own default on CPUs with bf16 support is bf16).
 - `onnxruntime`: ONNX Runtime (CPU execution provider) on the same export.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ import numpy as np
 
 from .config import ConfigError, NMSSettings
 from .export import OnnxExport, export_onnx, is_onnx_export, load_export
-from .model import Predictor, PredictorOptions, default_threads, resolve_model_files
+from .files import ModelFiles, resolve_model_files
+from .model import BackendOptions, Predictor
 from .postprocess import multiclass_nms
 
 BACKENDS = ("paddle", "openvino", "onnxruntime")
@@ -37,19 +37,6 @@ PIP_HINTS = {"openvino": "openvino==2026.4.1", "onnxruntime": "onnxruntime==1.19
 
 class BackendUnavailable(ConfigError):
     """The Python package a backend needs is not installed."""
-
-
-@dataclass
-class BackendOptions:
-    device: str = "cpu"  # cpu | gpu (gpu: paddle backend only)
-    threads: int | None = None  # None: default_threads()
-    mkldnn: bool = True  # paddle on CPU: oneDNN kernels
-    openvino_precision: str = "f32"  # openvino: INFERENCE_PRECISION_HINT, f32 or bf16
-    openvino_nms: bool = True  # openvino, export cut before NMS: NMS inside the compiled model (else after it)
-    tensorrt: str | None = None  # paddle on GPU: fp32 | fp16 | int8
-
-    def resolved_threads(self) -> int:
-        return self.threads or default_threads()
 
 
 def require(module: str, backend: str) -> Any:
@@ -215,46 +202,39 @@ class OpenVINOBackend(OnnxRunner):
         return value.get_type_name() if hasattr(value, "get_type_name") else str(value)  # "f32" / "bf16"
 
 
-class PaddleBackend(Predictor):
-    backend = "paddle"
-
-    def __init__(self, model_dir: Path, options: BackendOptions, model_filename: str | None = None,
-                 params_filename: str | None = None):
-        files = resolve_model_files(model_dir, model_filename, params_filename)
-        super().__init__(files, PredictorOptions(device=options.device, threads=options.resolved_threads(),
-                                                 mkldnn=options.mkldnn, tensorrt=options.tensorrt))
-        self.threads = options.resolved_threads()
-
-
 def median_profile(runs: list[dict[str, float]], nodes: list[tuple[str, list[str]]]) -> list[tuple[list[str], float]]:
     """(original layer names, median µs) per node, from a profiler's runs (OpenVINOBackend.profiler)."""
     return [(names, float(np.median([r.get(node, 0.0) for r in runs]))) for node, names in nodes]
 
 
-def open_backend(name: str, model: str | Path, options: BackendOptions | None = None,
+def open_backend(name: str, model: str | Path | ModelFiles, options: BackendOptions | None = None,
                  model_filename: str | None = None, params_filename: str | None = None,
-                 export_dir: str | Path | None = None) -> PaddleBackend | OnnxRunner:
-    """A runner for `model` on backend `name`.
+                 export_dir: str | Path | None = None) -> Predictor | OnnxRunner:
+    """The one factory of runners: `model` on backend `name`.
 
-    `model` is a Paddle inference model folder, or (ONNX backends) a ptqdet ONNX export
-    folder. A Paddle folder given to an ONNX backend is exported first, into export_dir (or
-    a temporary folder kept for the runner's life).
+    `model` is a Paddle inference model (its folder, or its ModelFiles), or (ONNX backends) a
+    ptqdet ONNX export folder. A Paddle model given to an ONNX backend is exported first, into
+    export_dir (or a temporary folder kept for the runner's life).
     """
     options = options or BackendOptions()
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
-    model = Path(model)
+    if isinstance(model, ModelFiles):
+        files: ModelFiles | None = model
+        model = model.model_dir
+    else:
+        model, files = Path(model), None
     if name == "paddle":
         if is_onnx_export(model):
             raise ConfigError(f"backend 'paddle' runs Paddle models, not an ONNX export: {model}")
-        return PaddleBackend(model, options, model_filename, params_filename)
+        return Predictor(files or resolve_model_files(model, model_filename, params_filename), options)
     if options.device != "cpu":
         raise ConfigError(f"backend {name!r} runs on CPU here; for GPU use --backend paddle (TensorRT)")
     cls = OpenVINOBackend if name == "openvino" else OnnxRuntimeBackend
     require(cls.backend, cls.backend)  # fail before a costly export
     if is_onnx_export(model):
         return cls(load_export(model), options)
-    files = resolve_model_files(model, model_filename, params_filename)
+    files = files or resolve_model_files(model, model_filename, params_filename)
     tmp = None
     if export_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="ptqdet_onnx_")

@@ -23,8 +23,8 @@ import numpy as np
 from .backends import BACKENDS, BackendOptions, open_backend
 from .config import ConfigError, PTQDetConfig
 from .export import ExportError, export_onnx, load_export
+from .files import ModelFiles, resolve_model_files
 from .metrics import evaluate
-from .model import ModelFiles, resolve_model_files
 from .paddle_static import fingerprint
 from .report import mAP_points, markdown_table, write_json
 

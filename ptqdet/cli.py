@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import logging
-import os
 import sys
-import warnings
 from collections.abc import Callable
 
 from .config import ConfigError
+from .stdout import quiet_libraries  # noqa: F401 - the scripts call cli.quiet_libraries
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,46 +48,13 @@ def parallel_options(args: argparse.Namespace):
         return None
     if args.workers < 1 or args.worker_threads < 1:
         raise ConfigError(f"--workers ({args.workers}) and --worker_threads ({args.worker_threads}) must be at least 1")
-    from .analysis.parallel import ParallelOptions
+    from .ray_pool import ParallelOptions
 
     width = getattr(args, "search_width", 1)
     if width < 1:
         raise ConfigError(f"--search_width ({width}) must be at least 1")
     return ParallelOptions(workers=args.workers, address=args.ray_address, threads=args.worker_threads,
                            search_width=width)
-
-
-def quiet_libraries(quiet: bool = False) -> None:
-    """Keep paddle/ppdet/paddleslim INFO chatter out of the results; quiet (--quiet): their
-    warnings too (e.g. paddle.static.io's "The old way to load inference model is deprecated",
-    logged when paddleslim loads the model), and every Python warning. ptqdet's own warnings
-    (skipped images) are printed, not logged: they still show."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("FLAGS_call_stack_level", "1")
-    warnings.filterwarnings("ignore")
-    # Pillow's image module before paddle: loaded after it, Pillow's PNG encoder runs into paddle's
-    # zlib symbols and segfaults (matplotlib's savefig); paddle before ppdet/pycocotools (requirements.txt)
-    # isort: off
-    import PIL.Image  # noqa: F401
-    import paddle  # noqa: F401
-    # isort: on
-
-    # ppdet prints "Warning: Unable to use JDE/FairMOT/..." for tracking extras it never needs here
-    with contextlib.redirect_stdout(io.StringIO()):
-        import ppdet  # noqa: F401 - creates its loggers
-        import ppdet.metrics  # noqa: F401
-
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith(("ppdet", "paddleslim", "paddle")):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger().setLevel(logging.WARNING)
-    if quiet:  # also loggers created later (paddleslim's, when quantize imports it)
-        logging.disable(logging.WARNING)
-        warnings.showwarning = _drop_warning
-
-
-def _drop_warning(*args: object, **kwargs: object) -> None:
-    """warnings.showwarning under --quiet: a library that resets the filters still prints nothing."""
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

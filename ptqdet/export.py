@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, NMSSettings
-from .model import NMS_OP_TYPES, ModelFiles, OpInfo, check_output_dir, is_quantized, read_ops
+from .files import ModelFiles, check_output_dir
 from .paddle_static import atomic_dir, loaded_program
+from .program import NMS_OP_TYPES, OpInfo, is_quantized, read_ops
 from .qdq import QDQ_FORMAT, QDQExportError, QuantizedLayer, insert_qdq, strip_qdq
 
 EXPORT_META = "export.json"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .model import ModelFiles
+    from .files import ModelFiles
 
 # the layers PTQ quantizes: op type -> (activation slot, weight slot)
 WEIGHT_SLOTS = {"conv2d": ("Input", "Filter"), "depthwise_conv2d": ("Input", "Filter"),

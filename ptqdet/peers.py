@@ -23,7 +23,7 @@ from .benchmark import ModelSet
 from .config import ConfigError, PTQDetConfig
 from .data import build_source, feed_from_batch
 from .export import EXPORT_META, IR_FILE, ONNX_FILE
-from .model import resolve_model_files
+from .files import resolve_model_files
 from .paddle_static import replace_dir
 from .recipe_bench import PeerRow, RecipeRow, measure_latency, measure_maps, model_name
 from .report import write_json

@@ -5,22 +5,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import BackendOptions, open_backend
+from .backends import open_backend
 from .config import ConfigError, PTQDetConfig
 from .data import build_source, feed_from_batch
 from .export import is_onnx_export, load_export
+from .files import ModelFiles, check_output_dir, resolve_model_files
 from .metrics import EvalResult, evaluate
-from .model import (
-    ModelFiles,
-    Predictor,
-    PredictorOptions,
-    check_config_model,
-    check_output_dir,
-    default_threads,
-    is_quantized,
-    measure_latency,
-    resolve_model_files,
-)
+from .model import BackendOptions, measure_latency
+from .program import check_config_model, is_quantized
 from .quantize import QuantizeResult, layer_weights, quantize
 from .report import machine_info, mAP_points, markdown_table, write_json
 
@@ -31,10 +23,6 @@ class Report:
     json_path: Path
     data: dict[str, Any]
 
-
-def make_predictor(files: ModelFiles, device: str = "cpu", threads: int | None = None,
-                   mkldnn: bool = True) -> Predictor:
-    return Predictor(files, PredictorOptions(device=device, threads=threads or default_threads(), mkldnn=mkldnn))
 
 
 def latency_feed(cfg: PTQDetConfig, dataset_key: str = "EvalDataset") -> dict:

@@ -13,8 +13,9 @@ from typing import Any
 
 from .config import ConfigError, PTQDetConfig, PTQSettings
 from .data import calibration_loader, check_dataset
-from .model import ModelFiles, ProgramInfo, check_config_model, check_output_dir, read_program, resolve_model_files
+from .files import ModelFiles, check_output_dir, resolve_model_files
 from .paddle_static import DEQUANT_PREFIXES, WEIGHT_DEQUANT_PREFIXES, atomic_dir, static_mode, weight_slot
+from .program import ProgramInfo, check_config_model, read_program
 
 SAVED_FILES = ("model.pdmodel", "model.pdiparams")
 # Paddle modules that draw their own tqdm bars during quant_post_static

@@ -25,8 +25,8 @@ from .backends import BackendOptions, open_backend
 from .benchmark import INT8_STAMP, BenchSettings, ModelSet, bench_backend, quantize_cached
 from .config import PTQDetConfig
 from .export import ExportError, export_onnx
+from .files import resolve_model_files
 from .metrics import evaluate
-from .model import resolve_model_files
 from .qdq import QDQ_FORMAT
 from .quantize import layer_weights
 from .recipes import Recipe, apply_recipe
@@ -152,10 +152,10 @@ def map_in_child(config_path: Path, model: Path, options: BackendOptions, progre
 
 
 def _child_map(config_path: str, model: str, options: BackendOptions, progress: bool, desc: str) -> float:
-    from . import cli
     from .config import load_config
+    from .stdout import quiet_libraries
 
-    cli.quiet_libraries(quiet=True)
+    quiet_libraries(quiet=True)
     cfg = load_config(config_path)
     return evaluate(open_backend(RUNTIME, Path(model), options), cfg, "EvalDataset", progress=progress,
                     desc=desc).map

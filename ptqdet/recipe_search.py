@@ -24,8 +24,10 @@ from typing import Any
 
 import yaml
 
+from .backends import open_backend
 from .config import ConfigError, PTQDetConfig, PTQSettings, _ptq_settings
-from .model import ModelFiles, Predictor, PredictorOptions, default_threads
+from .files import ModelFiles
+from .model import BackendOptions, default_threads
 from .paddle_static import atomic_dir
 from .recipes import Recipe, apply_recipe
 from .report import atomic_write_text, machine_info, mAP_points, markdown_table, write_json
@@ -116,8 +118,8 @@ def run_trial(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, dataset_key: st
     try:
         out = trial_dir(work_dir, recipe)
         quantize(variant, out, device=device, progress=False)
-        predictor = Predictor(ModelFiles(out, *SAVED_FILES), PredictorOptions(device=device, threads=threads,
-                                                                              mkldnn=False))
+        predictor = open_backend("paddle", ModelFiles(out, *SAVED_FILES),
+                                 BackendOptions(device=device, threads=threads, mkldnn=False))
         trial.fast_map = evaluate(predictor, variant, dataset_key, progress=False).map
     except TRIAL_ERRORS as exc:
         trial.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
@@ -130,10 +132,10 @@ def run_trial_in_worker(config_path: Path, cwd: Path, recipe: Recipe, work_dir: 
     """run_trial in a Ray worker: the config loaded there (ppdet's reader transforms live in its
     process-wide workspace, which a pickled config does not carry), relative paths resolved
     from the driver's folder (`cwd`, the same path on every machine)."""
-    from . import cli
     from .config import load_config
+    from .stdout import quiet_libraries
 
-    cli.quiet_libraries(True)
+    quiet_libraries(True)
     os.chdir(cwd)
     return run_trial(load_config(config_path), recipe, work_dir, dataset_key, device, threads)
 
@@ -152,7 +154,7 @@ def run_trials(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, dataset
             if bar is not None:
                 bar.update()
     else:
-        from .analysis.parallel import connect, thread_env
+        from .ray_pool import connect, thread_env
 
         ray = connect(parallel, quiet=not progress)
         task = ray.remote(run_trial_in_worker).options(num_cpus=parallel.threads, max_retries=2,
@@ -204,17 +206,18 @@ def search_recipes(cfg: PTQDetConfig, grid: RecipeGrid, save_dir: Path, parallel
 def verify_best(cfg: PTQDetConfig, recipe: Recipe, work_dir: Path, save_dir: Path, result: RecipeSearchResult,
                 device: str, threads: int | None, progress: bool) -> None:
     """The best trial's model copied to save_dir, FP32 and its mAP on EvalDataset, its config written."""
+    from .files import resolve_model_files
     from .metrics import evaluate
-    from .model import resolve_model_files
     from .quantize import SAVED_FILES
 
     with atomic_dir(save_dir, create=False) as tmp:
         shutil.copytree(trial_dir(work_dir, recipe), tmp)
-    options = PredictorOptions(device=device, threads=threads or default_threads(), mkldnn=False)
+    options = BackendOptions(device=device, threads=threads, mkldnn=False)
     fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
-    result.fp32_map = evaluate(Predictor(fp32, options), cfg, "EvalDataset", progress=progress, desc="eval FP32").map
-    result.verified_map = evaluate(Predictor(ModelFiles(save_dir, *SAVED_FILES), options), cfg, "EvalDataset",
-                                   progress=progress, desc="verify best recipe").map
+    result.fp32_map = evaluate(open_backend("paddle", fp32, options), cfg, "EvalDataset", progress=progress,
+                               desc="eval FP32").map
+    best = open_backend("paddle", ModelFiles(save_dir, *SAVED_FILES), options)
+    result.verified_map = evaluate(best, cfg, "EvalDataset", progress=progress, desc="verify best recipe").map
     out = save_dir / f"{cfg.path.stem}_recipe_ptq.yaml"
     result.files["config"] = str(write_recipe_config(cfg, apply_recipe(cfg, recipe).ptq, recipe.name, out))
 

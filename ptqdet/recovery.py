@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import ModelFiles
+from .files import ModelFiles
 
 EQUALIZED_SUFFIX = ".dw_eq"
 

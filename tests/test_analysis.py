@@ -18,9 +18,11 @@ def test_revert_all_equals_fp32_and_revert_none_equals_int8(tmp_path, pico_cfg):
     PTQ model (both as Paddle Inference runs them without oneDNN), one reverted differs."""
     from ptqdet.analysis.graph import QuantGraph
     from ptqdet.analysis.sensitivity import Evaluator
+    from ptqdet.backends import open_backend
     from ptqdet.data import build_source
+    from ptqdet.files import resolve_model_files
     from ptqdet.metrics import evaluate
-    from ptqdet.model import Predictor, PredictorOptions, resolve_model_files
+    from ptqdet.model import BackendOptions
     from ptqdet.quantize import quantize_files
 
     # the config equalizes the depthwise inputs: reverted layers read the recovered FP32 model's
@@ -32,9 +34,9 @@ def test_revert_all_equals_fp32_and_revert_none_equals_int8(tmp_path, pico_cfg):
     int8_files = resolve_model_files(tmp_path / "int8")
     graph = QuantGraph(int8_files, resolve_model_files(tmp_path / "recovered"))
     trial = Evaluator(pico_cfg, graph, build_source(pico_cfg, "FastEvalDataset"))
-    plain = PredictorOptions(mkldnn=False)
-    fp32 = evaluate(Predictor(fp32_files, plain), pico_cfg, "FastEvalDataset", progress=False).map
-    int8 = evaluate(Predictor(int8_files, plain), pico_cfg, "FastEvalDataset", progress=False).map
+    plain = BackendOptions(mkldnn=False)
+    fp32 = evaluate(open_backend("paddle", fp32_files, plain), pico_cfg, "FastEvalDataset", progress=False).map
+    int8 = evaluate(open_backend("paddle", int8_files, plain), pico_cfg, "FastEvalDataset", progress=False).map
     assert fp32 > 0.05 and int8 != fp32
     # same kernels modulo fusion: ~1e-6 apart
     assert trial.evaluate_with_float(list(graph.layers)) == pytest.approx(fp32, abs=1e-4)

@@ -16,7 +16,7 @@ from ptqdet.backends import BackendOptions, BackendUnavailable, open_backend
 from ptqdet.config import ConfigError, load_config
 from ptqdet.data import build_source, feed_from_batch
 from ptqdet.export import check_onnx, export_onnx, load_export
-from ptqdet.model import resolve_model_files
+from ptqdet.files import resolve_model_files
 from ptqdet.postprocess import to_detections
 
 MODEL_CONFIGS = {"picodet_s": "picodet_s_ptq_deploy.yaml", "ppyoloe_s": "ppyoloe_s_ptq_deploy.yaml"}
@@ -141,7 +141,7 @@ def test_int8_export_quantizes_exactly_the_paddle_int8_layers(prepared, name):
     import onnx
     from onnx import numpy_helper
 
-    from ptqdet.model import read_ops
+    from ptqdet.program import read_ops
     from ptqdet.quantize import quantized_weights
 
     _, models, _ = prepared[name]
@@ -264,9 +264,8 @@ def test_tuned_onednn_int8_agrees_with_untuned_and_runs_int8(prepared, name):
     feed = _batch_feed(cfg, 2)
     tuned = open_backend("paddle", models.int8.model_dir, BackendOptions(threads=2))
     assert tuned.mode == "oneDNN INT8"
-    from ptqdet.model import Predictor, PredictorOptions
 
-    plain = Predictor(models.int8, PredictorOptions(threads=2, int8_slow_ops=()))
+    plain = open_backend("paddle", models.int8, BackendOptions(threads=2, int8_slow_ops=()))
     ref = to_detections(plain.run(feed), cfg.nms_outside, cfg.nms)
     got = to_detections(tuned.run(feed), cfg.nms_outside, cfg.nms)
     assert assert_detections_agree(ref, got, min_iou=0.99, score_tol=1e-3) >= 2 * 5

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO_CONFIGS, MODELS, coco_slice, run_script
-from ptqdet.model import check_model, is_quantized, resolve_model_files
+from ptqdet.files import resolve_model_files
+from ptqdet.program import check_model, is_quantized
 
 pytestmark = pytest.mark.slow
 

@@ -62,7 +62,7 @@ def test_client_imports_work_in_this_venv():
 def _compare(config: Path, model_dir: Path, mkldnn: bool) -> tuple[float, float]:
     from ptqdet.client import client_map
     from ptqdet.config import load_config
-    from ptqdet.model import resolve_model_files
+    from ptqdet.files import resolve_model_files
     from ptqdet.pipeline import evaluate_model
 
     cfg = load_config(config)

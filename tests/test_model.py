@@ -4,10 +4,13 @@ import pytest
 from pycocotools.coco import COCO
 
 from conftest import MODELS
+from ptqdet.backends import open_backend
 from ptqdet.config import ConfigError
 from ptqdet.data import build_source, feed_from_batch
-from ptqdet.model import Predictor, PredictorOptions, is_quantized, resolve_model_files
+from ptqdet.files import resolve_model_files
+from ptqdet.model import BackendOptions
 from ptqdet.postprocess import to_detections
+from ptqdet.program import is_quantized
 
 
 def test_legacy_file_names_are_accepted(tmp_path):
@@ -44,7 +47,7 @@ def test_card_numbers_reproduce(config):
     cfg = load_config(f"configs/demo/{config}")
     card = (cfg.model_dir / "README.md").read_text()
     written = float(re.search(r"\*\*([0-9.]+)\*\*", card).group(1))
-    measured = evaluate(Predictor(resolve_model_files(cfg.model_dir), PredictorOptions(threads=2)), cfg,
+    measured = evaluate(open_backend("paddle", resolve_model_files(cfg.model_dir), BackendOptions(threads=2)), cfg,
                         progress=False).map
     assert 100 * measured == pytest.approx(written, abs=0.051)
     assert measured >= 0.30  # the demo's quality bar (the real PicoDet-s scores 32.5 on COCO)
@@ -58,7 +61,7 @@ def test_committed_models_find_the_objects(config):
 
     cfg = load_config(f"configs/demo/{config}")
     files = resolve_model_files(cfg.model_dir)
-    predictor = Predictor(files, PredictorOptions(threads=2))
+    predictor = open_backend("paddle", files, BackendOptions(threads=2))
     source = build_source(cfg, "FastEvalDataset", batch_size=8)
     coco = COCO(source.dataset.get_anno())
     catid2clsid = source.dataset.catid2clsid

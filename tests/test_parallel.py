@@ -39,7 +39,7 @@ def ray_cluster():
 
 
 def _config(tmp_path: Path) -> Path:
-    from ptqdet.model import resolve_model_files
+    from ptqdet.files import resolve_model_files
     from ptqdet.quantize import layer_weights
 
     layers = layer_weights(resolve_model_files(MODELS / "picodet_s_shapes"), ["conv2d", "depthwise_conv2d"])
@@ -89,9 +89,9 @@ DEFAULT = object()
 def _parallel(cfg_path: Path, save_dir: Path, max_drop: float | None = 0.02,
               rank_modes: tuple[str, ...] = ("quantize", "revert"), proxy_batches: int = 1, parallel=DEFAULT):
     """The analysis in this process, by default on 2 workers of the running Ray instance."""
-    from ptqdet.analysis.parallel import ParallelOptions
     from ptqdet.analysis.stages import AnalysisOptions, analyze
     from ptqdet.config import load_config
+    from ptqdet.ray_pool import ParallelOptions
 
     # accuracy selection in both runs: the latency-aware choice rests on timings, which two runs do not
     # reproduce (a layer kept in float because it timed faster in one run); the ranking and the search do
@@ -115,7 +115,7 @@ def test_a_head_and_a_worker_node_give_the_serial_ranking_proxy_and_target(tmp_p
     import ray
     from ray.cluster_utils import Cluster
 
-    from ptqdet.analysis.parallel import ParallelOptions
+    from ptqdet.ray_pool import ParallelOptions
 
     cfg_path = _config(tmp_path)
     serial = _serial(cfg_path, tmp_path / "serial")
@@ -218,8 +218,8 @@ def test_recipe_search_on_two_workers_ranks_verifies_writes_the_config_and_resum
     """post_quant.py --recipe_search --workers 2 on a 2-recipe grid: both trials ranked on
     FastEvalDataset, the best verified on EvalDataset, its model and config written; the same
     search again reads every trial from its cache."""
-    from ptqdet.analysis.parallel import ParallelOptions
     from ptqdet.config import load_config
+    from ptqdet.ray_pool import ParallelOptions
     from ptqdet.recipe_search import RecipeGrid, search_recipes
 
     cfg = load_config(_config(tmp_path))

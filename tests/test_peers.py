@@ -14,7 +14,7 @@ from conftest import DEMO_CONFIGS, MODELS
 from ptqdet.backends import BackendOptions, open_backend
 from ptqdet.config import ConfigError, load_config
 from ptqdet.export import EXPORT_META, IR_FILE, ONNX_FILE, export_onnx, is_onnx_export, load_export
-from ptqdet.model import resolve_model_files
+from ptqdet.files import resolve_model_files
 from ptqdet.pipeline import latency_feed
 
 

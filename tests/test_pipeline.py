@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, write_config
 from ptqdet.config import load_config
-from ptqdet.model import ModelFiles, resolve_model_files
+from ptqdet.files import ModelFiles, resolve_model_files
 from ptqdet.pipeline import evaluate_model
 from ptqdet.quantize import layer_weights, quantize, quantized_weights
 
@@ -53,22 +53,25 @@ def test_onednn_int8_runtime_keeps_the_quantized_models_map(yoloe_cfg, yoloe_int
     quantized layer types. Paddle's default placement also quantized concat, elementwise and
     interpolation ops with propagated scales: 22.6 on the same model."""
     fp32, int8_files = yoloe_int8
-    from ptqdet.model import Predictor, PredictorOptions
+    from ptqdet.backends import open_backend
+    from ptqdet.model import BackendOptions
 
-    assert Predictor(int8_files, PredictorOptions(threads=2)).mode == "oneDNN INT8"
+    assert open_backend("paddle", int8_files, BackendOptions(threads=2)).mode == "oneDNN INT8"
     int8, _ = evaluate_model(yoloe_cfg, int8_files, progress=False)
     assert abs(fp32 - int8.map) <= 0.01, (fp32, int8.map)
 
 
 def test_onednn_int8_runs_only_the_quantized_layer_types(yoloe_cfg, yoloe_int8):
-    from ptqdet.model import Predictor, PredictorOptions, quantized_layer_types
+    from ptqdet.backends import open_backend
+    from ptqdet.model import BackendOptions
+    from ptqdet.program import quantized_layer_types
 
     _, int8_files = yoloe_int8
     assert quantized_layer_types(int8_files) == set(yoloe_cfg.ptq.quantizable_op_type) & {"conv2d"}
     assert quantized_layer_types(resolve_model_files(yoloe_cfg.model_dir)) == set()
-    predictor = Predictor(int8_files, PredictorOptions(threads=2))
+    predictor = open_backend("paddle", int8_files, BackendOptions(threads=2))
     assert predictor.int8_op_types() == {"conv2d", "fused_conv2d"}
-    assert Predictor(int8_files, PredictorOptions(threads=2, int8_ops=())).int8_op_types() == set()
+    assert open_backend("paddle", int8_files, BackendOptions(threads=2, int8_ops=())).int8_op_types() == set()
 
 
 def _ppdet_reference_eval(cfg_path):

@@ -89,7 +89,7 @@ def test_fp32_map_of_real_picodet_on_coco_mini_eval_split():
     coco_mini_or_skip()
     model = real_model_or_skip()
     from ptqdet.config import load_config
-    from ptqdet.model import resolve_model_files
+    from ptqdet.files import resolve_model_files
     from ptqdet.pipeline import evaluate_model
 
     cfg = load_config(CONFIG)
@@ -109,7 +109,7 @@ def test_real_picodet_every_conv_int8_within_one_point_of_fp32(tmp_path):
     import dataclasses
 
     from ptqdet.config import load_config
-    from ptqdet.model import resolve_model_files
+    from ptqdet.files import resolve_model_files
     from ptqdet.pipeline import evaluate_model
     from ptqdet.quantize import quantize
 

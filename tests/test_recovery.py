@@ -6,7 +6,9 @@ import pytest
 from conftest import DEMO_CONFIGS, write_config
 from ptqdet.config import ConfigError, load_config
 from ptqdet.data import calibration_loader
-from ptqdet.model import ModelFiles, load_static_model, read_program, resolve_model_files
+from ptqdet.files import ModelFiles, resolve_model_files
+from ptqdet.paddle_static import load_static_model
+from ptqdet.program import read_program
 from ptqdet.recovery import channel_ranges, equalization_scales, equalize_depthwise_inputs
 
 

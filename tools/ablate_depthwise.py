@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from ptqdet.backends import BackendOptions, open_backend
     from ptqdet.config import ConfigError, load_config
     from ptqdet.export import export_onnx
+    from ptqdet.files import resolve_model_files
     from ptqdet.metrics import evaluate
-    from ptqdet.model import resolve_model_files
     from ptqdet.quantize import layer_weights, quantize
     from ptqdet.report import atomic_write_text, machine_info, mAP_points, markdown_table, write_json
 

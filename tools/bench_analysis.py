@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def layers_in_float(cfg, model_dir: Path) -> int:
     """Quantizable layers (PTQ.quantizable_op_type) that the saved model does not quantize."""
-    from ptqdet.model import resolve_model_files
+    from ptqdet.files import resolve_model_files
     from ptqdet.quantize import layer_weights, quantized_weights
 
     fp32 = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
@@ -74,15 +74,17 @@ def layers_in_float(cfg, model_dir: Path) -> int:
 def final_maps(cfg, model_dir: Path, threads: int | None, progress: bool) -> dict[str, Any]:
     """mAP on EvalDataset: simulated INT8 (fake-quant graph on FP32 kernels, as ptqdet verifies)
     and on the runtime that deploys it (oneDNN INT8 when Paddle can fuse it)."""
-    from ptqdet.model import resolve_model_files
-    from ptqdet.pipeline import evaluate_model, make_predictor
+    from ptqdet.backends import BackendOptions, open_backend
+    from ptqdet.files import resolve_model_files
+    from ptqdet.pipeline import evaluate_model
 
     files = resolve_model_files(model_dir)
     start = time.perf_counter()
     simulated, _ = evaluate_model(cfg, files, "EvalDataset", threads=threads, mkldnn=False, progress=progress)
     runtime, _ = evaluate_model(cfg, files, "EvalDataset", threads=threads, mkldnn=True, progress=progress)
-    return {"simulated_map": simulated.map, "runtime_map": runtime.map,
-            "runtime": make_predictor(files, threads=threads).mode, "seconds": time.perf_counter() - start}
+    mode = open_backend("paddle", files, BackendOptions(threads=threads)).mode
+    return {"simulated_map": simulated.map, "runtime_map": runtime.map, "runtime": mode,
+            "seconds": time.perf_counter() - start}
 
 
 def run_ours(cfg, out: Path, max_drop: float | None, threads: int | None, progress: bool) -> dict[str, Any]:
@@ -131,7 +133,7 @@ def run_theirs(cfg, out: Path, target: float, fp32_map: float, max_layers: int |
 
 def fp32_reference(cfg, threads: int | None, progress: bool) -> float:
     """FP32 mAP on EvalDataset (only needed when ptqdet's analysis, which measures it, is skipped)."""
-    from ptqdet.model import resolve_model_files
+    from ptqdet.files import resolve_model_files
     from ptqdet.pipeline import evaluate_model
 
     files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.quiet_libraries()
     from ptqdet.client import client_map
     from ptqdet.config import load_config
-    from ptqdet.model import resolve_model_files
+    from ptqdet.files import resolve_model_files
     from ptqdet.pipeline import evaluate_model
     from ptqdet.report import mAP_points, markdown_table
 

@@ -39,28 +39,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank_modes", default="quantize", help="analysis ranking modes (default: quantize)")
     parser.add_argument("--proxy_batches", type=int, default=0,
                         help="calibration batches for the analysis' SQNR proxy ranking (default 0: none; it does not "
-                             "predict the mAP ranking, see README)")
+                             "predict the mAP ranking, see docs/analysis.md)")
     parser.add_argument("--deploy_threads", type=int, default=1,
                         help="threads of the OpenVINO latency columns (the recommended runtime; default 1, batch 1)")
+    parser.add_argument("--results", default="demo",
+                        help="also write the table under a header (date, CPU, command, idle) to docs/results/<name>.md;"
+                             " the default, demo, also replaces README's demo table with it ('' for neither)")
     args = parser.parse_args(argv)
     import os
     os.chdir(ROOT)
     cli.quiet_libraries()
     from ptqdet.analysis.deploy import deploy_form, measure_models, qdq_config
     from ptqdet.analysis.stages import AnalysisOptions, analyze
+    from ptqdet.backends import BackendOptions, open_backend
     from ptqdet.config import load_config
+    from ptqdet.files import resolve_model_files
     from ptqdet.metrics import evaluate
-    from ptqdet.model import measure_latency, resolve_model_files
-    from ptqdet.pipeline import latency_feed, make_predictor
+    from ptqdet.model import measure_latency
+    from ptqdet.pipeline import latency_feed
     from ptqdet.quantize import quantize
-    from ptqdet.report import atomic_write_text, machine_info, mAP_points, markdown_table, write_json
+    from ptqdet.report import atomic_write_text, machine_idle, machine_info, mAP_points, markdown_table, write_json
 
+    idle = machine_idle()  # before the demo's own work raises the load
     start = time.time()
     rows, records, notes = [], [], []
 
     def measure(cfg, model_dir: Path) -> tuple[float, float, str]:
         """mAP on the val split and batch-1 latency of one and the same predictor."""
-        predictor = make_predictor(resolve_model_files(model_dir), threads=args.threads)
+        predictor = open_backend("paddle", resolve_model_files(model_dir), BackendOptions(threads=args.threads))
         result = evaluate(predictor, cfg, "EvalDataset", desc=f"eval {model_dir.name}")
         latency = measure_latency(predictor, latency_feed(cfg))
         return result.map, latency["median_ms"], predictor.mode
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{c.calibrations} calibrations, {c.full_evaluations} full and {c.fast_evaluations} fast "
                          f"evaluations, {c.seconds.get('total', 0):.0f} s; "
                          + (f"Spearman rank correlation of the SQNR proxy with the mAP ranking: {rho}. " if rho
-                            else "No proxy ranking (off by default: README). ") + target_note(result))
+                            else "No proxy ranking (off by default: docs/analysis.md). ") + target_note(result))
             records.append({"model": title, "analyzed_map": a_map, "analyzed_ms": a_ms, "analyzed_openvino_ms": a_ov,
                             "openvino_fp32_ms_same_rounds": fp_ov,
                             "skip": analyzed_cfg.skip_tensor_list, "analysis": result.counters.__dict__})
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             f"mAP: COCO mAP@[.5:.95] (x100) on the demo shapes val split (200 images), on the runtime of the "
             f"`runtime` column. Latency: Paddle Inference "
             f"{machine['paddle']}, batch 1, median of 30 runs after 5 warm-up runs, "
-            f"{args.threads or 'default'} threads; OpenVINO (the recommended CPU runtime: README, Deployment), "
+            f"{args.threads or 'default'} threads; OpenVINO (the recommended CPU runtime: docs/deployment.md), "
             f"QDQ ONNX exports of the same models, batch 1, {args.deploy_threads} thread(s), FP32 and INT8 run "
             f"in alternation (100 runs each after 10 warm-up runs, median), the ratio taken within those runs; "
             f"on {machine['cpu']} ({machine['cores']} cores), {machine['date']}. "
@@ -138,7 +144,24 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "benchmark.md", text)
     write_json(args.out / "benchmark.json", {"rows": rows, "records": records, "machine": machine})
     print("\n" + text)
+    publish(args.results, table, text.split(table, 1)[1], idle, argv)
     return 0
+
+
+def publish(name: str, table: str, notes: str, idle: bool | None, argv: list[str] | None) -> None:
+    """The table and its notes under a results header in docs/results/<name>.md; with the name
+    "demo" the table also replaces README's demo table (generated, never edited by hand)."""
+    if not name:
+        return
+    from ptqdet.report import update_readme_block, write_results
+
+    flags = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python tools/run_demo.py", *flags]) if flags else "make demo"
+    path = write_results(name, "`make demo`: both demo models, FP32 and INT8", f"{table}\n\n{notes.strip()}",
+                         command, idle)
+    if name == "demo":
+        update_readme_block(ROOT / "README.md", "demo", table)
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":

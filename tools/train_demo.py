@@ -132,7 +132,7 @@ def write_card(args, cfg, run_dir: Path, export_dir: Path) -> Path:
     """demo/models/<name>/README.md: recipe, cost, mAP curve and the FP32 mAP of the export."""
     from ptqdet import cli
     from ptqdet.config import load_config as ptq_load
-    from ptqdet.model import resolve_model_files
+    from ptqdet.files import resolve_model_files
     from ptqdet.pipeline import evaluate_model
     from ptqdet.report import machine_info, markdown_table
 

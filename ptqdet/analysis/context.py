@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PTQDetConfig
-from ..model import ModelFiles
+from ..files import ModelFiles
 from ..paddle_static import model_digest
 from ..report import write_json
 

@@ -33,7 +33,7 @@ from ..backends import BackendOptions, median_profile, open_backend
 from ..benchmark import BenchSettings, ModelSet, Row, interleaved_rounds, prepare_models
 from ..config import PTQDetConfig
 from ..export import export_onnx
-from ..model import ModelFiles
+from ..files import ModelFiles
 from .context import AnalysisContext
 from .results import AnalysisOptions, DeployInfo
 from .search import MIN_SAVING_MS, base_candidates
@@ -60,10 +60,10 @@ def deploy_models_in_task(config_path: Path, cwd: Path, work_dir: Path, backend:
     """deploy_models in a process of its own (analysis.py --workers: a Ray task): the config
     loaded there (ppdet's reader transforms live in its process-wide workspace, which a pickled
     config does not carry), relative paths resolved from the driver's folder `cwd`."""
-    from .. import cli
     from ..config import load_config
+    from ..stdout import quiet_libraries
 
-    cli.quiet_libraries(True)
+    quiet_libraries(True)
     os.chdir(cwd)
     return deploy_models(load_config(config_path), work_dir, backend, progress=False)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import ModelFiles
+from ..files import ModelFiles
 from ..paddle_static import ACT_QUANT_PREFIXES, DEQUANT_PREFIXES, WEIGHT_SLOTS, load_static_model, static_mode
 
 

@@ -17,7 +17,6 @@ ptqdet package is shipped with the job, and every machine needs the same Python 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import sys
@@ -29,10 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends import open_backend
 from ..config import PTQDetConfig
 from ..data import BatchSource
+from ..files import ModelFiles
 from ..metrics import detect
-from ..model import ModelFiles, Predictor, PredictorOptions
+from ..model import BackendOptions
+from ..ray_pool import ParallelOptions, connect, model_bytes, thread_env, write_model
 from .context import AnalysisContext, ResultCache
 from .graph import QuantGraph
 from .kary_search import search_prefix_kary
@@ -42,21 +44,6 @@ from .sensitivity import Evaluator, metric_ranking, proxy_ranking, section_name
 PROXY_CHUNKS_PER_WORKER = 3  # proxy trials go in chunks: each chunk pays two reference runs
 DATASET_FILE_ATTRS = ("anno_path", "label_list")  # files a metric reads, shipped with the batches
 MAX_RESTARTS = 3  # a worker killed more often than this fails the run (finished trials stay cached)
-
-
-@dataclass(frozen=True)
-class ParallelOptions:
-    """--workers, --worker_threads, --ray_address."""
-
-    workers: int
-    address: str | None = None  # None: a local Ray instance for this run
-    threads: int = 1  # OMP/MKL threads per worker
-    # prefix lengths the target search simulates per round (k-ary search); each simulation is split
-    # over workers // width workers. 1 (default): the serial run's binary search, each simulation on
-    # all the workers at once: measured on the demo PicoDet-s with 2 workers, 7 rounds of half a
-    # simulation beat 5 rounds of a whole one (and 7 simulations cost less CPU than 10)
-    search_width: int = 1
-    object_store_mb: int = 500  # local instance only
 
 
 @dataclass(frozen=True)
@@ -74,59 +61,6 @@ class Trial:
     key: str = ""  # detect: the float-layer set, as the search cache names it
     part: tuple[int, int] = (0, 0)  # detect, model_detect: the batches [start, stop)
     model: Any = None  # model_detect: object ref of {file name: bytes}
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    """A worker's environment: its thread budget, and Paddle's logging as analysis.py sets it."""
-    env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    return {**env, "GLOG_minloglevel": "2", "FLAGS_call_stack_level": "1"}
-
-
-def connect(opts: ParallelOptions, quiet: bool) -> Any:
-    """The ray module, initialized: the running instance (a test's), the cluster at opts.address,
-    or a local instance (opts.workers x opts.threads CPUs, small object store, no dashboard)."""
-    import ray
-
-    if ray.is_initialized():
-        return ray
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray runs its workers at nice 15 by default: on a machine shared with other work they would
-    # get the CPU last, and the comparison with a serial run (nice 0) would be unfair
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    common = dict(logging_level=logging.ERROR if quiet else logging.WARNING, log_to_driver=not quiet)
-    if opts.address:
-        package = Path(__file__).resolve().parents[1]
-        ray.init(address=opts.address, runtime_env={"py_modules": [str(package)]}, **common)
-    else:
-        ray.init(num_cpus=opts.workers * opts.threads, object_store_memory=opts.object_store_mb * 2**20,
-                 include_dashboard=False, **common)
-    return ray
-
-
-def start_beside(opts: ParallelOptions, progress: bool, fn: Callable[..., Any], *args: Any) -> Any:
-    """fn(*args) as a Ray task in a process of its own on the driver's machine (its files are
-    the driver's), taking no worker's CPU slot: the driver's own single-core work (a PTQ and
-    its exports) run while the driver calibrates and the workers rank. Returns its object ref
-    (ray.get: the result, or the task's error)."""
-    ray = connect(opts, quiet=not progress)
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    task = ray.remote(fn).options(num_cpus=0, max_retries=0, scheduling_strategy=here,
-                                  runtime_env={"env_vars": thread_env(1)})
-    return task.remote(*args)
-
-
-def model_bytes(files: ModelFiles) -> dict[str, bytes]:
-    return {files.model_filename: files.model_path.read_bytes(), files.params_filename: files.params_path.read_bytes()}
-
-
-def write_model(folder: Path, shipped: dict[str, bytes]) -> ModelFiles:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in shipped.items():
-        (folder / name).write_bytes(data)
-    model, params = (n for n in shipped)
-    return ModelFiles(folder, model, params)
 
 
 def ship_dataset(evaluator: Evaluator) -> dict[str, Any]:
@@ -163,9 +97,9 @@ class TrialWorker:
         constructor arguments are in the object store only with a warning."""
         import ray
 
-        from .. import cli
+        from ..stdout import quiet_libraries
 
-        cli.quiet_libraries(True)
+        quiet_libraries(True)
         self.ray, self.shipped = ray, shipped
         self.cfg: PTQDetConfig = ray.get(shipped["cfg"])
         with tempfile.TemporaryDirectory(prefix="ptqdet_worker_model_") as tmp:  # loaded into the graph's scope
@@ -213,8 +147,8 @@ class TrialWorker:
             return self.evaluator(trial.dataset, folder).detections_with_float(list(trial.layers), *trial.part)
         if trial.kind == "model_detect":
             files = write_model(folder / "model", self.ray.get(trial.model))
-            runner = Predictor(files, PredictorOptions(threads=int(os.environ.get("OMP_NUM_THREADS", "1")),
-                                                       mkldnn=False))
+            runner = open_backend("paddle", files, BackendOptions(threads=int(os.environ.get("OMP_NUM_THREADS", "1")),
+                                                                  mkldnn=False))
             batches = self.evaluator(trial.dataset, folder).batches[slice(*trial.part)]
             return [detect(runner, self.cfg, batch) for batch in batches]
         raise ValueError(f"unknown trial kind {trial.kind!r}")

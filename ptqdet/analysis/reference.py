@@ -27,8 +27,8 @@ import numpy as np
 
 from ..config import PTQDetConfig, PTQSettings
 from ..data import BatchSource, build_source, calibration_loader
+from ..files import resolve_model_files
 from ..metrics import FunctionRunner, evaluate
-from ..model import resolve_model_files
 from ..paddle_static import static_mode
 from ..quantize import skip_weights
 from .target import TARGET_DIR

@@ -9,7 +9,7 @@ from .context import Counters
 from .search import RANK_MODES
 
 if TYPE_CHECKING:  # parallel.py is imported only with --workers
-    from .parallel import ParallelOptions
+    from ..ray_pool import ParallelOptions
 
 
 @dataclass

@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import model as model_files
+from .. import files as model_files
+from .. import program as model_program
+from ..backends import open_backend
 from ..config import ConfigError, PTQDetConfig, PTQSettings
 from ..data import build_source, check_dataset, feed_from_batch
+from ..files import ModelFiles, resolve_model_files
 from ..metrics import evaluate
-from ..model import ModelFiles, Predictor, PredictorOptions, default_threads, resolve_model_files
+from ..model import BackendOptions
 from ..quantize import SAVED_FILES, quantize_files
 from .context import CACHE_VERSION, AnalysisContext, cache_key
 from .deploy import deploy_backend, deploy_models_in_task, deploy_stage
@@ -51,7 +54,7 @@ class Evaluators:
 def check_inputs(cfg: PTQDetConfig, opts: AnalysisOptions) -> ModelFiles:
     files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
     model_files.check_output_dir(opts.save_dir, files.model_dir, replaced=False)  # analysis adds files, keeps its cache
-    model_files.check_config_model(cfg, files)
+    model_program.check_config_model(cfg, files)
     check_dataset(cfg, "TrainDataset", need_annotations=False)
     check_dataset(cfg, "EvalDataset")
     if cfg.has_dataset("FastEvalDataset"):
@@ -77,8 +80,7 @@ def reference_fp32(cfg: PTQDetConfig, opts: AnalysisOptions, fp32_files: ModelFi
     held-out images (the same as "all" when it is not split)."""
     refs = ctx.section("reference")
     if "fp32_full" not in refs:
-        predictor = Predictor(fp32_files, PredictorOptions(device=opts.device,
-                                                           threads=opts.threads or default_threads()))
+        predictor = open_backend("paddle", fp32_files, BackendOptions(device=opts.device, threads=opts.threads))
         refs["fp32_full"] = evaluate(predictor, cfg, "EvalDataset", progress=opts.progress, desc="eval FP32").map
         for name, anno in (("search", split.search_anno), ("heldout", split.heldout_anno)):
             refs[f"fp32_{name}"] = (evaluate(predictor, cfg, source=split_source(cfg, anno), progress=opts.progress,
@@ -195,7 +197,7 @@ def start_deploy_models(cfg: PTQDetConfig, opts: AnalysisOptions, ctx: AnalysisC
     makes them). Returns the task's object ref."""
     if opts.parallel is None or (not cfg.get_target_quant_model and opts.max_drop is None):
         return None
-    from .parallel import start_beside
+    from ..ray_pool import start_beside
 
     return start_beside(opts.parallel, opts.progress, deploy_models_in_task, Path(cfg.path).resolve(), Path.cwd(),
                         (ctx.work_dir / "deploy").resolve(), deploy_backend(cfg, opts))

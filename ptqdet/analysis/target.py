@@ -21,8 +21,9 @@ from ..backends import open_backend
 from ..benchmark import ModelSet
 from ..config import ConfigError, PTQDetConfig
 from ..data import BatchSource
+from ..files import ModelFiles
 from ..metrics import evaluate
-from ..model import ModelFiles, Predictor, PredictorOptions, default_threads
+from ..model import BackendOptions
 from ..quantize import SAVED_FILES, quantize_files
 from .context import AnalysisContext
 from .deploy import deploy_form, float_variant, measure_models, qdq_config, runtime_form
@@ -116,8 +117,7 @@ def real_model(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, f
 def simulated_map(cfg: PTQDetConfig, opts: AnalysisOptions, files: ModelFiles, source: BatchSource, desc: str
                   ) -> float:
     """mAP of a real INT8 model run as the search simulated it (fake-quant graph on FP32 kernels)."""
-    predictor = Predictor(files, PredictorOptions(device=opts.device, threads=opts.threads or default_threads(),
-                                                  mkldnn=False))
+    predictor = open_backend("paddle", files, BackendOptions(device=opts.device, threads=opts.threads, mkldnn=False))
     return evaluate(predictor, cfg, source=source, progress=opts.progress, desc=desc).map
 
 
