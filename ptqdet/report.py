@@ -102,3 +102,79 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 def mAP_points(value: float | None) -> float | None:
     """mAP 0-1 as the percentage points tables use (32.5)."""
     return None if value is None else round(100.0 * value, 1)
+
+
+# docs/results/: the tables benchmark commands write (write_results), each under a header saying
+# when, where and how it was measured; README blocks between <!-- results:<name> --> markers are
+# copied from them (update_readme_block)
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
+IDLE_LOAD_PER_CORE = 0.3  # 1-minute load average per core under which the machine counts as idle
+
+
+def machine_idle() -> bool | None:
+    """Whether the machine is idle now: 1-minute load average under IDLE_LOAD_PER_CORE per core
+    (None where the load average cannot be read). Benchmarks call it before they start, since
+    their own work raises the load."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    return load < IDLE_LOAD_PER_CORE * (os.cpu_count() or 1)
+
+
+def _package_version(*names: str) -> str | None:
+    from importlib import metadata
+
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def results_header(command: str, idle: bool | None) -> str:
+    """Markdown lines saying when, where and how a result was measured: UTC date and time, the
+    CPU (name, family/model, the INT8/bf16 features that decide its speed), cores, the exact
+    command, whether the machine was idle (None: judged from the load average now) and the
+    OpenVINO and Paddle versions installed."""
+    try:
+        machine = machine_info()
+    except ImportError:  # no paddle: the CPU part still holds
+        machine = {"cpu": cpu_name(Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").is_file() else "",
+                   "cores": os.cpu_count(), "cpu_features": cpu_features()}
+    features = set(machine.get("cpu_features") or [])
+    flags = ", ".join(f"{name} {'yes' if any(f.startswith(name) for f in features) else 'no'}"
+                      for name in ("avx512_vnni", "avx512_bf16", "amx"))
+    if idle is None:
+        idle = machine_idle()
+    versions = [f"{name} {v}" for name, v in (("OpenVINO", _package_version("openvino")),
+                                              ("Paddle", machine.get("paddle") or _package_version(
+                                                  "paddlepaddle", "paddlepaddle-gpu"))) if v]
+    lines = [f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
+             f"- CPU: {machine.get('cpu') or 'unknown'} ({flags}), {machine.get('cores')} cores",
+             f"- command: `{command}`",
+             f"- machine idle: {'unknown' if idle is None else 'yes' if idle else 'no'}"]
+    if versions:
+        lines.append(f"- {', '.join(versions)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, title: str, body_markdown: str, command: str, idle: bool | None = None) -> Path:
+    """docs/results/<name>.md, atomically: the title, results_header(command, idle), then the body
+    (the table and its notes). Returns the path."""
+    text = f"# {title}\n\n{results_header(command, idle)}\n{body_markdown.strip()}\n"
+    return atomic_write_text(RESULTS_DIR / f"{name}.md", text)
+
+
+def update_readme_block(readme: Path, block: str, text: str) -> Path:
+    """Replace what stands between `<!-- results:<block> -->` and `<!-- /results:<block> -->` in
+    `readme` with `text`, atomically. Raises ValueError when the markers are missing."""
+    readme = Path(readme)
+    content = readme.read_text()
+    start, end = f"<!-- results:{block} -->", f"<!-- /results:{block} -->"
+    i = content.find(start)
+    j = content.find(end, i + len(start)) if i >= 0 else -1
+    if i < 0 or j < 0:
+        raise ValueError(f"{readme}: no {start} ... {end} block")
+    return atomic_write_text(readme, content[:i + len(start)] + "\n" + text.strip() + "\n" + content[j:])
