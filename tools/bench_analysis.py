@@ -14,7 +14,8 @@ target_metric, or FP32 mAP - --max_drop):
 
 Prints a table (wall time, calibrations, evaluations, layers kept in float, final mAP on
 EvalDataset, target met) and writes OUT/bench_analysis.md and OUT/bench_analysis.json, with
-the machine, its load average and the date. Both sides start cold: OUT/ptqdet_analysis and
+the machine, its load average and the date, and the table to docs/results/analysis.md.
+Both sides start cold: OUT/ptqdet_analysis and
 OUT/paddleslim_analysis are emptied first. paddleslim calibrates once per layer and per step
 of its target search: run the benchmark on an idle machine.
 """
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CPU threads of Paddle Inference evaluations (default: all cores, at most 4; "
                              "env PTQDET_THREADS)")
     parser.add_argument("--verbose", action="store_true", help="keep paddleslim's per-layer INFO log")
+    parser.add_argument("--results", default="analysis",
+                        help="also write the table under a header (date, CPU, command, idle) to docs/results/<name>.md "
+                             "(default analysis; '' for none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -188,6 +192,15 @@ def notes(results: dict[str, dict[str, Any]], target: float) -> list[str]:
     return lines
 
 
+def publish(name: str, body: str, command: str, load_at_start: float) -> None:
+    """The table and its notes under a results header in docs/results/<name>.md ('' : none)."""
+    from ptqdet.report import IDLE_LOAD_PER_CORE, write_results
+
+    if name:
+        idle = load_at_start < IDLE_LOAD_PER_CORE * (os.cpu_count() or 1)
+        print(f"results: {write_results(name, 'Analysis benchmark: ptqdet vs paddleslim', body, command, idle)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from ptqdet.config import ConfigError, load_config
@@ -243,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_drop": args.max_drop, "max_layers": args.max_layers, "started": started, "machine": machine,
             "results": results, "notes": footnotes}
     md_path = atomic_write_text(out / "bench_analysis.md", md)
+    publish(args.results, "\n".join([header, "", text, "", *[f"{n}  " for n in footnotes]]), command, load[0])
     json_path = write_json(out / "bench_analysis.json", data)
     print("\n" + text + "\n\n" + "\n".join(footnotes))
     print(f"\nreport: {md_path}\njson: {json_path}")

@@ -9,7 +9,8 @@ settings change); ONNX exports of both (ONNX backends). Per backend: warm-up, th
 --rounds interleaved rounds of --repeats timed runs per model (batch 1, one val image,
 --threads threads); median and p10-p90 over all runs; then the mAP of each runner on
 --dataset. OpenVINO FP32 is pinned to f32 precision, with an extra bf16 row. A model or
-backend that cannot run gets a row saying why. Writes <out>.md and <out>.json.
+backend that cannot run gets a row saying why. Writes <out>.md and <out>.json, and the tables
+under a results header to docs/results/deploy_latency.md (deploy_latency_1thread.md at 1 thread).
 Measure on an idle machine: other processes make every number meaningless.
 """
 from __future__ import annotations
@@ -47,12 +48,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="INT8 models and ONNX exports, one folder per config (default outputs/deploy)")
     parser.add_argument("--out", type=Path, default=Path("outputs/deploy/benchmark"),
                         help="report path without suffix: writes .md and .json (default outputs/deploy/benchmark)")
+    parser.add_argument("--results", default=None,
+                        help="also write the tables under a header (date, CPU, command, idle) to "
+                             "docs/results/<name>.md (default deploy_latency, deploy_latency_1thread with --threads 1; "
+                             "'' for none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     cli.quiet_libraries()
     from ptqdet.benchmark import BenchSettings, run_benchmark
     from ptqdet.config import ConfigError, load_config
-    from ptqdet.report import atomic_write_text, machine_info, write_json
+    from ptqdet.report import atomic_write_text, machine_idle, machine_info, write_json
 
     if args.goal_ratio and len(args.goal_ratio) != len(args.config_path):
         raise ConfigError(f"--goal_ratio gives {len(args.goal_ratio)} values for {len(args.config_path)} configs")
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
     configs = [load_config(p) for p in args.config_path]  # all checked before any work
+    idle = machine_idle()  # before the benchmark's own load
     machine = machine_info()
     sections, results = [], []
     for i, cfg in enumerate(configs):
@@ -72,15 +78,26 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(f"{result.table()}\n\n{cfg.path.stem}: {result.verdict}")
         results.append(result.to_dict())
         print(sections[-1], flush=True)
+    command = f"python tools/bench_latency.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+    setup = (f"batch 1, {args.threads} thread{'s' if args.threads > 1 else ''}, {args.rounds} interleaved rounds x "
+             f"{args.repeats} runs after {args.warmup} warm-up runs; mAP on {args.dataset}.")
     header = (f"Deployment benchmark, {machine['date']}, {machine['cpu']} ({machine['cores']} cores), "
-              f"paddle {machine['paddle']}; batch 1, {args.threads} thread{'s' if args.threads > 1 else ''}, "
-              f"{args.rounds} interleaved rounds x "
-              f"{args.repeats} runs after {args.warmup} warm-up runs; mAP on {args.dataset}.\n"
-              f"Command: python tools/bench_latency.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")
+              f"paddle {machine['paddle']}; {setup}\nCommand: {command}\n")
     atomic_write_text(args.out.with_suffix(".md"), header + "\n" + "\n\n".join(sections) + "\n")
+    publish(args, "\n\n".join([setup, *sections]), command, idle)
     write_json(args.out.with_suffix(".json"), {"machine": machine, "results": results})
     print(f"\nreport: {args.out.with_suffix('.md')}")
     return 0
+
+
+def publish(args: argparse.Namespace, body: str, command: str, idle: bool | None) -> None:
+    """The tables under a results header in docs/results/ (--results; default by thread count)."""
+    from ptqdet.report import write_results
+
+    name = args.results if args.results is not None else "deploy_latency" + ("_1thread" if args.threads == 1 else "")
+    if name:
+        title = f"Deployment benchmark: FP32 and INT8 on every runtime, {args.threads} thread(s)"
+        print(f"results: {write_results(name, title, body, command, idle)}")
 
 
 if __name__ == "__main__":

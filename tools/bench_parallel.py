@@ -6,7 +6,8 @@ Runs analysis.py twice from an empty cache, one after the other (serial with --t
 --workers N at --worker_threads 1 and the same --threads for the stages the driver runs), then
 compares the two: same layer order, largest per-layer mAP difference (from the caches, full
 precision), same target model (skip list). Writes outputs/bench_parallel/bench_parallel.{md,json}
-(`--out`) with the machine, the load average before and after each run, and the date. Both runs
+(`--out`) with the machine, the load average before and after each run, and the date, and the
+table to docs/results/parallel.md (`--results`). Both runs
 share the machine with whatever else runs: read the load average.
 
 The latency-aware target rests on timings each run measures anew (the float cost of each layer
@@ -93,6 +94,17 @@ def compare(a: dict, b: dict) -> dict:
             "same_accuracy_only": accuracy_only(a) == accuracy_only(b)}
 
 
+def publish(name: str, body: str, load_before: float) -> None:
+    """The table and verdict under a results header in docs/results/<name>.md ('': none); idle
+    is judged from the load average before the serial run."""
+    from ptqdet.report import IDLE_LOAD_PER_CORE, write_results
+
+    if name:
+        idle = load_before < IDLE_LOAD_PER_CORE * (os.cpu_count() or 1)
+        command = " ".join(["python tools/bench_parallel.py", *sys.argv[1:]])
+        print(f"results: {write_results(name, 'Serial vs --workers analysis', body, command, idle)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config_path", required=True, help="analysis config")
@@ -102,6 +114,9 @@ def main() -> int:
     parser.add_argument("--replay_only", action="store_true",
                         help="only replay the runs already in --out (the latency-aware target with the serial run's "
                              "runtime measurements; see above) and rewrite the report")
+    parser.add_argument("--results", default="parallel",
+                        help="also write the table under a header (date, CPU, command, idle before the serial run) to "
+                             "docs/results/<name>.md (default parallel; '' for none)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more analysis.py flags, for both runs")
     args = parser.parse_args()
     from ptqdet.report import atomic_write_text, machine_info, markdown_table, write_json
@@ -140,6 +155,7 @@ def main() -> int:
     write_json(args.out / "bench_parallel.json", {"date": stamp_runs, "argv": sys.argv, "machine": machine_info(),
                                                    "compare": same, "replay": replayed, "runs": runs})
     print(table + "\n\n" + verdict)
+    publish(args.results, f"{table}\n\n{verdict}\n\nruns {stamp_runs}", serial["load_before"][0])
     same_target = same["same_target"] or bool(same.get("replay_same_target"))
     ok = same["same_order"] and same["max_abs_diff"] <= 1e-6 and same["same_accuracy_only"] and same_target
     return 0 if ok else 1

@@ -9,7 +9,8 @@ graph ("simulated") and on OpenVINO INT8, layers kept in float, PTQ wall time, a
 latency of INT8 against FP32 (f32) and against FP32 at bf16, at each --threads, run by run in
 alternation (ptqdet.recipe_bench.LATENCY_RUNS each), batch 1; and the convolutions' own time in
 OpenVINO's per-node profile, INT8 over FP32 (what the INT8 kernels gain on this CPU). Writes <out>.md and <out>.json
-(machine, CPU features, date, command), a row at a time. Measure on an idle machine.
+(machine, CPU features, date, command), a row at a time, and the finished table to
+docs/results/recovery.md (--results). Measure on an idle machine.
 
 --nncf adds OpenVINO's own PTQ as rows beside the recipes (ptqdet.peers): NNCF's `nncf.quantize`
 of the same FP32 export with default settings and a preset, calibrated on the same images,
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                              "needs `make nncf-venv`")
     parser.add_argument("--nncf_python", type=Path, default=None,
                         help="python of the NNCF venv (default .venv-nncf/bin/python)")
+    parser.add_argument("--results", default="recovery",
+                        help="also write the table under a header (date, CPU, command, idle) to docs/results/<name>.md "
+                             "when every row is done (default recovery; '' for none)")
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.quiet_libraries()
     from ptqdet.config import ConfigError, load_config
     from ptqdet.recipe_bench import model_name, recipes_table, run_recipes
-    from ptqdet.report import atomic_write_text, machine_info, write_json
+    from ptqdet.report import atomic_write_text, machine_idle, machine_info, write_json, write_results
 
     if any(n < 1 for n in args.threads):
         raise ConfigError(f"--threads {args.threads}: thread counts must be positive")
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--nncf needs NNCF in its own venv: {nncf_python} is missing (make nncf-venv)")
     for path in args.config_path:  # every config is checked before any work
         load_config(path)
+    idle = machine_idle()  # before the benchmark's own load
     machine = machine_info()
     command = "python tools/bench_recovery.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
@@ -92,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         run_recipes(cfg, recipes, args.work_dir / model_name(cfg).replace("/", "_"), args.threads,
                     progress=not args.quiet, on_row=write, peers=nncf_peers(nncf_presets, nncf_python))
     print(recipes_table(rows, args.threads))
+    if args.results:
+        title = "Recovery benchmark: PTQ recipes x models, mAP and OpenVINO latency"
+        print(f"results: {write_results(args.results, title, recipes_table(rows, args.threads), command, idle)}")
     print(f"\nreport: {args.out.with_suffix('.md')}")
     return 0
 

@@ -1,7 +1,8 @@
 """`make demo`: the whole workflow on the embedded demo, ending in a benchmark table.
 
 For both demo models: FP32 eval -> PTQ -> INT8 eval (with CPU latency); for PicoDet-s also
-analysis -> analyzed PTQ -> eval. Prints the table and writes outputs/benchmark.md (+ .json).
+analysis -> analyzed PTQ -> eval. Prints the table and writes outputs/benchmark.md (+ .json),
+docs/results/demo.md (the table under a header: date, CPU, command, idle) and README's demo table.
 """
 from __future__ import annotations
 
