@@ -46,16 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.quiet_libraries(args.quiet)
     from ptqdet.config import ConfigError, load_config
-    from ptqdet.pipeline import evaluate_and_report
+    from ptqdet.model import BackendOptions
+    from ptqdet.pipeline import EvalRequest, evaluate_and_report
 
     if args.tensorrt and (args.devices != "gpu" or args.backend != "paddle"):
         raise ConfigError("--tensorrt needs --devices gpu and --backend paddle")
     cfg = load_config(args.config_path)
-    report = evaluate_and_report(cfg, model_dir=args.model_dir, dataset_key=args.dataset, device=args.devices,
-                                 threads=args.threads, benchmark=args.benchmark, repeats=args.repeats,
-                                 mkldnn=not args.no_mkldnn, output=args.output, progress=not args.quiet,
-                                 backend=args.backend, openvino_precision=args.openvino_precision,
-                                 tensorrt=args.tensorrt)
+    options = BackendOptions(device=args.devices, threads=args.threads, mkldnn=not args.no_mkldnn,
+                             openvino_precision=args.openvino_precision, tensorrt=args.tensorrt)
+    request = EvalRequest(args.model_dir or cfg.model_dir, args.backend, options, args.dataset,
+                          benchmark=args.benchmark, repeats=args.repeats, progress=not args.quiet)
+    report = evaluate_and_report(cfg, request, args.output)
     print(report.table)
     print(f"\nreport: {report.json_path}")
     return 0

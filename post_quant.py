@@ -4,7 +4,12 @@
 
 Reads model_dir, the calibration images (TrainDataset) and the PTQ section of the config;
 writes model.pdmodel, model.pdiparams (and infer_cfg.yml) to --save_dir, plus
-ptq_report.json. With --eval it also measures FP32 and INT8 mAP on EvalDataset.
+ptq_report.json. With --deploy openvino (or onnxruntime) it also writes the INT8 model in the
+form that runtime loads (<save_dir>/openvino: the QDQ ONNX export). With --eval it measures FP32
+and INT8 mAP on EvalDataset and their latency, on the --deploy runtime (Paddle Inference
+without it), and writes the table to <save_dir>/deploy_report.md:
+
+    python post_quant.py --config_path configs/template_ptq.yaml --save_dir outputs/my_int8 --eval --deploy openvino
 
 With --recipe_search it tries a grid of PTQ recipes (calibration algorithm, weight
 quantization, recovery methods, calibration batches), ranks them by mAP on FastEvalDataset,
@@ -27,7 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algo", default=None,
                         help="activation calibration algorithm, overrides PTQ.algo: "
                              "KL, hist, avg, mse, emd, abs_max, min_max, ptf")
-    parser.add_argument("--eval", action="store_true", help="also evaluate FP32 and INT8 mAP on EvalDataset")
+    parser.add_argument("--eval", action="store_true",
+                        help="also measure FP32 and INT8 mAP on EvalDataset and their latency (batch 1, in "
+                             "alternation), on the --deploy runtime (default: Paddle Inference); every row names "
+                             "its runtime")
+    parser.add_argument("--deploy", default=None, choices=("openvino", "onnxruntime", "paddle"),
+                        help="the runtime the INT8 model is deployed on: writes its form of the model "
+                             "(<save_dir>/openvino or <save_dir>/onnx: the QDQ ONNX export), and --eval measures "
+                             "there; openvino is the recommended CPU runtime; needs PTQ.onnx_format: True")
+    parser.add_argument("--deploy_threads", type=int, default=1,
+                        help="CPU threads of the latency runs of --eval (default 1: steadier than more on a "
+                             "shared machine)")
     search = parser.add_argument_group("PTQ recipe search (--recipe_search)")
     search.add_argument("--recipe_search", action="store_true",
                         help="try every combination of the four lists below (the config's PTQ section otherwise), "
@@ -53,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
 
         raise ConfigError("--workers and --ray_address need --recipe_search")
     from ptqdet.config import PTQ_ALGOS, ConfigError, load_config
-    from ptqdet.pipeline import quantize_and_report
+    from ptqdet.model import BackendOptions
+    from ptqdet.pipeline import QuantizeRequest, quantize_and_report
 
     if args.algo is not None and args.algo not in PTQ_ALGOS:
         raise ConfigError(f"--algo {args.algo!r} is not one of {', '.join(PTQ_ALGOS)}")
     cfg = load_config(args.config_path)
-    report = quantize_and_report(cfg, args.save_dir, device=args.devices, algo=args.algo, evaluate=args.eval,
-                                 threads=args.threads, progress=not args.quiet)
+    request = QuantizeRequest(args.save_dir, algo=args.algo, evaluate=args.eval, deploy=args.deploy,
+                              deploy_threads=args.deploy_threads,
+                              options=BackendOptions(device=args.devices, threads=args.threads),
+                              progress=not args.quiet)
+    report = quantize_and_report(cfg, request)
     print(report.table)
     print(f"\nINT8 model: {args.save_dir}   report: {report.json_path}")
     return 0

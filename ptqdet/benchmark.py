@@ -29,6 +29,7 @@ from .paddle_static import fingerprint
 from .report import mAP_points, markdown_table, write_json
 
 MAP_TOLERANCE = 1.0  # points: an INT8 row agrees with Paddle INT8 when within this
+PAIRED_ROUNDS = 100  # measure_models: paired runs per model
 
 
 @dataclass
@@ -296,3 +297,20 @@ def run_benchmark(cfg: PTQDetConfig, work_dir: Path, settings: BenchSettings, ti
     result = BenchResult(title, rows, settings, verdict(rows, settings.goal_ratio))
     write_json(work_dir / "benchmark.json", result.to_dict())
     return result
+
+
+def measure_models(cfg: PTQDetConfig, models: dict[str, Path | ModelFiles], backend: str, threads: int,
+                   feed: dict[str, np.ndarray], progress: bool, rounds: int = PAIRED_ROUNDS) -> dict[str, Row]:
+    """Latency rows of named models on `backend`, batch 1: `rounds` rounds of one run per model
+    (order reversed every other round), so that the i-th times of two models were taken side by
+    side: a machine shared with other work slows them alike (paired_saving)."""
+    feed = {k: v[:1] for k, v in feed.items()}
+    settings = BenchSettings(backends=(backend,), threads=threads, progress=progress, rounds=rounds, repeats=1)
+    runners = []
+    for name, path in models.items():
+        row = Row(backend, name, str(getattr(path, "model_dir", path)))
+        runner = open_backend(backend, path, BackendOptions(threads=threads))
+        row.runtime = runner.mode
+        runners.append((row, runner))
+    interleaved_rounds(runners, feed, settings)
+    return {row.precision: row for row, _ in runners}

@@ -47,6 +47,18 @@ class ExportError(RuntimeError):
     """paddle2onnx (or the cut before NMS) failed for one model; the message holds its error."""
 
 
+class FakeQuantModelError(ExportError, ConfigError):
+    """An INT8 model in fake-quant form (PTQ.onnx_format: False) given to the ONNX export, or to
+    a runtime that runs the export (OpenVINO, ONNX Runtime): the user's choice of form, not a
+    converter failure, so a ConfigError too (one line, exit code 2 in the scripts)."""
+
+
+def fake_quant_message(model_dir: Path) -> str:
+    return (f"{model_dir} is an INT8 model in fake-quant form (made with PTQ.onnx_format: False), which the ONNX "
+            "export, OpenVINO and ONNX Runtime cannot run (they need its QDQ form): quantize with "
+            "`PTQ.onnx_format: True`, as configs/demo/*_ptq_deploy.yaml do, or run this model with --backend paddle")
+
+
 @dataclass
 class OnnxExport:
     """An exported ONNX model and what is needed to run it like the Paddle model."""
@@ -78,12 +90,16 @@ def load_export(path: str | Path) -> OnnxExport:
     model_file = next((folder / f for f in (ONNX_FILE, IR_FILE) if (folder / f).is_file()), None)
     if model_file is None or not meta_path.is_file():
         raise ConfigError(f"not an ONNX export of ptqdet (needs {ONNX_FILE} or {IR_FILE}, and {EXPORT_META}): {folder}")
-    data = json.loads(meta_path.read_text())
-    nms = NMSSettings(**data["nms"]) if data.get("nms") else None
-    return OnnxExport(onnx_path=model_file, source=data["source"], precision=data["precision"],
-                      input_names=list(data["input_names"]), output_names=list(data["output_names"]), nms=nms,
-                      opset=int(data["opset"]), paddle2onnx=data["paddle2onnx"], qdq=data.get("qdq"),
-                      quantized_layers=data.get("quantized_layers"), qdq_format=data.get("qdq_format"))
+    try:
+        data = json.loads(meta_path.read_text())
+        nms = NMSSettings(**data["nms"]) if data.get("nms") else None
+        return OnnxExport(onnx_path=model_file, source=data["source"], precision=data["precision"],
+                          input_names=list(data["input_names"]), output_names=list(data["output_names"]), nms=nms,
+                          opset=int(data["opset"]), paddle2onnx=data["paddle2onnx"], qdq=data.get("qdq"),
+                          quantized_layers=data.get("quantized_layers"), qdq_format=data.get("qdq_format"))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{meta_path} is truncated or not an export.json of ptqdet ({type(exc).__name__}: "
+                          f"{exc}): export the model again with export_onnx.py") from exc
 
 
 def is_onnx_export(path: str | Path) -> bool:
@@ -184,21 +200,22 @@ def _onnx_io(onnx_path: Path) -> tuple[list[str], list[str], int]:
     return inputs, [o.name for o in model.graph.output], opset
 
 
-def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPSET, qdq: str = "ptqdet") -> OnnxExport:
+def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPSET, qdq: str = "ptqdet",
+                inside_model: bool = False) -> OnnxExport:
     """Export one Paddle inference model to out_dir/model.onnx (+ export.json); atomic: out_dir
     appears only when the export is complete. INT8 models are QDQ models (PTQ.onnx_format);
-    `qdq` says who writes their ONNX QDQ nodes (QDQ_MODES). Raises ExportError when the
-    export fails."""
+    `qdq` says who writes their ONNX QDQ nodes (QDQ_MODES). inside_model: out_dir may lie in
+    the model's folder (post_quant.py --deploy: the runtime form beside the INT8 model). Raises
+    ExportError when the export fails."""
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, files.model_dir)
+    check_output_dir(out_dir, None if inside_model else files.model_dir)
     if qdq not in QDQ_MODES:
         raise ConfigError(f"qdq must be one of {QDQ_MODES}, not {qdq!r}")
     version = _paddle2onnx_version()
     ops = read_ops(files)
     quantized = is_quantized(files, ops)
     if quantized and not any(op.type == "quantize_linear" for op in ops):
-        raise ExportError(f"{files.model_dir} is an INT8 model without QDQ ops: ONNX export needs one quantized "
-                          "with PTQ.onnx_format: True (see configs/demo/*_ptq_deploy.yaml)")
+        raise FakeQuantModelError(fake_quant_message(files.model_dir))
     strip = quantized and qdq == "ptqdet"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp, \

@@ -51,8 +51,15 @@ def test_revert_all_equals_fp32_and_revert_none_equals_int8(tmp_path, pico_cfg):
     assert removed == 1  # that layer's dequantize op is gone, nothing else
 
 
+EVAL_IMAGES = 80  # lean: the first 80 of the 200 val images (the full config stays in `make demo`)
+
+
 def _analysis_config(tmp_path, extra=""):
-    fast = write_subset(DEMO_DATA / "annotations/instances_val.json", tmp_path / "fast.json", 8)
+    """The demo analysis config, lean: FastEvalDataset the first 8 val images, EvalDataset the
+    first EVAL_IMAGES (split into search and held-out images as the full one is)."""
+    val = DEMO_DATA / "annotations/instances_val.json"
+    fast = write_subset(val, tmp_path / "fast.json", 8)
+    lean = write_subset(val, tmp_path / "eval.json", EVAL_IMAGES)
     return write_config(tmp_path, f"""_BASE_: ['@DEMO@/picodet_s_analysis.yaml']
 save_dir: {tmp_path / 'ana'}
 get_target_quant_model: False
@@ -60,6 +67,11 @@ FastEvalDataset:
   !COCODataSet
     image_dir: val
     anno_path: {fast}
+    dataset_dir: {DEMO_DATA}
+EvalDataset:
+  !COCODataSet
+    image_dir: val
+    anno_path: {lean}
     dataset_dir: {DEMO_DATA}
 {extra}""")
 
@@ -74,7 +86,7 @@ def _check_split(ana):
     work = next(ana.glob(".work/*"))
     ids = {name: {im["file_name"] for im in json.loads((work / f"eval_{name}.json").read_text())["images"]}
            for name in ("search", "heldout")}
-    val = {im["file_name"] for im in json.loads((DEMO_DATA / "annotations/instances_val.json").read_text())["images"]}
+    val = {im["file_name"] for im in json.loads((ana.parent / "eval.json").read_text())["images"]}
     assert ids["search"] and ids["heldout"] and not ids["search"] & ids["heldout"]
     assert ids["search"] | ids["heldout"] == val
     fast = {im["file_name"] for im in json.loads((ana.parent / "fast.json").read_text())["images"]}

@@ -63,11 +63,12 @@ def _compare(config: Path, model_dir: Path, mkldnn: bool) -> tuple[float, float]
     from ptqdet.client import client_map
     from ptqdet.config import load_config
     from ptqdet.files import resolve_model_files
-    from ptqdet.pipeline import evaluate_model
+    from ptqdet.model import BackendOptions
+    from ptqdet.pipeline import EvalRequest, evaluate_model
 
     cfg = load_config(config)
-    ours, _ = evaluate_model(cfg, resolve_model_files(model_dir, cfg.model_filename, cfg.params_filename),
-                             mkldnn=mkldnn, progress=False)
+    files = resolve_model_files(model_dir, cfg.model_filename, cfg.params_filename)
+    ours = evaluate_model(cfg, EvalRequest(files, options=BackendOptions(mkldnn=mkldnn), progress=False)).result
     theirs = client_map(cfg, model_dir, mkldnn)
     assert theirs.images == ours.images
     return ours.map, theirs.map

@@ -9,7 +9,8 @@ import pytest
 from conftest import ROOT, write_config
 from ptqdet.config import load_config
 from ptqdet.files import ModelFiles, resolve_model_files
-from ptqdet.pipeline import evaluate_model
+from ptqdet.model import BackendOptions
+from ptqdet.pipeline import EvalRequest, evaluate_model
 from ptqdet.quantize import layer_weights, quantize, quantized_weights
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,7 @@ def yoloe_int8(tmp_path_factory):
     cfg = load_config(ROOT / "configs/demo/ppyoloe_s_ptq.yaml")
     out = tmp_path_factory.mktemp("yoloe") / "int8"
     quantize(cfg, out, progress=False)
-    fp32, _ = evaluate_model(cfg, resolve_model_files(cfg.model_dir), progress=False)
+    fp32 = evaluate_model(cfg, EvalRequest(resolve_model_files(cfg.model_dir), progress=False)).result
     return fp32.map, resolve_model_files(out)
 
 
@@ -43,7 +44,8 @@ def test_ppyoloe_int8_map_stays_close_to_fp32(yoloe_cfg, yoloe_int8):
     """The quantized model itself (its fake-quant graph, as Paddle Inference runs it on FP32
     kernels) stays within 1 mAP point of FP32. Measured: 32.2 -> 32.1."""
     fp32, int8_files = yoloe_int8
-    int8, _ = evaluate_model(yoloe_cfg, int8_files, progress=False, mkldnn=False)
+    simulated = EvalRequest(int8_files, options=BackendOptions(mkldnn=False), progress=False)
+    int8 = evaluate_model(yoloe_cfg, simulated).result
     assert fp32 >= 0.30
     assert abs(fp32 - int8.map) <= 0.01, (fp32, int8.map)  # 1 mAP point
 
@@ -57,7 +59,7 @@ def test_onednn_int8_runtime_keeps_the_quantized_models_map(yoloe_cfg, yoloe_int
     from ptqdet.model import BackendOptions
 
     assert open_backend("paddle", int8_files, BackendOptions(threads=2)).mode == "oneDNN INT8"
-    int8, _ = evaluate_model(yoloe_cfg, int8_files, progress=False)
+    int8 = evaluate_model(yoloe_cfg, EvalRequest(int8_files, progress=False)).result
     assert abs(fp32 - int8.map) <= 0.01, (fp32, int8.map)
 
 
@@ -111,7 +113,8 @@ def _ppdet_reference_eval(cfg_path):
 def test_eval_agrees_with_ppdet_reference_loop():
     cfg_path = ROOT / "configs/demo/picodet_s_ptq.yaml"
     cfg = load_config(cfg_path)
-    ours, _ = evaluate_model(cfg, resolve_model_files(cfg.model_dir), progress=False, mkldnn=False)
+    ours = evaluate_model(cfg, EvalRequest(resolve_model_files(cfg.model_dir), options=BackendOptions(mkldnn=False),
+                                           progress=False)).result
     reference = _ppdet_reference_eval(cfg_path)
     assert ours.map == pytest.approx(reference, abs=1e-3)
     assert ours.images == 200
@@ -135,4 +138,14 @@ def test_scripts_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads((tmp_path / "eval.json").read_text())
     assert data["precision"] == "INT8" and data["eval"]["images"] == 200
-    assert "INT8" in r.stdout
+    assert data["runtime"] in r.stdout  # the printed table names the runtime of its number
+
+
+def test_deploy_fake_quant_config_is_refused_before_calibration(tmp_path):
+    """--deploy openvino needs the QDQ form: refused in one line before any work, nothing written."""
+    cfg = write_config(tmp_path, "_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\nPTQ:\n  onnx_format: False\n")
+    out = tmp_path / "int8"
+    r = _run("post_quant.py", "--config_path", str(cfg), "--save_dir", str(out), "--deploy", "openvino", "--quiet")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "onnx_format" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()

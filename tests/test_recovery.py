@@ -116,15 +116,16 @@ def test_demo_picodet_every_convolution_int8_within_one_point_of_fp32(tmp_path):
     """The issue's bar: the demo PicoDet-s with no layer in float (plain PTQ: 43.0) keeps
     FP32 - 1.0 = 51.7 mAP, as the quantized graph computes it and on OpenVINO (the recommended
     CPU runtime), with the deploy config's recipe."""
-    from ptqdet.pipeline import evaluate_model
+    from ptqdet.model import BackendOptions
+    from ptqdet.pipeline import EvalRequest, evaluate_model
     from ptqdet.quantize import quantize
 
     cfg = load_config(DEMO_CONFIGS / "picodet_s_ptq_deploy.yaml")
     result = quantize(cfg, tmp_path / "int8", progress=False)
     assert len(result.quantized_layers) == 98 and not result.skipped
     int8 = resolve_model_files(tmp_path / "int8")
-    simulated, _ = evaluate_model(cfg, int8, mkldnn=False, progress=False)
-    openvino, _ = evaluate_model(cfg, int8, backend="openvino", progress=False)
+    simulated = evaluate_model(cfg, EvalRequest(int8, options=BackendOptions(mkldnn=False), progress=False)).result
+    openvino = evaluate_model(cfg, EvalRequest(int8, "openvino", progress=False)).result
     assert simulated.map >= 0.517
     assert openvino.map >= 0.517
 

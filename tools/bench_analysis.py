@@ -78,15 +78,16 @@ def layers_in_float(cfg, model_dir: Path) -> int:
 def final_maps(cfg, model_dir: Path, threads: int | None, progress: bool) -> dict[str, Any]:
     """mAP on EvalDataset: simulated INT8 (fake-quant graph on FP32 kernels, as ptqdet verifies)
     and on the runtime that deploys it (oneDNN INT8 when Paddle can fuse it)."""
-    from ptqdet.backends import BackendOptions, open_backend
     from ptqdet.files import resolve_model_files
-    from ptqdet.pipeline import evaluate_model
+    from ptqdet.model import BackendOptions
+    from ptqdet.pipeline import EvalRequest, evaluate_model
 
     files = resolve_model_files(model_dir)
     start = time.perf_counter()
-    simulated, _ = evaluate_model(cfg, files, "EvalDataset", threads=threads, mkldnn=False, progress=progress)
-    runtime, _ = evaluate_model(cfg, files, "EvalDataset", threads=threads, mkldnn=True, progress=progress)
-    mode = open_backend("paddle", files, BackendOptions(threads=threads)).mode
+    simulated = evaluate_model(cfg, EvalRequest(files, options=BackendOptions(threads=threads, mkldnn=False),
+                                                progress=progress)).result
+    runtime_eval = evaluate_model(cfg, EvalRequest(files, options=BackendOptions(threads=threads), progress=progress))
+    runtime, mode = runtime_eval.result, runtime_eval.runtime
     return {"simulated_map": simulated.map, "runtime_map": runtime.map, "runtime": mode,
             "seconds": time.perf_counter() - start}
 
@@ -138,10 +139,12 @@ def run_theirs(cfg, out: Path, target: float, fp32_map: float, max_layers: int |
 def fp32_reference(cfg, threads: int | None, progress: bool) -> float:
     """FP32 mAP on EvalDataset (only needed when ptqdet's analysis, which measures it, is skipped)."""
     from ptqdet.files import resolve_model_files
-    from ptqdet.pipeline import evaluate_model
+    from ptqdet.model import BackendOptions
+    from ptqdet.pipeline import EvalRequest, evaluate_model
 
     files = resolve_model_files(cfg.model_dir, cfg.model_filename, cfg.params_filename)
-    return evaluate_model(cfg, files, "EvalDataset", threads=threads, progress=progress)[0].map
+    request = EvalRequest(files, options=BackendOptions(threads=threads), progress=progress)
+    return evaluate_model(cfg, request).result.map
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:

@@ -34,12 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     from ptqdet.client import client_map
     from ptqdet.config import load_config
     from ptqdet.files import resolve_model_files
-    from ptqdet.pipeline import evaluate_model
+    from ptqdet.model import BackendOptions
+    from ptqdet.pipeline import EvalRequest, evaluate_model
     from ptqdet.report import mAP_points, markdown_table
 
     cfg = load_config(args.config_path)
     files = resolve_model_files(args.model_dir, cfg.model_filename, cfg.params_filename)
-    ours, _ = evaluate_model(cfg, files, args.dataset, threads=args.threads, mkldnn=args.mkldnn, progress=False)
+    ours = evaluate_model(cfg, EvalRequest(files, options=BackendOptions(threads=args.threads, mkldnn=args.mkldnn),
+                                           dataset_key=args.dataset, progress=False)).result
     theirs = client_map(cfg, args.model_dir, args.mkldnn, args.dataset, threads=args.threads,
                         client_dir=args.client_dir)
     runtime = "oneDNN" if args.mkldnn else "no oneDNN"

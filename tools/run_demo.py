@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     import os
     os.chdir(ROOT)
     cli.quiet_libraries()
-    from ptqdet.analysis.deploy import deploy_form, measure_models, qdq_config
+    from ptqdet.analysis.deploy import deploy_form, qdq_config
     from ptqdet.analysis.stages import AnalysisOptions, analyze
     from ptqdet.backends import BackendOptions, open_backend
+    from ptqdet.benchmark import measure_models
     from ptqdet.config import load_config
     from ptqdet.files import resolve_model_files
     from ptqdet.metrics import evaluate

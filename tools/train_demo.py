@@ -133,7 +133,7 @@ def write_card(args, cfg, run_dir: Path, export_dir: Path) -> Path:
     from ptqdet import cli
     from ptqdet.config import load_config as ptq_load
     from ptqdet.files import resolve_model_files
-    from ptqdet.pipeline import evaluate_model
+    from ptqdet.pipeline import EvalRequest, evaluate_model
     from ptqdet.report import machine_info, markdown_table
 
     cli.quiet_libraries()
@@ -141,7 +141,7 @@ def write_card(args, cfg, run_dir: Path, export_dir: Path) -> Path:
     extra = json.loads(args.history.read_text()) if args.history else []
     points = sorted({p["epoch"]: p for p in extra + curve}.values(), key=lambda p: p["epoch"])
     ptq_cfg = ptq_load(args.ptq_config)
-    fp32, _ = evaluate_model(ptq_cfg, resolve_model_files(export_dir), progress=False)
+    fp32 = evaluate_model(ptq_cfg, EvalRequest(resolve_model_files(export_dir), progress=False)).result
     m = machine_info()
     epochs = int(cfg.epoch)
     # an intermediate checkpoint (output/train/NAME/<epoch index>) exported before the schedule ended

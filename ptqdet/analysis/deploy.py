@@ -15,8 +15,6 @@ latency of the models the analysis chooses, measured on it.
   INT8 layers also moves conversions that the per-node profile does not charge to it).
 - `conv_kernel_ratio`: the convolutions' own time on OpenVINO, INT8 over FP32 (what the
   INT8 kernels gain on this CPU; tools/bench_recovery.py reports it).
-- `measure_models`: interleaved latency rounds of the FP32 model and INT8 models on the runtime
-  (ptqdet.benchmark's rounds), batch 1.
 """
 from __future__ import annotations
 
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import BackendOptions, median_profile, open_backend
-from ..benchmark import BenchSettings, ModelSet, Row, interleaved_rounds, prepare_models
+from ..benchmark import ModelSet, measure_models, prepare_models
 from ..config import PTQDetConfig
 from ..export import export_onnx
 from ..files import ModelFiles
@@ -39,7 +37,6 @@ from .results import AnalysisOptions, DeployInfo
 from .search import MIN_SAVING_MS, base_candidates
 
 PROFILED_BACKENDS = ("openvino",)  # per-layer costs: the backends with a per-node profile
-LATENCY_ROUNDS = 100  # paired runs per model (~1 s per model on the demo PicoDet-s)
 LATENCY_METHOD = "alternated-median-profile_paired-runs"  # part of the cached costs' key: change it with the method
 
 
@@ -175,25 +172,6 @@ def conv_kernel_ratio(fp32_export: Path, int8_export: Path, threads: int, feed: 
     if not fp32 or not int8:
         raise RuntimeError(f"no convolution found in the OpenVINO profile of {fp32_export} or {int8_export}")
     return int8 / fp32
-
-
-def measure_models(cfg: PTQDetConfig, models: dict[str, Path], backend: str, threads: int,
-                   feed: dict[str, np.ndarray], progress: bool, rounds: int = LATENCY_ROUNDS) -> dict[str, Row]:
-    """Latency rows of named models on `backend`, batch 1: `rounds` rounds of one run per model
-    (order reversed every other round), so that the i-th times of two models were taken side by
-    side: a machine shared with other work slows them alike (paired_saving)."""
-    feed = {k: v[:1] for k, v in feed.items()}
-    settings = BenchSettings(backends=(backend,), threads=threads, progress=progress, rounds=rounds, repeats=1)
-    runners = []
-    for name, path in models.items():
-        row = Row(backend, name, str(path))
-        runner = open_backend(backend, path, BackendOptions(threads=threads))
-        row.runtime = runner.mode
-        runners.append((row, runner))
-    interleaved_rounds(runners, feed, settings)
-    return {row.precision: row for row, _ in runners}
-
-
 
 
 def _dequantized(graph: Any, dq: Any) -> np.ndarray | None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import open_backend
-from ..benchmark import ModelSet
+from ..benchmark import ModelSet, measure_models
 from ..config import ConfigError, PTQDetConfig
 from ..data import BatchSource
 from ..files import ModelFiles
@@ -26,7 +26,7 @@ from ..metrics import evaluate
 from ..model import BackendOptions
 from ..quantize import SAVED_FILES, quantize_files
 from .context import AnalysisContext
-from .deploy import deploy_form, float_variant, measure_models, qdq_config, runtime_form
+from .deploy import deploy_form, float_variant, qdq_config, runtime_form
 from .results import AnalysisOptions, Choice, TargetResult
 from .search import MAX_VERIFICATIONS, SearchOutcome, latency_order, search_prefix
 from .sensitivity import Evaluator
