@@ -22,6 +22,7 @@ import numpy as np
 
 from .backends import BACKENDS, BackendOptions, open_backend
 from .config import ConfigError, PTQDetConfig
+from .data import dataset_digest
 from .export import ExportError, export_onnx, load_export
 from .files import ModelFiles, resolve_model_files
 from .metrics import evaluate
@@ -84,6 +85,14 @@ class ModelSet:
 INT8_STAMP = "int8.source.json"
 
 
+def ptq_cache_key(cfg: PTQDetConfig, fp32: ModelFiles) -> str:
+    """What an INT8 model depends on: the FP32 model's bytes, every PTQ key, the layers kept in
+    float (skip_tensor_list, skip_op_types) and the calibration images (TrainDataset)."""
+    return fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list,
+                              "skip_types": cfg.skip_op_types,
+                              "calibration": dataset_digest(cfg, ("TrainDataset",))})
+
+
 def quantize_cached(cfg: PTQDetConfig, fp32: ModelFiles, work_dir: Path, progress: bool = True,
                     log: Callable[[str], None] = print) -> tuple[dict[str, Any], bool]:
     """PTQ of cfg's model into work_dir/int8 unless the same FP32 model and PTQ settings made it
@@ -94,8 +103,7 @@ def quantize_cached(cfg: PTQDetConfig, fp32: ModelFiles, work_dir: Path, progres
 
     int8_dir = work_dir / "int8"
     stamp = work_dir / INT8_STAMP
-    key = fingerprint(fp32, {"ptq": cfg.ptq.to_dict(), "skip": cfg.skip_tensor_list,
-                               "skip_types": cfg.skip_op_types})
+    key = ptq_cache_key(cfg, fp32)
     if stamp.is_file() and (int8_dir / "model.pdmodel").is_file():
         saved = json.loads(stamp.read_text())
         if saved.get("key") == key:

@@ -6,6 +6,7 @@ transforms itself, batch by batch, so an error surfaces at once with its traceba
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import sys
@@ -90,6 +91,43 @@ def dataset_paths(dataset: Any) -> dict[str, Path]:
     if isinstance(anno, str) and anno:
         paths["anno_path"] = root / anno
     return paths
+
+
+def dataset_images(dataset: Any) -> list[Path]:
+    """The image files a ppdet dataset reads: the images its COCO annotation names, the files of
+    a VOC list, or the images of an ImageFolder's folder (sorted)."""
+    paths = dataset_paths(dataset)
+    image_dir, anno = paths.get("image_dir"), paths.get("anno_path")
+    if anno is not None and anno.is_file() and anno.suffix == ".json":
+        try:
+            images = json.loads(anno.read_text()).get("images", [])
+        except (ValueError, AttributeError):
+            return []
+        root = image_dir if image_dir is not None else anno.parent
+        return sorted(root / str(im.get("file_name", "")) for im in images if isinstance(im, dict))
+    if anno is not None and anno.is_file():  # VOC: "image annotation" per line, relative to dataset_dir
+        root = Path(str(getattr(dataset, "dataset_dir", "") or ""))
+        return sorted(root / line.split()[0] for line in anno.read_text().splitlines() if line.strip())
+    return folder_images(image_dir) if image_dir is not None and image_dir.is_dir() else []
+
+
+def dataset_digest(cfg: PTQDetConfig, keys: tuple[str, ...]) -> str:
+    """What results computed on the config's datasets `keys` depend on (hex sha256): each
+    dataset's folders, its annotation file's bytes, and the name, size and modification time
+    of every image it reads (a changed, added or removed image changes the digest)."""
+    digest = hashlib.sha256()
+    for key in keys:
+        if not cfg.has_dataset(key):
+            continue
+        dataset = cfg.ppdet[key]
+        digest.update(f"{key}:{type(dataset).__name__}:{sorted(dataset_paths(dataset).items())}".encode())
+        anno = dataset_paths(dataset).get("anno_path")
+        if anno is not None and anno.is_file():
+            digest.update(anno.read_bytes())
+        for image in dataset_images(dataset):
+            stat = image.stat() if image.is_file() else None
+            digest.update(f"{image}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode())
+    return digest.hexdigest()
 
 
 def folder_images(folder: Path) -> list[Path]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PTQDetConfig
+from ..data import dataset_digest
 from ..files import ModelFiles
 from ..paddle_static import model_digest
 from ..report import write_json
@@ -36,17 +37,11 @@ class Counters:
 
 
 def cache_key(cfg: PTQDetConfig, extra: dict[str, Any]) -> str:
-    """Hash of everything a result depends on: model files, PTQ settings, datasets, skip list."""
+    """Hash of everything a result depends on: model files, PTQ settings, the layers kept in
+    float (skip_tensor_list and skip_op_types), and the datasets (annotations and images)."""
     files = ModelFiles(cfg.model_dir, cfg.model_filename, cfg.params_filename)
-    h = model_digest(files, cfg.ptq.to_dict(), sorted(cfg.skip_tensor_list))
-    for key in ("TrainDataset", "EvalDataset", "FastEvalDataset"):
-        if cfg.has_dataset(key):
-            ds = cfg.ppdet[key]
-            anno = Path(str(ds.dataset_dir)) / str(ds.anno_path) if getattr(ds, "anno_path", None) else None
-            h.update(key.encode())
-            h.update(str(getattr(ds, "image_dir", "")).encode())
-            if anno is not None and anno.is_file():
-                h.update(anno.read_bytes())
+    h = model_digest(files, cfg.ptq.to_dict(), sorted(cfg.skip_tensor_list), sorted(cfg.skip_op_types))
+    h.update(dataset_digest(cfg, ("TrainDataset", "EvalDataset", "FastEvalDataset")).encode())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
