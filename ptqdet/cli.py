@@ -57,13 +57,26 @@ def parallel_options(args: argparse.Namespace):
                            search_width=width)
 
 
+def one_line(text: str) -> str:
+    """A message on one line, even when it quotes a library's multi-line text."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a script's main; a ConfigError becomes one line on stderr and exit code 2."""
+    """Run a script's main: a ConfigError (a user's mistake: a path, a key, a model a runtime
+    cannot run) becomes one line on stderr and exit code 2, an ExportError (paddle2onnx failed
+    on the model) one line and exit code 1."""
     try:
         return main(argv)
-    except ConfigError as exc:  # one line, even when the message quotes a library's multi-line text
-        print("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
+    except ConfigError as exc:
+        print("error: " + one_line(str(exc)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        export = sys.modules.get("ptqdet.export")  # not imported: the error cannot be one of its
+        if export is None or not isinstance(exc, export.ExportError):
+            raise
+        print("error: " + one_line(str(exc)), file=sys.stderr)
+        return 1

@@ -7,6 +7,7 @@ key is checked here so that a typo fails at once with a message naming it, befor
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -195,21 +196,101 @@ def _read_user_yaml(path: Path) -> dict:
     return data
 
 
+# keys of a section that a user may write at the top level by mistake (onnx_format under PTQ:)
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "EvalReader": ("sample_transforms", "batch_transforms", "batch_size", "shuffle", "drop_last"),
+    "TrainDataset, EvalDataset or FastEvalDataset": ("image_dir", "anno_path", "dataset_dir", "label_list"),
+}
+
+
+def _sections_of(key: str) -> list[str]:
+    """The sections (PTQ, NMS, EvalReader, the datasets) that have a setting named `key`."""
+    sections = [name for name, keys in (("PTQ", PTQ_DEFAULTS), ("NMS", NMS_DEFAULTS)) if key in keys]
+    return sections + [name for name, keys in SECTION_KEYS.items() if key in keys]
+
+
 def _check_keys(path: Path, data: dict) -> None:
     allowed = set(PTQDET_KEYS) | PPDET_TOLERATED_KEYS
     for key in data:
         if key not in allowed:
+            sections = _sections_of(str(key))
+            if sections:
+                where = " or of ".join(f"the {s} section" if " " not in s else s for s in sections)
+                under = f"under {sections[0]}:" if len(sections) == 1 and " " not in sections[0] else "there"
+                raise ConfigError(f"{path}: unknown config key {key!r} at the top level: it is a setting of "
+                                  f"{where}; indent it {under}")
             raise ConfigError(f"{path}: unknown config key {key!r}{_suggest(str(key), sorted(allowed))}")
-    ptq = data.get("PTQ") or {}
-    if not isinstance(ptq, dict):
-        raise ConfigError(f"{path}: 'PTQ' must be a mapping of settings")
-    for key in ptq:
-        if key not in PTQ_DEFAULTS:
-            raise ConfigError(f"{path}: unknown key 'PTQ.{key}'{_suggest(str(key), sorted(PTQ_DEFAULTS))}")
-    nms = data.get("NMS") or {}
-    for key in nms:
-        if key not in NMS_DEFAULTS:
-            raise ConfigError(f"{path}: unknown key 'NMS.{key}'{_suggest(str(key), sorted(NMS_DEFAULTS))}")
+    for section, known in (("PTQ", PTQ_DEFAULTS), ("NMS", NMS_DEFAULTS)):
+        raw = data.get(section) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: {section!r} must be a mapping of settings")
+        for key in raw:
+            if key in known:
+                continue
+            if key in PTQDET_KEYS:
+                raise ConfigError(f"{path}: unknown key '{section}.{key}': {key} is a top-level key, not a "
+                                  f"{section} setting; write it without indentation")
+            other = [s for s in _sections_of(str(key)) if s != section]
+            if other:
+                raise ConfigError(f"{path}: unknown key '{section}.{key}': it is a setting of the {other[0]} section")
+            raise ConfigError(f"{path}: unknown key '{section}.{key}'{_suggest(str(key), sorted(known))}")
+
+
+def _base_files(path: Path, data: dict) -> list[Path]:
+    """The files a config's _BASE_ names, resolved as PaddleDetection does (relative to the
+    config's folder, ~ expanded); ConfigError unless _BASE_ is a list of file names."""
+    bases = data.get("_BASE_")
+    if bases is None:
+        return []
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: _BASE_ must be a list of config files, e.g. _BASE_: ['base.yml'], got {bases!r}")
+    out = []
+    for base in bases:
+        base = str(Path(base).expanduser()) if base.startswith("~") else base
+        out.append(Path(base) if base.startswith("/") else path.parent / base)
+    return out
+
+
+def _chain(files: list[Path]) -> str:
+    """The files of a _BASE_ chain, each after the first named from the first one's folder."""
+    root = files[0].parent
+
+    def short(f: Path) -> str:
+        f = Path(os.path.normpath(f))  # sub/../c.yml -> c.yml (as written, not resolved: links stay)
+        try:
+            return str(f.relative_to(os.path.normpath(root)))
+        except ValueError:
+            return str(f)
+
+    return " -> ".join([str(files[0]), *(short(f) for f in files[1:])])
+
+
+def check_bases(path: Path) -> None:
+    """Every _BASE_ file of the config, and theirs, exists, is a YAML mapping and is included
+    once on each chain; ConfigError naming the chain of files otherwise (PaddleDetection itself
+    answers a cycle with "maximum recursion depth exceeded" and a missing file with a bare
+    FileNotFoundError)."""
+
+    def visit(file: Path, chain: list[Path], data: dict) -> None:
+        for base in _base_files(file, data):
+            if any(base.resolve() == c.resolve() for c in chain):
+                raise ConfigError(f"{path}: _BASE_ cycle: {_chain([*chain, base])} (a config cannot include itself)")
+            if not base.is_file():
+                what = "is a folder, not a config file" if base.is_dir() else "not found"
+                raise ConfigError(f"{path}: _BASE_ file {what}: {base} (chain: {_chain([*chain, base])})")
+            try:
+                text = base.read_text()
+                base_data = _read_user_yaml(base) if text.strip() else None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: _BASE_ file {base} cannot be read ({exc}; chain: "
+                                  f"{_chain([*chain, base])})") from exc
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (a _BASE_ of {path}; chain: {_chain([*chain, base])})") from exc
+            if base_data is None:
+                raise ConfigError(f"{path}: _BASE_ file {base} is empty (chain: {_chain([*chain, base])})")
+            visit(base, [*chain, base], base_data)
+
+    visit(path, [path], _read_user_yaml(path))
 
 
 _PRISTINE_WORKSPACE: dict | None = None
@@ -355,6 +436,7 @@ def load_config(path: str | Path) -> PTQDetConfig:
     if path.suffix not in (".yml", ".yaml"):
         raise ConfigError(f"{path}: a config must be a .yml or .yaml file")
     _check_keys(path, _read_user_yaml(path))
+    check_bases(path)
 
     from ppdet.core.workspace import load_config as ppdet_load_config
 

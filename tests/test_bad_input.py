@@ -109,6 +109,7 @@ class Env:
 
     tmp: Path
     good: Good
+    patch: pytest.MonkeyPatch
 
     @property
     def out(self) -> Path:
@@ -166,6 +167,72 @@ def _garbage_image(env: Env) -> str:
     shutil.copytree(env.good.data, data)
     (data / "val" / "val_000000.jpg").write_bytes(b"\xff\xd8 not really a jpeg" * 20)
     return f"image_dir: val, anno_path: val.json, dataset_dir: {data}"
+
+
+def _fake_quant_model(env: Env) -> Path:
+    """An INT8 model of the good PicoDet-s in fake-quant form (PTQ.onnx_format: False), made
+    once per module (1 calibration image, ~4 s) beside the good fixtures."""
+    out = env.good.root / "int8_fake_quant"
+    if not (out / "model.pdmodel").is_file():
+        from ptqdet.config import load_config
+        from ptqdet.quantize import quantize
+
+        cfg = env.write("fq.yaml", f"_BASE_: ['{DEMO_CONFIGS / 'picodet_s_ptq.yaml'}']\nmodel_dir: {env.good.model}\n"
+                                   f"TrainDataset: !COCODataSet {{image_dir: calib, anno_path: calib.json, "
+                                   f"dataset_dir: {env.good.data}}}\n"
+                                   "PTQ: {batch_size: 1, batch_nums: 1, algo: abs_max, equalize_depthwise: False}\n")
+        quantize(load_config(cfg), out, progress=False)
+        cfg.unlink()
+    return out
+
+
+def _export_folder(env: Env, meta: str | None = '{"precision": "FP32"}', model: str | None = "model.onnx") -> Path:
+    """A folder shaped like an ONNX export of export_onnx.py: export.json holding `meta` (None:
+    none) and a model file named `model` (None: none; its bytes are not a model)."""
+    folder = env.tmp / "onnx"
+    folder.mkdir()
+    if meta is not None:
+        (folder / "export.json").write_text(meta)
+    if model is not None:
+        (folder / model).write_bytes(b"not a model")
+    return folder
+
+
+def _export_meta(**change) -> str:
+    meta = {"onnx_path": "model.onnx", "source": "m", "precision": "FP32", "input_names": ["image", "scale_factor"],
+            "output_names": ["a", "b"], "nms": None, "opset": 13, "paddle2onnx": "1.3.1"}
+    return json.dumps({**meta, **change})
+
+
+def _pir_export(env: Env, stem: str = "model", paddlex: bool = False) -> Path:
+    """A Paddle 3 / PaddleX 3 PIR export's shape: <stem>.json (the PIR program) + <stem>.pdiparams
+    (+ PaddleX's inference.yml)."""
+    folder = env.tmp / "pir"
+    folder.mkdir()
+    (folder / f"{stem}.json").write_text('{"base_code": {"magic": "pir", "trainable": false, "version": 1}, '
+                                         '"program": {"regions": []}}')
+    shutil.copy(env.good.model / "model.pdiparams", folder / f"{stem}.pdiparams")
+    if paddlex:
+        (folder / "inference.yml").write_text("Global:\n  model_name: PicoDet-S\n")
+    return folder
+
+
+def _without_package(env: Env, name: str, argv: list) -> list:
+    """argv, with `import name` failing during the case (as when the package is not installed)."""
+    env.patch.setitem(sys.modules, name, None)
+    return argv
+
+
+def _folder(env: Env, name: str) -> Path:
+    folder = env.tmp / name
+    folder.mkdir()
+    return folder
+
+
+def _base_chain(env: Env, texts: dict[str, str]) -> Path:
+    """Config files named by `texts` (the first is the one given to the script)."""
+    paths = [env.write(name, text) for name, text in texts.items()]
+    return paths[0]
 
 
 def _voc_without_xml(env: Env) -> Path:
@@ -299,6 +366,70 @@ TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
                                                "skip_op_types ['matmul_v2']"),
     "metric VOC on a COCO dataset (conflict)": ("eval.py", lambda e: e.eval("metric: VOC\n"),
                                                 "is a COCODataSet but metric is VOC"),
+    # the deployment path: a runtime asked to run what it cannot
+    "fake-quant INT8 on OpenVINO": ("eval.py", lambda e: [*e.eval(), "--backend", "openvino", "--model_dir",
+                                                          _fake_quant_model(e)], "`PTQ.onnx_format: True`"),
+    "fake-quant INT8 on ONNX Runtime": ("eval.py", lambda e: [*e.eval(), "--backend", "onnxruntime", "--model_dir",
+                                                              _fake_quant_model(e)], "_ptq_deploy.yaml"),
+    "runtime not installed": ("eval.py", lambda e: _without_package(e, "openvino", [*e.eval(), "--backend",
+                                                                                     "openvino"]),
+                              "needs the Python package 'openvino'"),
+    "ONNX export folder without model.onnx": ("eval.py", lambda e: [*e.eval(), "--backend", "openvino", "--model_dir",
+                                                                    _export_folder(e, model=None)],
+                                              "ONNX export of ptqdet (export.json) without its model"),
+    "ONNX model without export.json": ("eval.py", lambda e: [*e.eval(), "--backend", "onnxruntime", "--model_dir",
+                                                             _export_folder(e, meta=None)], "but no export.json"),
+    "export.json truncated": ("eval.py", lambda e: [*e.eval(), "--backend", "onnxruntime", "--model_dir",
+                                                    _export_folder(e, meta=_export_meta()[:40])],
+                              "is truncated or not an export.json"),
+    "ONNX export on the paddle backend": ("eval.py", lambda e: [*e.eval(), "--model_dir",
+                                                                _export_folder(e, meta=_export_meta())],
+                                          "backend 'paddle' runs Paddle models, not an ONNX export"),
+    "OpenVINO IR on ONNX Runtime": ("eval.py", lambda e: [*e.eval(), "--backend", "onnxruntime", "--model_dir",
+                                                          _export_folder(e, _export_meta(onnx_path="model.xml"),
+                                                                         "model.xml")],
+                                    "is an OpenVINO IR, not ONNX"),
+    "OpenVINO on GPU": ("eval.py", lambda e: [*e.eval(), "--backend", "openvino", "--devices", "gpu"],
+                        "runs on CPU here"),
+    # what model_dir is, when it is not a Paddle 2 model folder
+    "model_dir is a file": ("post_quant.py", lambda e: e.ptq(model=e.good.model / "model.pdmodel"),
+                            "is a file, not a folder"),
+    "Paddle 3 PIR export (model.json)": ("post_quant.py", lambda e: e.ptq(model=_pir_export(e)),
+                                         "holds a Paddle 3 PIR program (model.json + model.pdiparams"),
+    "PaddleX 3 PIR export (inference.json, analysis)": ("analysis.py", lambda e: e.analysis(
+        "model_filename: inference.pdmodel\nparams_filename: inference.pdiparams\n",
+        model=_pir_export(e, "inference", paddlex=True)), "FLAGS_enable_pir_api=0"),
+    "model_filename names a PIR program": ("eval.py", lambda e: e.eval(
+        "model_filename: inference.json\nparams_filename: inference.pdiparams\n",
+        model=_pir_export(e, "inference", paddlex=True)), "Paddle 2.6 (the version PaddleSlim 2.6 needs) cannot"),
+    "model_dir holds other file names": ("export_onnx.py", lambda e: e.onnx(e.model(lambda m: [
+        (m / f"model.{x}").rename(m / f"inference.{x}") for x in ("pdmodel", "pdiparams")])),
+        "the folder holds inference.pdmodel: set model_filename"),
+    "model_dir empty": ("post_quant.py", lambda e: e.ptq(model=_folder(e, "empty_model")), "is empty"),
+    # config structure
+    "PTQ key at the top level": ("post_quant.py", lambda e: e.ptq("onnx_format: True\n"),
+                                 "'onnx_format' at the top level: it is a setting of the PTQ section"),
+    "NMS key at the top level": ("eval.py", lambda e: e.eval("keep_top_k: 100\n", base="ppyoloe_s_ptq.yaml"),
+                                 "it is a setting of the NMS section"),
+    "top-level key inside PTQ": ("analysis.py", lambda e: e.analysis("PTQ:\n  skip_tensor_list: []\n"),
+                                 "skip_tensor_list is a top-level key, not a PTQ setting"),
+    "_BASE_ cycle": ("post_quant.py", lambda e: ["--config_path", _base_chain(e, {
+        "a.yaml": "_BASE_: ['b.yml']\n", "b.yml": "_BASE_: ['a.yaml']\n"}), "--save_dir", e.out],
+        "_BASE_ cycle: "),
+    "_BASE_ file missing": ("eval.py", lambda e: ["--config_path", _base_chain(e, {
+        "a.yaml": "_BASE_: ['b.yml']\n", "b.yml": "_BASE_: ['gone/c.yml']\n"}), "--output", e.out / "x.json"],
+        "_BASE_ file not found: "),
+    "_BASE_ not a list": ("analysis.py", lambda e: ["--config_path", e.write("a.yaml", "_BASE_: b.yml\n"),
+                                                    "--save_dir", e.out], "_BASE_ must be a list"),
+    "_BASE_ file empty": ("post_quant.py", lambda e: ["--config_path", _base_chain(e, {
+        "a.yaml": "_BASE_: ['b.yml']\n", "b.yml": ""}), "--save_dir", e.out], "is empty"),
+    # output folders the system refuses (root passes os.access there)
+    "save_dir under /proc": ("post_quant.py", lambda e: ["--config_path", e.config(), "--save_dir",
+                                                          "/proc/ptqdet_out"], "cannot be created"),
+    "analysis save_dir under /proc": ("analysis.py", lambda e: ["--config_path", e.config(), "--save_dir",
+                                                                "/proc/ptqdet_ana"], "cannot be created"),
+    "eval --output under /sys": ("eval.py", lambda e: ["--config_path", e.config(), "--output",
+                                                        "/sys/ptqdet/eval.json"], "cannot be created"),
     **_ptq_type_cases(),
 }
 
@@ -310,15 +441,15 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 def test_the_table_covers_every_script_and_class():
-    assert len(TABLE) >= 25
+    assert len(TABLE) >= 35
     assert {script for script, _, _ in TABLE.values()} == {"post_quant.py", "eval.py", "analysis.py", "export_onnx.py"}
     assert {f"PTQ.{key} wrong type" for key in PTQ_DEFAULTS} <= set(TABLE)
 
 
 @pytest.mark.parametrize("case", list(TABLE))
-def test_bad_input_gives_one_error_line_and_writes_nothing(tmp_path, good, capfd, case):
+def test_bad_input_gives_one_error_line_and_writes_nothing(tmp_path, good, capfd, monkeypatch, case):
     script, build, expected = TABLE[case]
-    env = Env(tmp_path, good)
+    env = Env(tmp_path, good, monkeypatch)
     argv = build(env)
     before, good_before = _snapshot(tmp_path), _snapshot(good.root)
     code, out, err = run_script(script, argv, capfd)
@@ -328,4 +459,5 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(tmp_path, good, capfd
     assert expected in lines[0]
     assert "Traceback" not in out + err
     assert _snapshot(tmp_path) == before  # no output folder, no temporary left, fixtures untouched
+    assert not [p for p in env.out.parent.iterdir() if ".tmp" in p.name]
     assert _snapshot(good.root) == good_before  # the source model byte-identical

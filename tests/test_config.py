@@ -68,3 +68,29 @@ def test_docs_config_reference_is_generated_from_the_code():
 
     assert Path("docs/config.md").read_text() == reference_markdown(), (
         "run: python -m ptqdet.config_doc > docs/config.md")
+
+
+def test_base_chain_problems_name_the_chain_of_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: ['sub/b.yml']\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yml").write_text("_BASE_: ['../c.yml']\n")
+    (tmp_path / "c.yml").write_text("_BASE_: ['a.yaml']\n")
+    with pytest.raises(ConfigError, match=r"_BASE_ cycle: .*a\.yaml -> sub/b\.yml -> c\.yml -> a\.yaml \("):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yml").write_text("_BASE_: ['gone.yml']\n")
+    with pytest.raises(ConfigError, match=r"_BASE_ file not found: .*gone\.yml \(chain: .*a\.yaml -> sub/b\.yml -> "
+                                          r"c\.yml -> gone\.yml\)"):
+        load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("onnx_format: True\n", r"'onnx_format' at the top level: it is a setting of the PTQ section; indent it under"),
+    ("batch_size: 4\n", r"'batch_size' at the top level: it is a setting of the PTQ section or of the EvalReader"),
+    ("anno_path: a.json\n", r"'anno_path' at the top level: it is a setting of TrainDataset, EvalDataset"),
+    ("NMS:\n  algo: KL\n", r"'NMS.algo': it is a setting of the PTQ section"),
+    ("PTQ:\n  model_dir: x\n", r"'PTQ.model_dir': model_dir is a top-level key"),
+])
+def test_a_key_in_the_wrong_section_names_its_section(tmp_path, text, match):
+    path = write_config(tmp_path, f"_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\n{text}")
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
