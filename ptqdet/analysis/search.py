@@ -11,15 +11,14 @@ MAX_VERIFICATIONS = 3
 # a layer the runtime's per-node profile shows at least this much faster in float (per image) is
 # a candidate for the latency base; it joins it when the whole model is measured faster by as much
 MIN_SAVING_MS = 0.05
-MAX_BASE_CANDIDATES = 12  # candidates measured end to end (~2 s each on the demo PicoDet-s)
+MAX_BASE_CANDIDATES = 12  # candidates measured end to end (each costs a latency measurement)
 COST_FLOOR_MS = 1e-3  # a layer measured as free (or faster) in float still costs a little
 
 
 def search_mode(modes: Iterable[str]) -> str:
-    """The ranking the target search follows: "quantize one" when it was computed. Measured on
-    the demo PicoDet-s (target 1 point under FP32): its prefix needed 6 layers in float, the
-    "revert one" ranking 74 (reverting one layer of a broken INT8 model moves the 40-image
-    FastEval mAP by noise beyond the two worst layers)."""
+    """The ranking the target search follows: "quantize one" when it was computed. Reverting one
+    layer of a broken INT8 model moves a small FastEval set's mAP by noise beyond the few worst
+    layers, so the "revert one" prefix meeting a target is far longer (docs/results/findings.md)."""
     modes = list(modes)
     return "quantize" if "quantize" in modes else modes[0]
 
