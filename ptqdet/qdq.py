@@ -6,9 +6,9 @@ carries a quantize/dequantize pair after the output of nearly every op (batch no
 ...): they record scales for Paddle Inference, which runs only the quantized layers in INT8.
 paddle2onnx turns them all into real QuantizeLinear/DequantizeLinear nodes, quantizes the
 weights of layers PTQ kept in float (it sees a quantized input), folds batch norms into
-quantized weights (and aborts on some: "Require the scale >= 0"). On the demo PicoDet-s that
-costs 11 mAP points on OpenVINO and ONNX Runtime against Paddle Inference's INT8 run of the
-same model.
+quantized weights (and aborts on some: "Require the scale >= 0"). That costs mAP on OpenVINO
+and ONNX Runtime against Paddle Inference's INT8 run of the same model
+(docs/results/qdq_export.md, docs/results/findings.md).
 
 Here the INT8 ONNX model is what Paddle Inference (oneDNN) runs: QDQ on the input and the
 weights of each quantized layer and nowhere else, with the same integers and steps:
@@ -27,16 +27,15 @@ pinned version), chosen per convolution input:
 - inputs of ordinary convolutions: int8, zero point 0. A zero point becomes the convolution's
   "input zero point", and on CPUs with AMX OpenVINO then compiles each convolution whose fused
   output quantization is per channel (those feeding equalized depthwise inputs,
-  PTQ.equalize_depthwise) with its legacy JIT kernel instead of brgconv: 12.4 against 8.4 ms
-  (real PicoDet-s at 416, 1 thread, Intel Xeon with AMX).
+  PTQ.equalize_depthwise) with its legacy JIT kernel instead of brgconv, which is much slower.
 - inputs of depthwise convolutions: uint8, zero point 128 (the same values): with int8 inputs
-  OpenVINO's depthwise INT8 kernel loses accuracy (equalized real PicoDet-s 34.5 against 35.3
-  mAP, same model) at no speed gain.
+  OpenVINO's depthwise INT8 kernel loses accuracy, at no speed gain.
 - inputs that a Concat produces: uint8, zero point 128. On CPUs without AMX (AMD EPYC with
   avx512_vnni, 2026.4.1) OpenVINO computes a convolution reading a Concat through a symmetric
-  int8 quantization wrongly (PP-YOLOE-s 17.1 instead of 31.9 mAP; each of its ten such inputs
-  alone moves the outputs 25-134 px against ONNX Runtime, the other 64 inputs none); on Xeon
-  with AMX it computed them right, and 2024.6 got them wrong everywhere. PicoDet-s has none.
+  int8 quantization wrongly (PP-YOLOE-s loses about half its mAP; each such input alone moves
+  the outputs against ONNX Runtime, the other inputs none); on Xeon with AMX it computed them
+  right, and 2024.6 got them wrong everywhere. PicoDet-s has none.
+The measurements behind each choice: docs/results/findings.md.
 """
 from __future__ import annotations
 
