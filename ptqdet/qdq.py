@@ -32,8 +32,8 @@ pinned version), chosen per convolution input:
   OpenVINO's depthwise INT8 kernel loses accuracy, at no speed gain.
 - inputs that a Concat produces: uint8, zero point 128. On CPUs without AMX (AMD EPYC with
   avx512_vnni, 2026.4.1) OpenVINO computes a convolution reading a Concat through a symmetric
-  int8 quantization wrongly (PP-YOLOE-s loses about half its mAP; each such input alone moves
-  the outputs against ONNX Runtime, the other inputs none); on Xeon with AMX it computed them
+  int8 quantization wrongly (PP-YOLOE-s's mAP collapses; each such input alone moves the
+  outputs against ONNX Runtime, the other inputs none); on Xeon with AMX it computed them
   right, and 2024.6 got them wrong everywhere. PicoDet-s has none.
 The measurements behind each choice: docs/results/findings.md.
 """
