@@ -1,24 +1,25 @@
 """Making paddleslim 2.6's reconstruction PTQ (quant_recon_static: AdaRound, BRECQ, QDrop) run
-in minutes on CPU. Two costs of its own dominate on a detector of a few hundred ops:
+in minutes on CPU (docs/recovery.md; measurements in docs/results/findings.md). Two costs of
+its own dominate on a detector of a few hundred ops:
 
 - RegionBuilder (BRECQ, QDrop) asks its GraphWrapper for every op's producers and consumers,
-  each a scan of all ops and their variables: about 100 s on the demo PicoDet-s (415 ops).
+  each a scan of all ops and their variables: quadratic in the ops, minutes on a detector.
   The program does not change while regions are built, so the answers are cached per op.
 - ReconstructionQuanter._run appends each region's loss, backward and Adam ops to one program
   that it then runs whole: region k's iterations also run the losses, backward passes and
   optimizers of regions 0..k-1 (which keep changing those regions' roundings) and the whole
   detector including NMS, and Paddle rebuilds its executor for the grown program every region:
-  6 s per region growing by ~0.5 s each, 20 min for one pass of one batch over 58 regions.
-  Here each region gets its own copy of the student program, run pruned to what its loss
-  needs (teacher and student up to the region's output), as in the BRECQ paper: one region's
-  rounding learned at a time with the earlier ones fixed.
+  each region costs more than the one before. Here each region gets its own copy of the
+  student program, run pruned to what its loss needs (teacher and student up to the region's
+  output), as in the BRECQ paper: one region's rounding learned at a time with the earlier ones
+  fixed.
 
 A third is not about time: paddleslim's (and Paddle's, for PTQ.round_type adaround) final
 weights are floor(w/s) + h(alpha) with h the *soft* rounding in [0, 1], not AdaRound's hard
 h >= 0.5: weights that should be INT8 keep fractions. Paddle Inference's oneDNN INT8 pass takes
 a conv's weights for INT8 only when every value is an integer (quant2_int8_mkldnn_pass
-_is_int8_weights), so it leaves such weights 127/s too large and the model detects nothing
-(demo PicoDet-s: 0.0 mAP). Here the rounding is made hard, as AdaRound defines it.
+_is_int8_weights), so it leaves such weights 127/s too large and the model detects nothing.
+Here the rounding is made hard, as AdaRound defines it.
 
 Everything else (the soft rounding while learning, the losses, the learning rate) is
 paddleslim's own.
