@@ -25,8 +25,8 @@ class ParallelOptions:
     threads: int = 1  # OMP/MKL threads per worker
     # prefix lengths the target search simulates per round (k-ary search); each simulation is split
     # over workers // width workers. 1 (default): the serial run's binary search, each simulation on
-    # all the workers at once: measured on the demo PicoDet-s with 2 workers, 7 rounds of half a
-    # simulation beat 5 rounds of a whole one (and 7 simulations cost less CPU than 10)
+    # all the workers at once: on few workers, more rounds of part of a simulation beat fewer
+    # rounds of whole ones, and cost less CPU (docs/results/parallel.md)
     search_width: int = 1
     object_store_mb: int = 500  # local instance only
 
