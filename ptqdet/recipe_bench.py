@@ -33,8 +33,8 @@ from .recipes import Recipe, apply_recipe
 from .report import mAP_points, markdown_table, write_json
 
 RUNTIME = "openvino"
-# latency: runs per model, one at a time in alternation (blocks of 20 runs per model moved the
-# demo PicoDet-s INT8/FP32 at 2 threads between 0.63 and 0.77 from one idle run to the next)
+# latency: runs per model, one at a time in alternation (in blocks of runs per model, the INT8/FP32
+# ratio at 2 threads moved widely from one idle run to the next: docs/results/findings.md)
 LATENCY_RUNS = 200
 
 
