@@ -1,6 +1,6 @@
 """OpenVINO's own PTQ (NNCF) of a ptqdet FP32 ONNX export, for the recovery benchmark's peer rows.
 
-    .venv-nncf/bin/python tools/nncf_quantize.py MODEL.onnx CALIB.npz OUT.xml --preset performance
+    .venv-nncf/bin/python ptqdet/nncf_script.py MODEL.onnx CALIB.npz OUT.xml --preset performance
 
 Runs in its own venv (`make nncf-venv`: NNCF needs numpy 2, Paddle 2.6 numpy < 1.24), so it
 imports neither ptqdet nor Paddle. CALIB.npz holds one array per model input, the calibration

@@ -5,7 +5,8 @@ with NNCF's `nncf.quantize` (default settings, a preset), calibrated on the imag
 calibrates on (the config's TrainDataset, batch_size x batch_nums of the PTQ section), and
 measures the result like every recipe: mAP on OpenVINO (f32 and bf16) with ptqdet's pre- and
 post-processing, latency against FP32 and bf16. NNCF needs numpy 2 (Paddle 2.6: numpy < 1.24),
-so it runs in its own venv (`make nncf-venv`) through tools/nncf_quantize.py; the IR it writes
+so it runs in its own venv (`make nncf-venv`) through ptqdet/nncf_script.py (run by its path, so
+that nothing of ptqdet is imported there); the IR it writes
 sits in an export folder (model.xml + export.json, ptqdet.export.IR_FILE) that runs on OpenVINO.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .recipe_bench import PeerRow, RecipeRow, measure_latency, measure_maps, mod
 from .report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-NNCF_SCRIPT = ROOT / "tools" / "nncf_quantize.py"
+NNCF_SCRIPT = Path(__file__).with_name("nncf_script.py")
 NNCF_PYTHON = ROOT / ".venv-nncf" / "bin" / "python"
 NNCF_PRESETS = ("performance", "mixed")
 STAMP = "nncf.source.json"

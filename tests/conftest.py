@@ -31,6 +31,27 @@ def _chdir_and_data():
     yield
 
 
+DEPLOY_CONFIGS = {"picodet_s": "picodet_s_ptq_deploy.yaml", "ppyoloe_s": "ppyoloe_s_ptq_deploy.yaml"}
+
+
+@pytest.fixture(scope="session")
+def deploy_models(tmp_path_factory):
+    """Per demo model, made once per test run and shared by every test file: (config, ModelSet,
+    work folder) with its INT8 model in QDQ form (PTQ with the deploy config's section) and the
+    ONNX exports of FP32 and INT8, as the deployment benchmark makes them (benchmark.prepare_models;
+    a benchmark run on the same work folder reuses them: same cache key)."""
+    from ptqdet.benchmark import prepare_models
+    from ptqdet.config import load_config
+
+    root = tmp_path_factory.mktemp("deploy")
+    out = {}
+    for name, config in DEPLOY_CONFIGS.items():
+        cfg = load_config(DEMO_CONFIGS / config)
+        out[name] = (cfg, prepare_models(cfg, root / name, need_onnx=True, progress=False, log=lambda _: None),
+                     root / name)
+    return out
+
+
 @pytest.fixture
 def pico_cfg():
     from ptqdet.config import load_config

@@ -11,16 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DEMO_CONFIGS, MODELS
+from conftest import DEMO_CONFIGS, DEPLOY_CONFIGS, MODELS
 from ptqdet.backends import BackendOptions, BackendUnavailable, open_backend
-from ptqdet.config import ConfigError, load_config
+from ptqdet.config import ConfigError
 from ptqdet.data import build_source, feed_from_batch
 from ptqdet.export import check_onnx, export_onnx, load_export
 from ptqdet.files import resolve_model_files
 from ptqdet.postprocess import to_detections
-
-MODEL_CONFIGS = {"picodet_s": "picodet_s_ptq_deploy.yaml", "ppyoloe_s": "ppyoloe_s_ptq_deploy.yaml"}
-
 
 # ---------------------------------------------------------------- fast: errors name the problem
 
@@ -99,19 +96,10 @@ def assert_detections_agree(ref: dict, got: dict, top: int = 20, min_iou: float 
     return checked
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """Per demo model: its INT8 (QDQ) model and ONNX exports of FP32 and INT8, as the
-    benchmark makes them (the benchmark test reuses them: same fingerprint)."""
-    from ptqdet.benchmark import prepare_models
-
-    root = tmp_path_factory.mktemp("deploy")
-    out = {}
-    for name, config in MODEL_CONFIGS.items():
-        cfg = load_config(DEMO_CONFIGS / config)
-        out[name] = (cfg, prepare_models(cfg, root / name, need_onnx=True, progress=False, log=lambda _: None),
-                     root / name)
-    return out
+@pytest.fixture
+def prepared(deploy_models):
+    """The demo models' INT8 (QDQ) models and ONNX exports, made once per test run (conftest)."""
+    return deploy_models
 
 
 def _batch_feed(cfg, images: int = 8):
@@ -120,7 +108,7 @@ def _batch_feed(cfg, images: int = 8):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+@pytest.mark.parametrize("name", list(DEPLOY_CONFIGS))
 def test_fp32_export_passes_onnx_checker(prepared, name):
     cfg, models, _ = prepared[name]
     export = load_export(models.onnx["FP32"])
@@ -134,7 +122,7 @@ def test_fp32_export_passes_onnx_checker(prepared, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+@pytest.mark.parametrize("name", list(DEPLOY_CONFIGS))
 def test_int8_export_quantizes_exactly_the_paddle_int8_layers(prepared, name):
     """ptqdet's QDQ export: one quantized ONNX Conv per quantized Paddle layer, with the
     model's own int8 weights, and no QuantizeLinear anywhere else."""
@@ -212,7 +200,7 @@ def test_paddle2onnx_qdq_mode_is_still_available(prepared, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
-@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+@pytest.mark.parametrize("name", list(DEPLOY_CONFIGS))
 def test_fp32_backend_agrees_with_paddle(prepared, name, backend):
     cfg, models, _ = prepared[name]
     feed = _batch_feed(cfg)
@@ -256,7 +244,7 @@ def test_openvino_bf16_is_really_bf16_and_close(prepared):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+@pytest.mark.parametrize("name", list(DEPLOY_CONFIGS))
 def test_tuned_onednn_int8_agrees_with_untuned_and_runs_int8(prepared, name):
     """softmax/reduce_mean kept off oneDNN (they are slow there): the same detections as with
     every op on oneDNN, and still on INT8 kernels."""
@@ -273,7 +261,7 @@ def test_tuned_onednn_int8_agrees_with_untuned_and_runs_int8(prepared, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
-@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+@pytest.mark.parametrize("name", list(DEPLOY_CONFIGS))
 def test_int8_backend_computes_what_paddle_int8_computes(prepared, name, backend):
     """The ONNX INT8 model on another runtime gives Paddle Inference's INT8 detections (OpenVINO
     drifts by 15 mAP points on PP-YOLOE-s with symmetric int8 activations after a Concat: 2024.6

@@ -13,16 +13,17 @@ import pytest
 from conftest import DEMO_CONFIGS, MODELS
 from ptqdet.backends import BackendOptions, open_backend
 from ptqdet.config import ConfigError, load_config
-from ptqdet.export import EXPORT_META, IR_FILE, ONNX_FILE, export_onnx, is_onnx_export, load_export
-from ptqdet.files import resolve_model_files
+from ptqdet.export import EXPORT_META, IR_FILE, ONNX_FILE, is_onnx_export, load_export
 from ptqdet.pipeline import latency_feed
 
 
-@pytest.fixture(scope="module")
-def fp32_export(tmp_path_factory):
-    return export_onnx(resolve_model_files(MODELS / "picodet_s_shapes"), tmp_path_factory.mktemp("p") / "onnx_fp32")
+@pytest.fixture
+def fp32_export(deploy_models):
+    """The demo PicoDet-s' FP32 ONNX export, made once per test run (conftest)."""
+    return load_export(deploy_models["picodet_s"][1].onnx["FP32"])
 
 
+@pytest.mark.slow
 def test_openvino_ir_in_an_export_folder_runs_like_the_onnx(fp32_export, tmp_path):
     import openvino as ov
 
@@ -57,14 +58,16 @@ def test_calibration_arrays_are_the_ptq_images():
     assert len({arrays["image"][i].tobytes() for i in range(6)}) == 6  # six different images
 
 
-def test_nncf_preset_and_venv_errors(fp32_export, tmp_path):
+def test_nncf_preset_and_venv_errors(tmp_path):
+    """Refused before any work (the export folder is not even read)."""
     from ptqdet.peers import nncf_quantize
 
     cfg = load_config(DEMO_CONFIGS / "picodet_s_ptq.yaml")
+    export = tmp_path / "onnx_fp32"
     with pytest.raises(ConfigError, match="NNCF preset 'fast' is not one of"):
-        nncf_quantize(cfg, fp32_export.onnx_path.parent, tmp_path / "n", "fast")
+        nncf_quantize(cfg, export, tmp_path / "n", "fast")
     with pytest.raises(ConfigError, match="make nncf-venv"):
-        nncf_quantize(cfg, fp32_export.onnx_path.parent, tmp_path / "n", "mixed", python=tmp_path / "no" / "python")
+        nncf_quantize(cfg, export, tmp_path / "n", "mixed", python=tmp_path / "no" / "python")
 
 
 @pytest.mark.slow

@@ -30,14 +30,12 @@ def test_ptq_quantizes_convs_and_skips_listed_layers(tmp_path):
     assert sorted(result.quantized_layers) == sorted(quantized)
 
 
-@pytest.fixture(scope="module")
-def yoloe_int8(tmp_path_factory):
-    """PTQ of the demo PP-YOLOE-s (once for the tests below) and its FP32 mAP."""
-    cfg = load_config(ROOT / "configs/demo/ppyoloe_s_ptq.yaml")
-    out = tmp_path_factory.mktemp("yoloe") / "int8"
-    quantize(cfg, out, progress=False)
-    fp32 = evaluate_model(cfg, EvalRequest(resolve_model_files(cfg.model_dir), progress=False)).result
-    return fp32.map, resolve_model_files(out)
+@pytest.fixture
+def yoloe_int8(deploy_models):
+    """The demo PP-YOLOE-s' INT8 model (QDQ form, made once per test run: conftest) and its FP32 mAP."""
+    cfg, models, _ = deploy_models["ppyoloe_s"]
+    fp32 = evaluate_model(cfg, EvalRequest(models.fp32, progress=False)).result
+    return fp32.map, models.int8
 
 
 def test_ppyoloe_int8_map_stays_close_to_fp32(yoloe_cfg, yoloe_int8):

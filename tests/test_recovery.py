@@ -112,20 +112,21 @@ def test_demo_configs_default_to_equalized_depthwise_inputs():
 
 
 @pytest.mark.slow
-def test_demo_picodet_every_convolution_int8_within_one_point_of_fp32(tmp_path):
+def test_demo_picodet_every_convolution_int8_within_one_point_of_fp32(deploy_models):
     """The issue's bar: the demo PicoDet-s with no layer in float (plain PTQ: 43.0) keeps
     FP32 - 1.0 = 51.7 mAP, as the quantized graph computes it and on OpenVINO (the recommended
-    CPU runtime), with the deploy config's recipe."""
+    CPU runtime), with the deploy config's recipe (its INT8 model: made once per test run)."""
     from ptqdet.model import BackendOptions
     from ptqdet.pipeline import EvalRequest, evaluate_model
-    from ptqdet.quantize import quantize
+    from ptqdet.quantize import layer_weights, quantized_weights
 
-    cfg = load_config(DEMO_CONFIGS / "picodet_s_ptq_deploy.yaml")
-    result = quantize(cfg, tmp_path / "int8", progress=False)
-    assert len(result.quantized_layers) == 98 and not result.skipped
-    int8 = resolve_model_files(tmp_path / "int8")
-    simulated = evaluate_model(cfg, EvalRequest(int8, options=BackendOptions(mkldnn=False), progress=False)).result
-    openvino = evaluate_model(cfg, EvalRequest(int8, "openvino", progress=False)).result
+    cfg, models, _ = deploy_models["picodet_s"]
+    assert not cfg.skip_tensor_list and not cfg.skip_op_types
+    quantized = quantized_weights(models.int8)
+    assert len(quantized) == 98 and quantized == set(layer_weights(models.fp32, cfg.ptq.quantizable_op_type))
+    simulated = evaluate_model(cfg, EvalRequest(models.int8, options=BackendOptions(mkldnn=False),
+                                                progress=False)).result
+    openvino = evaluate_model(cfg, EvalRequest(models.onnx["INT8"], "openvino", progress=False)).result
     assert simulated.map >= 0.517
     assert openvino.map >= 0.517
 
