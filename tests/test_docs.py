@@ -28,7 +28,6 @@ EXTERNAL_FLAGS = {"--no-deps", "--output_dir", "--enable_mkldnn", "--head", "--p
                   "--object-store-memory"}
 SCRIPTS = ("post_quant.py", "eval.py", "analysis.py", "export_onnx.py")
 MODULES = ("ptqdet.annotations", "ptqdet.fetch", "ptqdet.demo.shapes")
-NO_HELP = {"ptqdet/nncf_script.py"}  # runs in .venv-nncf only
 
 
 def repo_files() -> set[str]:
@@ -131,7 +130,7 @@ def help_flags(script: str) -> frozenset[str]:
 
 def all_scripts() -> list[str]:
     tools = [f"tools/{p.name}" for p in sorted((ROOT / "tools").glob("*.py"))]
-    return [*SCRIPTS, *(t for t in tools if t not in NO_HELP), *MODULES]
+    return [*SCRIPTS, *tools, *MODULES]
 
 
 def flag_uses(page: Path) -> list[tuple[int, tuple[str, ...], str]]:
@@ -154,10 +153,7 @@ def unknown_flags(page: Path) -> list[tuple[int, tuple[str, ...], str]]:
     every = frozenset().union(*(help_flags(s) for s in all_scripts()))
     bad = []
     for i, named, flag in flag_uses(page):
-        helpable = [s for s in named if s not in NO_HELP]
-        if named and not helpable:
-            continue
-        known = frozenset().union(*(help_flags(s) for s in helpable)) if helpable else every
+        known = frozenset().union(*(help_flags(s) for s in named)) if named else every
         if flag not in known and flag not in EXTERNAL_FLAGS:
             bad.append((i, named, flag))
     return bad
