@@ -1,0 +1,631 @@
+"""Architecture coverage: which PaddleDetection exports ptqdet loads, quantizes, evaluates,
+exports and runs, stage by stage (docs/models.md, made from docs/results/models.json).
+
+For each architecture of ARCHS, `run_arch` builds the randomly initialised model of its
+PaddleDetection config (configs/coverage/<name>.yml), exports it as PaddleDetection's
+tools/export_model.py does (cached under outputs/coverage/models/, keyed by the configs' bytes),
+then runs the stages of STAGES with its ptqdet config (configs/coverage/<name>_ptq.yaml). A
+stage is "ok", or the one line a user running the same step would get (a ConfigError's
+message), or "skipped: ..." when a stage it needs failed.
+
+An INT8 runtime is "ok" only when it agrees with the simulated INT8 model (Paddle Inference,
+fake-quant ops on FP32 kernels): the simulated model's detections are the ground truth its
+detections are scored against (COCO mAP >= MIN_AGREEMENT_MAP over >= MIN_BOXES boxes); a random
+model that detects fewer boxes is compared on its raw outputs before NMS instead (cosine
+similarity >= MIN_COSINE).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path("configs/coverage")
+CACHE_DIR = Path("outputs/coverage")
+RESULTS_JSON = Path("docs/results/models.json")
+MODELS_MD = Path("docs/models.md")
+EXPORT_RECIPE = 2  # bump when the way models are built or exported changes (cache key)
+
+MIN_AGREEMENT_MAP = 0.9
+MIN_BOXES = 50
+MIN_COSINE = 0.99
+GT_MIN_SCORE = 0.05  # the simulated model's detections taken as ground truth
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str  # configs/coverage/<name>.yml (model) and <name>_ptq.yaml (ptqdet), unless config says
+    title: str
+    family: str  # one-stage anchor-free, anchor-based, two-stage, transformer...
+    config: str | None = None  # model config stem when shared (PicoDet with and without NMS)
+    exclude_nms: bool = False
+
+    @property
+    def model_config(self) -> Path:
+        return CONFIG_DIR / f"{self.config or self.name}.yml"
+
+    @property
+    def ptq_config(self) -> Path:
+        return CONFIG_DIR / f"{self.name}_ptq.yaml"
+
+
+ARCHS: tuple[Arch, ...] = (
+    Arch("ppyoloe_plus_s", "PP-YOLOE+ (CSPResNet s, width 0.25)", "anchor-free"),
+    Arch("picodet_s", "PicoDet-s (LCNet x0.35)", "anchor-free"),
+    Arch("picodet_s_exclude_nms", "PicoDet-s, exclude_nms export", "anchor-free", config="picodet_s",
+         exclude_nms=True),
+    Arch("yolov3_mbv3", "YOLOv3 (MobileNetV3-large x0.5)", "anchor-based"),
+    Arch("ppyolo_tiny", "PP-YOLO-tiny (MobileNetV3 x0.5)", "anchor-based"),
+    Arch("yolox_nano", "YOLOX-nano", "anchor-free"),
+    Arch("fcos_r18", "FCOS (ResNet-18, FPN)", "anchor-free"),
+    Arch("gfl_r18", "GFL (ResNet-18-vd, FPN)", "anchor-free"),
+    Arch("tood_r18", "TOOD (ResNet-18, FPN)", "anchor-free"),
+    Arch("tood_r18_noalign", "TOOD (ResNet-18, FPN), use_align_head: False", "anchor-free"),
+    Arch("retinanet_r18", "RetinaNet (ResNet-18, FPN)", "anchor-based"),
+    Arch("faster_rcnn_r18_fpn", "Faster R-CNN (ResNet-18, FPN)", "two-stage"),
+    Arch("ssdlite_mbv3_small", "SSDLite (MobileNetV3-small)", "anchor-based"),
+    Arch("centernet_mbv3_small", "CenterNet (MobileNetV3-small)", "center-based"),
+    Arch("pafnet_lite", "PAFNet-lite (TTFNet family, MobileNetV3)", "center-based"),
+    Arch("detr_r18", "DETR (ResNet-18, 1+1 layers)", "transformer"),
+    Arch("dino_r18", "DINO (ResNet-18, 1+1 layers)", "transformer"),
+)
+ARCH_BY_NAME = {a.name: a for a in ARCHS}
+
+STAGES = ("export", "fp32", "ptq", "int8_sim", "onednn_int8", "onnx_export", "openvino_int8", "onnxruntime_int8")
+STAGE_TITLES = {"export": "PaddleDetection export", "fp32": "load + FP32 eval", "ptq": "PTQ",
+                "int8_sim": "simulated INT8", "onednn_int8": "Paddle oneDNN INT8", "onnx_export": "ONNX QDQ export",
+                "openvino_int8": "OpenVINO INT8", "onnxruntime_int8": "ONNX Runtime INT8"}
+NEEDS = {"fp32": "export", "ptq": "fp32", "int8_sim": "ptq", "onednn_int8": "int8_sim", "onnx_export": "int8_sim",
+         "openvino_int8": "onnx_export", "onnxruntime_int8": "onnx_export"}
+# op types worth naming in the matrix: what makes an export differ from PP-YOLOE/PicoDet
+NOTABLE_OPS = ("multiclass_nms3", "matrix_nms", "yolo_box", "prior_box", "box_coder", "generate_proposals_v2",
+               "distribute_fpn_proposals", "roi_align", "matmul_v2", "layer_norm", "softmax", "deformable_conv",
+               "conv2d_transpose", "grid_sampler", "top_k_v2", "gather_nd", "where", "bilinear_interp_v2",
+               "nearest_interp_v2", "group_norm")
+
+
+# ---------------------------------------------------------------------------- errors
+
+def one_line(exc: BaseException, stage: str) -> str:
+    """The one line a stage's failure is reported with: a ConfigError's own message, else the
+    exception's last meaningful line with where in PaddleDetection/Paddle it arose."""
+    if isinstance(exc, ConfigError):
+        text = str(exc)
+    else:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in reversed(lines) if re.match(r"\(?\w+\)? ?\w*Error|\(\w+\)", ln)), None)
+        detail = detail or (lines[-1] if lines else "")
+        text = f"{STAGE_TITLES.get(stage, stage)} failed: {type(exc).__name__}: {detail}"
+    text = " ".join(text.split())
+    return text.replace("Traceback", "traceback")[:600]
+
+
+def _ppdet_frame(exc: BaseException) -> str | None:
+    """file:line and code of the innermost ppdet frame in exc's traceback (or its message:
+    Paddle's dynamic-to-static errors carry the user code's frames as text)."""
+    text = "".join(traceback.format_exception(exc))
+    frames = re.findall(r'File "[^"]*site-packages/(ppdet/[^"]+)", line (\d+), in (\w+)', text)
+    if not frames:
+        return None
+    path, line, func = frames[-1]
+    return f"{path}:{line} ({func})"
+
+
+def export_error(exc: BaseException) -> ConfigError:
+    """PaddleDetection's exporter failed: one line naming where and what the user can do."""
+    where = _ppdet_frame(exc)
+    message = str(exc)
+    zero_d = ("rank of input is 0" in message or "range of [0, 0)" in message
+              or "tuple index out of range" in message)
+    if zero_d:
+        return ConfigError(f"PaddleDetection 2.6 cannot export this model on Paddle 2.6: {where or 'its code'} "
+                           "indexes or concatenates shape values that Paddle >= 2.5 makes 0-D tensors, which the "
+                           "dynamic-to-static conversion refuses; export it with a PaddleDetection that handles 0-D "
+                           "shapes (release/2.7 or later) or with Paddle 2.4, then quantize that export")
+    return ConfigError(f"PaddleDetection's export failed at {where or 'an unknown place'}: {one_line(exc, 'export')}")
+
+
+# ---------------------------------------------------------------------------- export (cached)
+
+def _config_chain(path: Path) -> list[Path]:
+    """The config and every _BASE_ file it names, recursively (the export's cache key)."""
+    import yaml
+
+    files, todo = [], [path]
+    while todo:
+        current = todo.pop()
+        files.append(current)
+        data = yaml.load(current.read_text(), Loader=yaml.BaseLoader) or {}
+        bases = data.get("_BASE_", []) if isinstance(data, dict) else []
+        todo.extend(current.parent / b for b in (bases if isinstance(bases, list) else [bases]))
+    return files
+
+
+def export_key(arch: Arch) -> str:
+    import paddle
+    import ppdet
+
+    digest = hashlib.sha256()
+    for file in _config_chain(arch.model_config):
+        digest.update(str(file).encode() + b"\0" + file.read_bytes() + b"\0")
+    digest.update(f"{arch.exclude_nms}|{paddle.__version__}|{ppdet.__version__}|{EXPORT_RECIPE}".encode())
+    return digest.hexdigest()[:16]
+
+
+def export_dir(arch: Arch, cache_dir: Path = CACHE_DIR) -> Path:
+    return cache_dir / "models" / arch.name
+
+
+def export_model(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False) -> Path:
+    """The PaddleDetection export of `arch` (random weights, paddle.seed(0)) in
+    cache_dir/models/<name>/, made again only when its configs changed. A failed export is
+    cached too (its one line). Raises ConfigError when the export fails."""
+    out = export_dir(arch, cache_dir)
+    key = export_key(arch)
+    stamp = out / "coverage_key.json"
+    if not refresh and stamp.is_file():
+        recorded = json.loads(stamp.read_text())
+        if recorded.get("key") == key:
+            if recorded.get("error"):
+                raise ConfigError(recorded["error"])
+            if (out / "model.pdmodel").is_file():
+                return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    error = None
+    with tempfile.TemporaryDirectory(prefix=f".{arch.name}.", dir=out.parent) as tmp:
+        try:
+            produced = _ppdet_export(arch, Path(tmp))
+            os.replace(produced, out)
+        except ConfigError as exc:
+            error = str(exc)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, "config": str(arch.model_config), "exclude_nms": arch.exclude_nms,
+                                 "error": error}, indent=1) + "\n")
+    if error:
+        raise ConfigError(error)
+    return out
+
+
+def _ppdet_export(arch: Arch, tmp: Path) -> Path:
+    """Trainer(cfg, mode='test').export(...), as tools/export_model.py; the folder it wrote."""
+    os.environ.setdefault("ENABLE_FALL_BACK", "False")  # ppdet 2.6 export on paddle 2.6 needs it
+    import paddle
+    from ppdet.core.workspace import load_config, merge_config
+    from ppdet.engine import Trainer
+
+    from .config import _reset_ppdet_workspace
+    from .stdout import quiet_stdout
+
+    _reset_ppdet_workspace()
+    paddle.set_device("cpu")
+    paddle.seed(0)
+    np.random.seed(0)
+    try:
+        with quiet_stdout():
+            cfg = load_config(str(arch.model_config))
+            merge_config({"filename": arch.name})
+            if arch.exclude_nms:  # tools/export_model.py -o exclude_nms=True trt=True (PP-YOLOE's
+                # switch) export.nms=False (PicoDet's)
+                merge_config({"exclude_nms": True, "trt": True, "export": {"nms": False}})
+            Trainer(cfg, mode="test").export(str(tmp))
+    except Exception as exc:  # noqa: BLE001 - any failure of the exporter is the stage's result
+        raise export_error(exc) from exc
+    finally:
+        _reset_ppdet_workspace()
+    return tmp / arch.name
+
+
+# ---------------------------------------------------------------------------- running a runtime
+
+EVAL_SLICE = CACHE_DIR / "data" / "instances_val16.json"  # configs/coverage/_base_/shapes_ptq.yml
+EVAL_IMAGES = 16
+
+
+def ensure_eval_slice(shapes: Path = Path("dataset/shapes"), out: Path = EVAL_SLICE, count: int = EVAL_IMAGES) -> Path:
+    """The first `count` images of the demo val split and their boxes, as a COCO json (the
+    coverage configs' EvalDataset; file names relative to dataset/shapes/val)."""
+    source = shapes / "annotations" / "instances_val.json"
+    if not source.is_file():
+        raise ConfigError(f"{source} is missing: make the demo dataset first (make data)")
+    coco = json.loads(source.read_text())
+    coco["images"] = coco["images"][:count]
+    keep = {im["id"] for im in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+    text = json.dumps(coco)
+    if not out.is_file() or out.read_text() != text:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    return out
+
+
+@dataclass
+class Pass:
+    """One runtime over the evaluation images: its mAP, detections and raw (pre-NMS) outputs."""
+
+    runtime: str
+    map: float
+    detections: list[dict[str, np.ndarray]]
+    raw: list[list[np.ndarray]]
+
+
+@dataclass
+class Data:
+    cfg: Any  # PTQDetConfig
+    source: Any  # BatchSource
+    batches: list[dict[str, Any]]
+
+
+def load_data(cfg) -> Data:
+    from .data import build_source
+
+    source = build_source(cfg, "EvalDataset")
+    return Data(cfg, source, list(source.batches()))
+
+
+def run_pass(runner, raw_runner: Callable[[dict[str, np.ndarray]], list[np.ndarray]], data: Data) -> Pass:
+    """Detections and mAP of `runner`, and the raw outputs of `raw_runner` (same feed)."""
+    from .data import feed_from_batch
+    from .metrics import MetricSession, detect
+
+    session = MetricSession(data.cfg, data.source)
+    detections, raw = [], []
+    for batch in data.batches:
+        found = detect(runner, data.cfg, batch)
+        session.update(batch, found)
+        detections.append(found)
+        raw.append([np.asarray(o) for o in raw_runner(feed_from_batch(batch, data.cfg.feed_names))])
+    value, _ = session.result()
+    return Pass(getattr(runner, "mode", "?"), value, detections, raw)
+
+
+def _records(detections: list[dict[str, np.ndarray]], data: Data, min_score: float = 0.0) -> list[dict]:
+    """COCO result records (image_id, category_id, bbox xywh, score) of a pass's detections."""
+    records = []
+    clsid2catid = {v: k for k, v in data.source.dataset.catid2clsid.items()}
+    for batch, found in zip(data.batches, detections):
+        bbox, nums = np.asarray(found["bbox"]), np.asarray(found["bbox_num"]).reshape(-1)
+        ids = np.asarray(batch["im_id"]).reshape(-1)
+        start = 0
+        for im_id, n in zip(ids, nums):
+            for row in bbox[start:start + int(n)]:
+                cls, score, x1, y1, x2, y2 = (float(v) for v in row[:6])
+                if score < min_score or cls < 0 or int(cls) not in clsid2catid:
+                    continue
+                records.append({"image_id": int(im_id), "category_id": int(clsid2catid[int(cls)]),
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+            start += int(n)
+    return records
+
+
+def agreement(reference: Pass, other: Pass, data: Data) -> dict[str, Any]:
+    """How far `other` agrees with `reference`: COCO mAP of its detections against the
+    reference's (score >= GT_MIN_SCORE) as ground truth, and the smallest cosine similarity of
+    their raw outputs. ok: mAP >= MIN_AGREEMENT_MAP over >= MIN_BOXES boxes, or with fewer
+    boxes cosine >= MIN_COSINE."""
+    from .metrics import coco_map_of_records
+
+    truth = _records(reference.detections, data, GT_MIN_SCORE)
+    images = data.source.dataset.coco.dataset["images"] if hasattr(data.source.dataset, "coco") else None
+    if images is None:
+        from pycocotools.coco import COCO
+
+        from .stdout import quiet_stdout
+        with quiet_stdout():
+            images = COCO(data.source.dataset.get_anno()).dataset["images"]
+    result: dict[str, Any] = {"boxes": len(truth), "map": None, "cosine": None}
+    if truth:
+        anno = {"images": images, "categories": [{"id": c} for c in data.source.dataset.catid2clsid],
+                "annotations": [{"id": i + 1, "image_id": r["image_id"], "category_id": r["category_id"],
+                                 "bbox": r["bbox"], "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
+                                for i, r in enumerate(truth)]}
+        with tempfile.TemporaryDirectory(prefix="ptqdet_agree_") as tmp:
+            path = Path(tmp) / "truth.json"
+            path.write_text(json.dumps(anno))
+            result["map"] = round(coco_map_of_records(path, _records(other.detections, data))[0], 4)
+    cosines = []
+    for a_out, b_out in zip(reference.raw, other.raw):
+        for a, b in zip(a_out, b_out):
+            a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+            if a.shape != b.shape:
+                cosines.append(-1.0)
+                continue
+            denom = np.linalg.norm(a) * np.linalg.norm(b)
+            cosines.append(1.0 if denom == 0 and not a.any() and not b.any() else float(a @ b / max(denom, 1e-30)))
+    result["cosine"] = round(min(cosines), 5) if cosines else None
+    # a random model's scores are nearly tied: NMS turns tiny INT8 differences into other boxes,
+    # so its raw outputs decide when its detections do not agree
+    by_boxes = result["boxes"] >= MIN_BOXES and result["map"] is not None and result["map"] >= MIN_AGREEMENT_MAP
+    by_raw = result["cosine"] is not None and result["cosine"] >= MIN_COSINE
+    result["ok"] = by_boxes or by_raw
+    result["by"] = "detections" if by_boxes or (result["boxes"] >= MIN_BOXES and not by_raw) else "raw outputs"
+    return result
+
+
+def disagreement_line(stage: str, agree: dict[str, Any]) -> str:
+    if agree["by"] == "detections":
+        return (f"{STAGE_TITLES[stage]} disagrees with the simulated INT8 model: mAP {agree['map']} of its detections "
+                f"against the simulated model's {agree['boxes']} boxes (< {MIN_AGREEMENT_MAP}) and cosine similarity "
+                f"{agree['cosine']} of the outputs before NMS (< {MIN_COSINE}); compare the runtimes with eval.py "
+                "--backend on your data before deploying")
+    return (f"{STAGE_TITLES[stage]} disagrees with the simulated INT8 model: cosine similarity {agree['cosine']} of "
+            f"the outputs before NMS (< {MIN_COSINE}); compare the runtimes with eval.py --backend before deploying")
+
+
+# ---------------------------------------------------------------------------- the stages
+
+class _NMSAfter:
+    """A Paddle runner of a model cut before its NMS: run() applies that NMS (the same Paddle op)."""
+
+    def __init__(self, runner, nms):
+        self.runner, self.nms, self.mode = runner, nms, runner.mode
+
+    def raw(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.runner.run(feed)
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from .postprocess import multiclass_nms
+
+        outputs = self.runner.run(feed)
+        bbox, num = multiclass_nms(outputs[0], outputs[1], self.nms)
+        return [bbox, num]
+
+
+def _paddle_raw(files, options, work: Path, name: str):
+    """A Paddle Inference runner of `files` cut before its NMS (raw outputs), or None."""
+    from .backends import open_backend
+    from .export import prepare_program
+
+    cut, nms, _ = prepare_program(files, work / name, strip=False)
+    return open_backend("paddle", cut, options) if nms is not None else None
+
+
+def run_arch(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False,
+             progress: Callable[[str], None] | None = None, threads: int = 1) -> dict[str, Any]:
+    """Every stage of one architecture; its row of docs/results/models.json."""
+    from .backends import open_backend
+    from .config import load_config
+    from .export import ExportError, export_onnx, prepare_program
+    from .files import ModelFiles, resolve_model_files
+    from .model import BackendOptions
+    from .program import check_config_model, read_program
+    from .quantize import SAVED_FILES, layer_weights, quantize
+
+    row: dict[str, Any] = {"arch": arch.name, "title": arch.title, "family": arch.family,
+                           "config": str(arch.model_config), "ptq_config": str(arch.ptq_config),
+                           "exclude_nms": arch.exclude_nms, "inputs": None, "notable_ops": None,
+                           "stages": {}, "agreement": {}, "runtimes": {}, "seconds": {},
+                           "quantizable_layers": None, "quantized_layers": None,
+                           "fp32_map": None, "int8_map_sim": None, "int8_map_openvino": None, "float_layers": None}
+    stages: dict[str, str] = row["stages"]
+    state: dict[str, Any] = {}
+    work = cache_dir / "runs" / arch.name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+
+    def stage(name: str, body: Callable[[], None]) -> None:
+        if progress:
+            progress(name)
+        need = NEEDS.get(name)
+        if need and stages.get(need) != "ok":
+            stages[name] = f"skipped: needs {STAGE_TITLES[need]}"
+            return
+        start = time.perf_counter()
+        try:
+            body()
+            stages.setdefault(name, "ok")
+        except Exception as exc:  # noqa: BLE001 - each stage's failure is its result, in one line
+            stages[name] = one_line(exc, name)
+        row["seconds"][name] = round(time.perf_counter() - start, 1)
+
+    def do_export() -> None:
+        state["fp32_dir"] = export_model(arch, cache_dir, refresh)
+        files = resolve_model_files(state["fp32_dir"])
+        program = read_program(files)
+        state["fp32_files"] = files
+        row["inputs"] = list(program.feed_names)
+        row["notable_ops"] = sorted({op.type for op in program.ops} & set(NOTABLE_OPS))
+
+    def do_fp32() -> None:
+        ensure_eval_slice()
+        cfg = load_config(arch.ptq_config)
+        if Path(cfg.model_dir) != export_dir(arch, cache_dir):
+            cfg = dataclasses.replace(cfg, model_dir=export_dir(arch, cache_dir))
+        check_config_model(cfg, state["fp32_files"])  # what post_quant.py checks first
+        state["cfg"] = cfg
+        state["data"] = load_data(cfg)
+        # plain kernels: the reference (oneDNN FP32 fails on some exports, e.g. CenterNet's binary ops)
+        runner = open_backend("paddle", state["fp32_files"], BackendOptions(threads=threads, mkldnn=False))
+        fp32 = run_pass(runner, runner.run, state["data"])
+        row["runtimes"]["fp32"] = fp32.runtime
+        row["random_fp32_map"] = round(fp32.map, 4)
+        row["quantizable_layers"] = len(layer_weights(state["fp32_files"], cfg.ptq.quantizable_op_type))
+
+    def do_ptq() -> None:
+        out = work / "int8"
+        result = quantize(state["cfg"], out, progress=False)
+        state["int8_files"] = ModelFiles(out, *SAVED_FILES)
+        row["quantized_layers"] = len(result.quantized_layers)
+        if not result.quantized_layers:
+            raise ConfigError(f"PTQ quantized no layer of {arch.name}: none of its layers is of the op types "
+                              f"{state['cfg'].ptq.quantizable_op_type} (PTQ.quantizable_op_type)")
+
+    def do_sim() -> None:
+        # the reference: the INT8 model cut before its NMS (raw outputs), then the same NMS op
+        options = BackendOptions(threads=threads, mkldnn=False)
+        try:
+            cut, nms, _ = prepare_program(state["int8_files"], work / "sim_raw", strip=False)
+        except ExportError:  # an NMS ptqdet cannot reproduce (SSD's background class): the whole model
+            cut, nms = state["int8_files"], None
+        runner = open_backend("paddle", cut, options)
+        if nms is not None:
+            runner = _NMSAfter(runner, nms)
+        state["sim"] = run_pass(runner, runner.raw if nms is not None else runner.run, state["data"])
+        row["runtimes"]["int8_sim"] = state["sim"].runtime
+        row["random_int8_map_sim"] = round(state["sim"].map, 4)
+
+    def compare(name: str, runner, raw_run) -> None:
+        found = run_pass(runner, raw_run, state["data"])
+        row["runtimes"][name] = found.runtime
+        agree = agreement(state["sim"], found, state["data"])
+        row["agreement"][name] = agree
+        if not agree["ok"]:
+            stages[name] = disagreement_line(name, agree)
+
+    def do_onednn() -> None:
+        options = BackendOptions(threads=threads)
+        runner = open_backend("paddle", state["int8_files"], options)
+        if runner.mode != "oneDNN INT8":
+            raise ConfigError(f"Paddle Inference ran {arch.name}'s INT8 model as {runner.mode}, not on oneDNN INT8 "
+                              "kernels (an op it fuses lacks input scales); deploy on OpenVINO instead")
+        try:
+            raw = _paddle_raw(state["int8_files"], options, work, "onednn_raw")
+        except ExportError:
+            raw = None
+        compare("onednn_int8", runner, (raw or runner).run)
+
+    def do_onnx() -> None:
+        state["onnx"] = export_onnx(state["int8_files"], work / "onnx")
+        row["onnx_nms_after"] = state["onnx"].nms is not None
+
+    def onnx_stage(name: str, backend: str) -> Callable[[], None]:
+        def body() -> None:
+            options = BackendOptions(threads=threads)
+            runner = open_backend(backend, work / "onnx", options)
+            if backend == "openvino":  # NMS inside the compiled model; raw outputs from a second one
+                raw = open_backend(backend, work / "onnx", BackendOptions(threads=threads, openvino_nms=False))
+            else:  # ONNX Runtime applies the NMS after the model itself: one session
+                raw = runner
+            compare(name, runner, lambda feed: raw._infer_batch(raw._feed(feed)))  # noqa: SLF001
+        return body
+
+    bodies = {"export": do_export, "fp32": do_fp32, "ptq": do_ptq, "int8_sim": do_sim, "onednn_int8": do_onednn,
+              "onnx_export": do_onnx, "openvino_int8": onnx_stage("openvino_int8", "openvino"),
+              "onnxruntime_int8": onnx_stage("onnxruntime_int8", "onnxruntime")}
+    try:
+        for name in STAGES:
+            stage(name, bodies[name])
+    finally:
+        shutil.rmtree(work / "sim_raw", ignore_errors=True)
+        shutil.rmtree(work / "onednn_raw", ignore_errors=True)
+    return row
+
+
+# ---------------------------------------------------------------------------- matrix and docs
+
+def passes(row: dict[str, Any], stages: tuple[str, ...]) -> bool:
+    return all(row["stages"].get(s) == "ok" for s in stages)
+
+
+def write_results(rows: list[dict[str, Any]], path: Path = RESULTS_JSON, merge: bool = True) -> Path:
+    """rows into docs/results/models.json (in ARCHS order; merge: keep other archs' rows)."""
+    old = json.loads(path.read_text()) if merge and path.is_file() else []
+    by_name = {r["arch"]: r for r in old}
+    by_name.update({r["arch"]: r for r in rows})
+    order = [a.name for a in ARCHS]
+    ordered = sorted(by_name.values(), key=lambda r: order.index(r["arch"]) if r["arch"] in order else len(order))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ordered, indent=1) + "\n")
+    return path
+
+
+def _cell(value: str) -> str:
+    if value == "ok":
+        return "ok"
+    if value.startswith("skipped"):
+        return "-"
+    return "**no**"
+
+
+def render_markdown(rows: list[dict[str, Any]]) -> str:
+    """docs/models.md from the rows of docs/results/models.json."""
+    header = ["architecture", "config", *[STAGE_TITLES[s] for s in STAGES]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.get("title", row["arch"]), f"`{Path(row['config']).name}`"
+                 + (" exclude_nms" if row.get("exclude_nms") else "")]
+        cells += [_cell(row["stages"].get(s, "skipped")) for s in STAGES]
+        lines.append("| " + " | ".join(cells) + " |")
+    errors = [(row, s, v) for row in rows for s, v in row["stages"].items()
+              if v != "ok" and not v.startswith("skipped")]
+    details = ["| architecture | inputs | notable ops | layers INT8 / quantizable | agreement with simulated INT8 |",
+               "|---|---|---|---|---|"]
+    for row in rows:
+        agree = []
+        for stage, a in row.get("agreement", {}).items():
+            how = (f"mAP {a['map']} over {a['boxes']} boxes" if a["by"] == "detections"
+                   else f"cosine {a['cosine']} (raw outputs; {a['boxes']} boxes)")
+            agree.append(f"{STAGE_TITLES[stage]}: {how}")
+        layers = (f"{row['quantized_layers']} / {row['quantizable_layers']}"
+                  if row.get("quantized_layers") is not None else "-")
+        details.append(f"| {row['arch']} | {', '.join(row.get('inputs') or []) or '-'} | "
+                       f"{', '.join(row.get('notable_ops') or []) or '-'} | {layers} | {'; '.join(agree) or '-'} |")
+    through = [r["arch"] for r in rows if passes(r, ("ptq", "int8_sim", "openvino_int8"))]
+    trained = [r for r in rows if r.get("fp32_map") is not None]
+    text = f"""# Supported models: the architecture coverage matrix
+
+Generated by `.venv/bin/python tools/coverage.py --write_docs` from
+[results/models.json](results/models.json); do not edit by hand. `tools/coverage.py` (without
+`--write_docs`) runs the stages again and rewrites both; `tests/test_coverage.py` runs the same
+stages and checks this file against them.
+
+Each architecture is a PaddleDetection 2.6 config (`configs/coverage/<arch>.yml`: PaddleDetection's
+own model settings, small backbone and width, 160x160 input, 6 classes of the demo shapes
+dataset) with **random weights**, exported as PaddleDetection's `tools/export_model.py` does (NMS
+inside unless marked `exclude_nms`), then run through ptqdet with its config
+(`configs/coverage/<arch>_ptq.yaml`: convolutions INT8, QDQ form, 4 calibration images). A stage
+is "ok", or **no** with the one line a user gets (below), or "-" when a stage it needs failed.
+An INT8 runtime is "ok" only when it agrees with the simulated INT8 model (Paddle Inference,
+fake-quant ops on FP32 kernels): its detections scored against the simulated model's (COCO mAP
+>= {MIN_AGREEMENT_MAP} over >= {MIN_BOXES} boxes) or, when a random model detects fewer boxes,
+its raw outputs before NMS (cosine similarity >= {MIN_COSINE}).
+
+{len(through)} of {len(rows)} architectures run through PTQ, simulated INT8 and OpenVINO INT8.
+
+{chr(10).join(lines)}
+
+## Why a stage fails
+
+{chr(10).join(f"- **{row['arch']}**, {STAGE_TITLES[s]}: {v}" for row, s, v in errors) or "No stage fails."}
+
+## Details
+
+{chr(10).join(details)}
+"""
+    if trained:
+        text += "\n## Trained models\n\n| architecture | FP32 mAP | INT8 mAP (simulated) | INT8 mAP (OpenVINO) | " \
+                "layers in float |\n|---|---|---|---|---|\n"
+        for r in trained:
+            floats = r.get("float_layers")
+            text += (f"| {r['arch']} | {100 * r['fp32_map']:.1f} | {_pts(r.get('int8_map_sim'))} | "
+                     f"{_pts(r.get('int8_map_openvino'))} | {'-' if floats is None else floats} |\n")
+    return text
+
+
+def _pts(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def write_docs(results: Path = RESULTS_JSON, out: Path = MODELS_MD) -> Path:
+    rows = json.loads(Path(results).read_text())
+    out.write_text(render_markdown(rows))
+    return out
