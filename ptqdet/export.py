@@ -108,14 +108,20 @@ def is_onnx_export(path: str | Path) -> bool:
     return (folder / EXPORT_META).is_file() and any((folder / f).is_file() for f in (ONNX_FILE, IR_FILE))
 
 
-def _nms_settings(attrs: dict[str, Any], op_type: str) -> NMSSettings:
-    """The NMS ptqdet.postprocess.multiclass_nms can reproduce; refuse others clearly."""
+def _nms_settings(attrs: dict[str, Any], op_type: str, num_classes: int | None = None) -> NMSSettings:
+    """The NMS ptqdet.postprocess.multiclass_nms can reproduce; refuse others clearly.
+    num_classes: the scores' class count; a background_label outside [0, num_classes) (YOLOv3 and
+    PP-YOLO exports set it to num_classes) drops no class, as -1 does."""
     if op_type != "multiclass_nms3":
         raise ExportError(f"cannot move {op_type} out of the model: only multiclass_nms3 is supported")
-    if not attrs.get("normalized", True) or attrs.get("background_label", -1) != -1 or attrs.get("nms_eta", 1.0) != 1.0:
+    background = attrs.get("background_label", -1)
+    if num_classes is not None and num_classes > 0 and not 0 <= background < num_classes:
+        background = -1
+    if not attrs.get("normalized", True) or background != -1 or attrs.get("nms_eta", 1.0) != 1.0:
         raise ExportError(f"the model's NMS has normalized={attrs.get('normalized')}, background_label="
                           f"{attrs.get('background_label')}, nms_eta={attrs.get('nms_eta')}; ptqdet's NMS "
-                          "supports normalized=True, background_label=-1, nms_eta=1.0 only")
+                          "supports normalized=True, background_label=-1, nms_eta=1.0 only: evaluate and deploy this "
+                          "model on Paddle Inference (--backend paddle), which runs its NMS inside")
     # the attributes are float32: round away the float32 noise (0.025 reads 0.02500000037)
     return NMSSettings(score_threshold=round(float(attrs["score_threshold"]), 6),
                        nms_threshold=round(float(attrs["nms_threshold"]), 6),
@@ -148,8 +154,10 @@ def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpI
                 if len(nms_ops) != 1:
                     raise ExportError(f"{files.model_path}: expected one NMS op, found {len(nms_ops)}")
                 op = nms_ops[0]
-                nms = _nms_settings({name: op.attr(name) for name in op.attr_names}, op.type)
                 fetch = [block.var(op.input("BBoxes")[0]), block.var(op.input("Scores")[0])]
+                scores_shape = list(fetch[1].shape)
+                nms = _nms_settings({name: op.attr(name) for name in op.attr_names}, op.type,
+                                    scores_shape[1] if len(scores_shape) == 3 else None)
             else:
                 fetch = [block.var(renamed.get(name, name)) for name in fetch_names]
             loaded.save(out_dir, fetch)

@@ -31,6 +31,14 @@ class ProgramInfo:
     # shapes of the tensors stored in the params file, and of every variable the program feeds
     params: dict[str, tuple[int, ...]] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    output_shapes: tuple[tuple[int, ...], ...] = ()  # of the fetched variables, in fetch order
+
+    @property
+    def final_detections(self) -> bool:
+        """The model outputs detections rows [N, 6] (class, score, box) and per-image counts
+        without an NMS op: its post-processing keeps the top scores itself (DETR, CenterNet, TTFNet)."""
+        return not self.has_nms and len(self.output_shapes) >= 2 and len(self.output_shapes[0]) == 2 \
+            and self.output_shapes[0][-1] == 6
 
     @property
     def feed_names(self) -> list[str]:
@@ -64,7 +72,9 @@ def read_program(files: ModelFiles) -> ProgramInfo:
     params = {v.name(): tuple(v.shape()) for v in variables if v.type() == core.VarDesc.VarType.LOD_TENSOR}
     fed = [n for op in ops if op.type == "feed" for n in op.outputs.get("Out", [])]
     inputs = {n: tuple(block.var(n.encode()).shape()) for n in fed if block.has_var(n.encode())}
-    return ProgramInfo(ops, frozenset(v.name() for v in variables), params, inputs)
+    fetched = [n for op in ops if op.type == "fetch" for n in op.inputs.get("X", [])]
+    outputs = tuple(tuple(block.var(n.encode()).shape()) if block.has_var(n.encode()) else () for n in fetched)
+    return ProgramInfo(ops, frozenset(v.name() for v in variables), params, inputs, outputs)
 
 
 def check_params(files: ModelFiles, program: ProgramInfo) -> None:
@@ -126,6 +136,8 @@ def check_model(files: ModelFiles, feed_names: list[str] | None = None, nms_outs
         unfed = [n for n in inputs if n not in feed_names]
         if unfed:
             raise ConfigError(f"input_list does not feed the model inputs {unfed}: {files.model_path}")
+    if nms_outside is False and program.final_detections:
+        return program  # detections without an NMS op (DETR, CenterNet, TTFNet): nothing to add
     if nms_outside is not None and nms_outside == program.has_nms:
         raise ConfigError(f"arch: the model {'has' if program.has_nms else 'has no'} NMS inside, so arch must "
                           f"{'not ' if program.has_nms else ''}be PPYOLOE: {files.model_path}")
