@@ -1,12 +1,144 @@
-"""What the three scripts share: flags, quiet logging, and one clear error line on bad input."""
+"""What the scripts share: flags, quiet logging, one clear error line on bad input, and the
+same ending on SIGINT, SIGTERM and SIGHUP.
+
+`run(main)` runs a script's main:
+- a ConfigError (a mistake of the user's: a path, a key, a model a runtime cannot run) becomes
+  one line on stderr and exit code 2; an ExportError (paddle2onnx failed on the model) one
+  line and exit code 1;
+- SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the main thread (a KeyboardInterrupt, so
+  `except Exception` does not catch it): every `finally` and context manager on the way out
+  runs (atomic_dir removes its temporary, quantize_files the recovery step's temporary FP32
+  model), then one line "interrupted by SIGTERM" and exit code 128 + the signal's number, as a
+  shell reports a process the signal ended.
+
+A library may swallow the exception (ppdet's image Decode has a bare `except:`, and turns it
+into an AttributeError): the signal stays pending, long loops check it (`check_interrupted`,
+e.g. before each calibration batch), Interrupted is raised again every REPEAT_S until the
+script ends, and whatever exception ends it is reported as the interruption.
+
+Paddle's C++ runtime installs its own SIGTERM handler when it is imported (it prints a C++
+"FatalError" report and ends the process at once, leaving temporaries behind), and ray.init
+installs one that calls sys.exit: `install_signal_handlers()` puts ours back after either
+(cli.quiet_libraries, which every script calls first, imports paddle; ray_pool.connect calls it
+after ray.init).
+"""
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
+import gc
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from .config import ConfigError
-from .stdout import quiet_libraries  # noqa: F401 - the scripts call cli.quiet_libraries
+from .stdout import quiet_libraries as _quiet_libraries
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# after a signal, Interrupted is raised again every REPEAT_S until run() ends: a library that
+# swallows it (ppdet's image Decode has a bare `except:`) cannot keep the script running; a
+# repeated signal sooner than that is ignored (the cleanups of the first one are running)
+REPEAT_S = 1.5
+
+
+class Interrupted(KeyboardInterrupt):  # noqa: N818 - named like KeyboardInterrupt, which it is
+    """A signal (SIGINT, SIGTERM, SIGHUP) asked the script to stop."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@dataclass
+class _SignalState:
+    previous: dict[int, Any] | None = None  # the handlers run() replaced (None: run() is not active)
+    pending: int | None = None  # the signal that asked to stop
+    raised_at: float = 0.0  # when Interrupted was last raised
+
+
+_state = _SignalState()
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    now = time.monotonic()
+    if _state.pending is not None and now - _state.raised_at < REPEAT_S:
+        return  # raised a moment ago: its cleanups are running
+    if _state.pending is None:
+        _state.pending = signum
+        threading.Thread(target=_repeat, name="ptqdet-interrupt", daemon=True).start()
+    _state.raised_at = now
+    raise Interrupted(_state.pending)
+
+
+def _repeat() -> None:
+    """Raise Interrupted in the main thread again every REPEAT_S while run() is still active
+    (the handler runs there: _thread.interrupt_main simulates the signal)."""
+    previous = _state.previous
+    while True:
+        time.sleep(REPEAT_S)
+        if _state.previous is not previous or _state.previous is None or _state.pending is None:
+            return
+        _thread.interrupt_main(_state.pending)
+
+
+def check_interrupted() -> None:
+    """Raise Interrupted if a signal asked the script to stop: for long loops (calibration
+    batches), in case a library swallowed the exception the signal raised."""
+    if _state.pending is not None and _state.previous is not None:
+        _state.raised_at = time.monotonic()
+        raise Interrupted(_state.pending)
+
+
+def install_signal_handlers() -> None:
+    """(Re)install the handlers of run(), if run() is active in this process's main thread;
+    call it after anything that installs its own (importing paddle, ray.init)."""
+    if _state.previous is None or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, _on_signal)
+
+
+@contextlib.contextmanager
+def signals_raise_interrupted() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted inside the block (main thread only; the
+    handlers before it are restored after it)."""
+    if threading.current_thread() is not threading.main_thread() or _state.previous is not None:
+        yield
+        return
+    _state.previous = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    _state.pending = None
+    install_signal_handlers()
+    try:
+        yield
+    finally:
+        previous, _state.previous = _state.previous, None
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def quiet_libraries(quiet: bool = False) -> None:
+    """ptqdet.stdout.quiet_libraries (it imports paddle), then this module's signal handlers
+    back in place of the one paddle's import installs."""
+    _quiet_libraries(quiet)
+    install_signal_handlers()
+
+
+def one_line(text: str) -> str:
+    """A message on one line, even when it quotes a library's multi-line text."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -57,26 +189,46 @@ def parallel_options(args: argparse.Namespace):
                            search_width=width)
 
 
-def one_line(text: str) -> str:
-    """A message on one line, even when it quotes a library's multi-line text."""
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a script's main: a ConfigError (a user's mistake: a path, a key, a model a runtime
-    cannot run) becomes one line on stderr and exit code 2, an ExportError (paddle2onnx failed
-    on the model) one line and exit code 1."""
+    """Run a script's main: a ConfigError becomes one line on stderr and exit code 2, an
+    ExportError one line and exit code 1, a signal (SIGINT, SIGTERM, SIGHUP) one line and exit
+    code 128 + its number, after the cleanups on the way out ran (whatever exception the
+    interruption turned into on its way: a library that caught it may raise another)."""
     try:
-        return main(argv)
-    except ConfigError as exc:
-        print("error: " + one_line(str(exc)), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        export = sys.modules.get("ptqdet.export")  # not imported: the error cannot be one of its
-        if export is None or not isinstance(exc, export.ExportError):
+        with signals_raise_interrupted():
+            return main(argv)
+    except BaseException as exc:
+        ending = _ending(exc)
+        if ending is None:
             raise
-        print("error: " + one_line(str(exc)), file=sys.stderr)
-        return 1
+        message, code = ending
+        if code > 128 and _bar_open():
+            message = "\n" + message  # on a line of its own, not after the interrupted progress bar
+        print(message, file=sys.stderr)
+        if code > 128:  # stopping: the interpreter's last garbage collection over Paddle's objects
+            gc.freeze()  # takes seconds on a loaded machine, and frees nothing the exit would not
+        return code
+    finally:
+        _state.pending = None
+
+
+def _bar_open() -> bool:
+    """True when a tqdm progress bar was left open (its line not ended)."""
+    tqdm = sys.modules.get("tqdm.std")
+    return bool(tqdm is not None and getattr(tqdm.tqdm, "_instances", None))
+
+
+def _ending(exc: BaseException) -> tuple[str, int] | None:
+    """(line, exit code) of an exception run() reports in one line; None: a bug, let it show."""
+    if _state.pending is not None:
+        return f"interrupted by {signal.Signals(_state.pending).name}", 128 + _state.pending
+    if isinstance(exc, Interrupted):
+        return f"interrupted by {exc.name}", exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):  # raised by some library's own handler
+        return "interrupted", 128 + signal.SIGINT
+    if isinstance(exc, ConfigError):  # one line, even when the message quotes a library's multi-line text
+        return "error: " + one_line(str(exc)), 2
+    export = sys.modules.get("ptqdet.export")  # not imported: the error cannot be one of its
+    if export is not None and isinstance(exc, export.ExportError):
+        return "error: " + one_line(str(exc)), 1
+    return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from typing import Any
 from .config import ConfigError, PTQDetConfig, PTQSettings
 from .data import calibration_loader, check_dataset
 from .files import ModelFiles, check_output_dir, resolve_model_files
-from .paddle_static import DEQUANT_PREFIXES, WEIGHT_DEQUANT_PREFIXES, atomic_dir, static_mode, weight_slot
+from .paddle_static import DEQUANT_PREFIXES, WEIGHT_DEQUANT_PREFIXES, atomic_dir, replace_dir, static_mode, weight_slot
 from .program import ProgramInfo, check_config_model, read_program
 
 SAVED_FILES = ("model.pdmodel", "model.pdiparams")
@@ -158,12 +160,19 @@ def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, setting
     """Calibrate and write the INT8 model to save_dir atomically, with the layers of
     skip_tensor_list and of cfg.skip_op_types in float; returns the seconds spent and the
     weights of the layers kept in float. recovered_dir: where to keep the FP32 model that
-    recovery (PTQ.equalize_depthwise) made, if any (default: a temporary folder)."""
+    recovery (PTQ.equalize_depthwise) made, if any (moved there once the INT8 model is written;
+    default: not kept).
+
+    The recovered FP32 model is written to a hidden temporary folder beside save_dir
+    (`.<save_dir>.tmp<pid>.fp32`), removed on the way out whatever ends the block (an error,
+    or a signal, which ptqdet.cli turns into an exception); temporaries that a killed run
+    (SIGKILL, power loss) left beside save_dir are removed first."""
     skip_tensor_list = skip_weights(cfg, files, skip_tensor_list)
-    loader = calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress)
+    loader = interruptible(calibration_loader(cfg, settings.batch_size, settings.batch_nums, progress=progress))
     start = time.perf_counter()
+    remove_stale_temporaries(Path(save_dir))
     with atomic_dir(save_dir, create=False) as tmp_dir:
-        fp32_dir = recovered_dir or tmp_dir.with_name(f"{tmp_dir.name}.fp32")
+        fp32_dir = tmp_dir.with_name(f"{tmp_dir.name}{RECOVERED_SUFFIX}")
         try:
             source, maxima = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
             run_quant_post_static(source, tmp_dir, loader, settings, skip_tensor_list, device, progress)
@@ -174,10 +183,75 @@ def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, setting
             infer_cfg = files.model_dir / "infer_cfg.yml"
             if infer_cfg.is_file():
                 shutil.copy2(infer_cfg, tmp_dir / "infer_cfg.yml")
+            if recovered_dir is not None and source.model_dir == fp32_dir:
+                Path(recovered_dir).parent.mkdir(parents=True, exist_ok=True)
+                replace_dir(fp32_dir, Path(recovered_dir))
         finally:
-            if recovered_dir is None:
-                shutil.rmtree(fp32_dir, ignore_errors=True)
+            shutil.rmtree(fp32_dir, ignore_errors=True)
     return time.perf_counter() - start, skip_tensor_list
+
+
+def interruptible(loader):
+    """The calibration loader (a paddle.io.DataLoader of pre-loaded batches), checking before
+    each batch it gives (to the recovery step, to paddleslim's sampling) whether a signal asked
+    the script to stop (ptqdet.cli.check_interrupted): a library that swallowed the exception
+    the signal raised does not keep the calibration going."""
+    from .cli import check_interrupted
+
+    class Interruptible(type(loader)):
+        def __init__(self, inner):  # no super().__init__: the inner loader holds the batches
+            self.inner = inner
+            self.batch_size = getattr(inner, "batch_size", None)
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def __iter__(self):
+            for batch in self.inner:
+                check_interrupted()
+                yield batch
+
+        def __call__(self):
+            return iter(self)
+
+    return Interruptible(loader)
+
+
+# atomic_dir's temporary is .<name>.tmp<pid>; the recovered FP32 model's is that + RECOVERED_SUFFIX
+RECOVERED_SUFFIX = ".fp32"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?:\.fp32)?$")
+
+
+def remove_stale_temporaries(save_dir: Path) -> list[Path]:
+    """Remove the temporaries of save_dir (atomic_dir's and the recovered FP32 model's) that a
+    process no longer running left beside it; a live process's (another run writing the same
+    save_dir) are kept. Returns what was removed."""
+    parent = Path(save_dir).parent
+    if not parent.is_dir():
+        return []
+    removed = []
+    for path in parent.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if match is None or match["name"] != Path(save_dir).name or _process_alive(int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours, from an earlier call in this process that ended without cleaning: stale too
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def quantize(cfg: PTQDetConfig, save_dir: Path, device: str = "cpu", algo: str | None = None,

@@ -37,8 +37,11 @@ class EqualizationResult:
 def channel_ranges(executor, program, feeds: Iterable[dict[str, np.ndarray]],
                    names: list[str]) -> dict[str, np.ndarray]:
     """Max |x| per channel (axis 1) of each named variable over the fed batches."""
+    from .cli import check_interrupted
+
     ranges: dict[str, np.ndarray] = {}
     for feed in feeds:
+        check_interrupted()  # a signal's exception swallowed by a library stops the loop all the same
         values = executor.run(program, feed=feed, fetch_list=names, return_numpy=True)
         for name, value in zip(names, values):
             per_channel = np.abs(value).max(axis=tuple(i for i in range(value.ndim) if i != 1))

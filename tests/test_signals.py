@@ -1,0 +1,171 @@
+"""SIGTERM and SIGINT at several points of post_quant.py and analysis.py, beside a CPU-bound
+neighbour: the script stops within 5 s, exits with 128 + the signal's number and one line
+("interrupted by SIGTERM"), and leaves no temporary behind (atomic_dir's `.<save_dir>.tmp<pid>`,
+the recovery step's `.<save_dir>.tmp<pid>.fp32`); save_dir is absent, or as it was. The
+analysis keeps the cache it completed before the signal.
+
+The point of each signal is found by watching the script's progress output (its bars on
+stderr): "loading calibration images" (data and model loaded and checked), "Sampling stage"
+(paddleslim's calibration; the recovered FP32 model is in its temporary folder by then),
+"Adding quant activation op" (quant ops inserted, the model about to be saved).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DEMO_CONFIGS, MODELS, ROOT, coco_slice
+
+pytestmark = pytest.mark.slow
+
+STOP_WITHIN_S = 5.0
+START_TIMEOUT_S = 240  # until the point is reached, on a loaded machine
+
+
+@pytest.fixture(scope="module")
+def neighbour():
+    """A CPU-bound process beside the script (the load the issue measured under)."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """8 calibration and 8 evaluation images of the demo dataset."""
+    root = tmp_path_factory.mktemp("data")
+    coco_slice("calib", root, 8)
+    coco_slice("val", root, 8)
+    return root
+
+
+def _config(folder: Path, data: Path, base: str, extra: str = "") -> Path:
+    path = folder / "cfg.yaml"
+    datasets = "".join(f"{key}: !COCODataSet {{image_dir: {split}, anno_path: {split}.json, dataset_dir: {data}}}\n"
+                       for key, split in (("TrainDataset", "calib"), ("EvalDataset", "val"),
+                                          ("FastEvalDataset", "val")))
+    path.write_text(f"_BASE_: ['{DEMO_CONFIGS / base}']\nmodel_dir: {MODELS / 'picodet_s_shapes'}\n{datasets}"
+                    "PTQ:\n  batch_size: 2\n  batch_nums: 2\n" + extra)
+    return path
+
+
+class Output:
+    """What a process writes to a pipe, collected by a thread (progress bars included)."""
+
+    def __init__(self, stream):
+        self.chunks: list[bytes] = []
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream) -> None:
+        for chunk in iter(lambda: stream.read1(4096), b""):
+            self.chunks.append(chunk)
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*") if ".tmp" in p.name)
+
+
+def interrupt(argv: list[str], marker: str, signum: int) -> tuple[int, float, str]:
+    """Run a script until `marker` appears in its stderr, send `signum`; (exit code, seconds
+    from the signal to its end, its stderr)."""
+    proc = subprocess.Popen([sys.executable, *map(str, argv)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    err = Output(proc.stderr)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while marker not in err.text:
+            assert proc.poll() is None, f"ended before {marker!r}: {err.text[-2000:]}"
+            assert time.monotonic() < deadline, f"{marker!r} not reached: {err.text[-2000:]}"
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        code = proc.wait(timeout=60)
+        seconds = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err.thread.join(timeout=5)
+    return code, seconds, err.text
+
+
+def _check_ending(code: int, seconds: float, err: str, signum: int) -> None:
+    name = signal.Signals(signum).name
+    lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert seconds < STOP_WITHIN_S, f"{name} took {seconds:.1f} s to stop the script"
+    assert code == 128 + signum, err[-2000:]
+    assert lines[-1] == f"interrupted by {name}", err[-2000:]
+    assert sum("interrupted" in line for line in lines) == 1 and "Traceback" not in err, err[-2000:]
+    print(f"{name}: stopped in {seconds:.2f} s")
+
+
+POST_QUANT_POINTS = {"loading": "loading calibration images", "calibration": "Sampling stage",
+                     "saving": "Adding quant activation op"}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("point", list(POST_QUANT_POINTS))
+def test_post_quant_stops_cleanly(tmp_path, data, neighbour, point, signum):
+    """save_dir absent before (SIGTERM) or an earlier output (SIGINT): absent, or unchanged, after."""
+    save_dir = tmp_path / "out" / "int8"
+    if signum == signal.SIGINT:  # an earlier output, which the interrupted run must leave as it was
+        save_dir.mkdir(parents=True)
+        for name in ("model.pdmodel", "model.pdiparams", "ptq_report.json"):
+            (save_dir / name).write_text(f"earlier {name}")
+    before = _snapshot(save_dir)
+    cfg = _config(tmp_path, data, "picodet_s_ptq.yaml")  # equalize_depthwise: the recovered FP32 temporary
+    code, seconds, err = interrupt(["post_quant.py", "--config_path", cfg, "--save_dir", save_dir],
+                                   POST_QUANT_POINTS[point], signum)
+    _check_ending(code, seconds, err, signum)
+    assert _temporaries(tmp_path) == []
+    beside = sorted(p.name for p in save_dir.parent.iterdir()) if save_dir.parent.exists() else []
+    assert beside == (["int8"] if before else [])
+    assert _snapshot(save_dir) == before
+
+
+ANALYSIS_POINTS = {"reference": ("eval FP32", signal.SIGINT), "calibration": ("Sampling stage", signal.SIGTERM)}
+
+
+@pytest.mark.parametrize("point", list(ANALYSIS_POINTS))
+def test_analysis_stops_cleanly_and_keeps_its_cache(tmp_path, data, neighbour, point):
+    """Nothing but the work folder in save_dir (no report of a run that did not end); in it,
+    what completed before the signal and nothing half-made."""
+    marker, signum = ANALYSIS_POINTS[point]
+    save_dir = tmp_path / "ana"
+    cfg = _config(tmp_path, data, "picodet_s_analysis.yaml", "plot_hist: False\nget_target_quant_model: False\n")
+    code, seconds, err = interrupt(["analysis.py", "--config_path", cfg, "--save_dir", save_dir,
+                                    "--rank_modes", "revert"], marker, signum)
+    _check_ending(code, seconds, err, signum)
+    assert _temporaries(tmp_path) == []
+    assert (sorted(p.name for p in save_dir.iterdir()) if save_dir.exists() else []) in ([], [".work"])
+    caches = list(save_dir.glob(".work/*/results.json"))
+    if point == "reference":  # stopped in the first evaluation: nothing completed, nothing cached
+        assert caches == []
+        return
+    assert len(caches) == 1  # the FP32 reference completed before the calibration
+    assert json.loads(caches[0].read_text())["reference"]["fp32_full"] > 0
+    # the calibration did not complete: neither its INT8 model nor the recovered FP32 one is kept
+    assert sorted(p.name for p in caches[0].parent.iterdir()) == ["results.json"]
