@@ -10,7 +10,6 @@ caught. A row that cannot run (package missing, conversion failed) says why; no 
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from .backends import BACKENDS, BackendOptions, open_backend
 from .config import ConfigError, PTQDetConfig
 from .data import dataset_digest
 from .export import ExportError, export_onnx, load_export
-from .files import ModelFiles, resolve_model_files
+from .files import ModelFiles, read_cache_json, resolve_model_files
 from .metrics import evaluate
 from .paddle_static import fingerprint
 from .report import mAP_points, markdown_table, write_json
@@ -104,8 +103,8 @@ def quantize_cached(cfg: PTQDetConfig, fp32: ModelFiles, work_dir: Path, progres
     int8_dir = work_dir / "int8"
     stamp = work_dir / INT8_STAMP
     key = ptq_cache_key(cfg, fp32)
-    if stamp.is_file() and (int8_dir / "model.pdmodel").is_file():
-        saved = json.loads(stamp.read_text())
+    if (int8_dir / "model.pdmodel").is_file():
+        saved = read_cache_json(stamp, "the PTQ cache stamp") or {}  # damaged: a warning, then PTQ again
         if saved.get("key") == key:
             log(f"reusing {int8_dir} (same FP32 model and PTQ settings)")
             return saved, False

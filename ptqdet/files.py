@@ -3,14 +3,18 @@
 - `ModelFiles`: where an inference model's program and parameters are;
 - `resolve_model_files`: find them in a folder (old names too), or say in one line what the
   folder holds instead (a file, a Paddle 3 PIR export, nothing);
-- `check_output_dir`: an output folder that harms nothing (not the model, not someone's files).
+- `check_output_dir`: an output folder that harms nothing (not the model, not someone's files);
+- `read_cache_json`: a cached result read back, or recomputed (one warning line) when damaged.
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError
 
@@ -146,3 +150,21 @@ def check_output_dir(path: Path, model_dir: Path | None, key: str = "save_dir", 
     except OSError as exc:
         raise ConfigError(f"{key} {path} cannot be created: {existing} does not accept new folders "
                           f"({exc.strerror})") from exc
+
+
+def read_cache_json(path: Path, what: str) -> dict[str, Any] | None:
+    """A cached result (a JSON object) read back; None when there is none, or when it is
+    damaged (cut short by a full disk or a killed copy, not JSON, not an object): then one
+    warning line on stderr says so, and the caller computes the result again."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(f"warning: {what} {path} is damaged ({reason}): computing it again", file=sys.stderr)
+        return None
+    return data

@@ -461,3 +461,67 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(tmp_path, good, capfd
     assert _snapshot(tmp_path) == before  # no output folder, no temporary left, fixtures untouched
     assert not [p for p in env.out.parent.iterdir() if ".tmp" in p.name]
     assert _snapshot(good.root) == good_before  # the source model byte-identical
+
+
+# --- damaged caches: one warning line, then the result is computed again ---------------------
+
+DAMAGED = {"cut short": lambda text: text[: len(text) // 2], "not JSON": lambda text: "\x00\xff garbage",
+           "not an object": lambda text: "[1, 2, 3]"}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_a_damaged_analysis_cache_is_reported_and_recomputed(tmp_path, capfd, damage):
+    from ptqdet.analysis.context import AnalysisContext
+
+    work = tmp_path / "ana" / ".work" / "key"
+    work.mkdir(parents=True)
+    good = json.dumps({"reference": {"fp32_full": 0.5, "int8_fast": 0.4}, "ranking": {"conv2d_1.w_0": 0.1}})
+    (work / "results.json").write_text(DAMAGED[damage](good))
+    capfd.readouterr()
+    ctx = AnalysisContext.open(tmp_path / "ana", "key", progress=False)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: the analysis cache ") and "is damaged" in lines[0]
+    assert str(work / "results.json") in lines[0]
+    assert ctx.section("reference") == {}  # nothing trusted from it: recomputed
+    ctx.section("reference")["fp32_full"] = 0.5
+    ctx.save()
+    assert json.loads((work / "results.json").read_text()) == {"reference": {"fp32_full": 0.5}}
+
+
+def test_an_analysis_cache_section_that_is_not_a_mapping_is_dropped(tmp_path, capfd):
+    from ptqdet.analysis.context import ResultCache
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"reference": [0.5], "ranking": {"a": 1.0}}))
+    capfd.readouterr()
+    cache = ResultCache(path)
+    err = capfd.readouterr().err.strip()
+    assert err.count("\n") == 0 and "damaged sections ['reference']" in err
+    assert cache.get("ranking") == {"a": 1.0} and cache.get("reference") == {}
+
+
+@pytest.mark.parametrize("damage", ["cut short", "not an object"])
+def test_a_damaged_ptq_cache_stamp_is_reported_and_the_model_quantized_again(tmp_path, capfd, monkeypatch, pico_cfg,
+                                                                              damage):
+    import ptqdet.quantize
+    from ptqdet.benchmark import INT8_STAMP, ptq_cache_key, quantize_cached
+    from ptqdet.files import resolve_model_files
+    from ptqdet.quantize import QuantizeResult
+
+    fp32 = resolve_model_files(pico_cfg.model_dir)
+    (tmp_path / "int8").mkdir()
+    (tmp_path / "int8" / "model.pdmodel").write_bytes(b"an earlier INT8 model")
+    key = ptq_cache_key(pico_cfg, fp32)
+    (tmp_path / INT8_STAMP).write_text(DAMAGED[damage](json.dumps({"key": key, "seconds": 1.0, "quantized": 98})))
+    calls = []
+    monkeypatch.setattr(ptqdet.quantize, "quantize", lambda cfg, out, progress: calls.append(out) or QuantizeResult(
+        out, 1.0, {}, quantized_layers=["conv2d_1.w_0"]))
+    capfd.readouterr()
+    stamp, quantized_now = quantize_cached(pico_cfg, fp32, tmp_path, progress=False, log=lambda _: None)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert quantized_now and calls == [tmp_path / "int8"]
+    assert len(lines) == 1 and lines[0].startswith("warning: the PTQ cache stamp ") and "is damaged" in lines[0]
+    assert json.loads((tmp_path / INT8_STAMP).read_text())["key"] == key == stamp["key"]
+    # and the stamp written again is trusted: the next call reuses the model, silently
+    assert quantize_cached(pico_cfg, fp32, tmp_path, progress=False, log=lambda _: None)[1] is False
+    assert capfd.readouterr().err == "" and len(calls) == 1

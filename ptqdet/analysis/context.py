@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 from ..config import PTQDetConfig
 from ..data import dataset_digest
-from ..files import ModelFiles
+from ..files import ModelFiles, read_cache_json
 from ..paddle_static import model_digest
 from ..report import write_json
 
@@ -52,7 +53,14 @@ class ResultCache:
 
     def __init__(self, path: Path):
         self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        # damaged (cut short by a full disk or a killed copy): one warning, and what it held is
+        # computed again; a section that is not a mapping is dropped the same way
+        data = read_cache_json(path, "the analysis cache") or {}
+        damaged = sorted(str(k) for k, v in data.items() if not isinstance(v, dict))
+        if damaged:
+            print(f"warning: the analysis cache {path} holds damaged sections {damaged}: computing them again",
+                  file=sys.stderr)
+        self.data: dict[str, Any] = {k: v for k, v in data.items() if isinstance(v, dict)}
         self.lock = threading.Lock()  # --workers: the accuracy-only search saves from a thread of its own
 
     def get(self, section: str) -> dict[str, Any]:
