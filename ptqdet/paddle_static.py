@@ -74,6 +74,71 @@ def dynamic_mode() -> Iterator[None]:
             paddle.enable_static()
 
 
+@contextlib.contextmanager
+def fast_ir_graph() -> Iterator[None]:
+    """Paddle's IrGraph without its quadratic checks, meanwhile: PTQ's passes (the QDQ inserts
+    of AddQuantDequantForInferencePass, QuantizationTransformPassV2) link nodes through
+    link_to/update_*_link, which first assert that each node is in a set of the whole graph
+    built anew for every call, and look a scale up in all_persistable_nodes(), also rebuilt per
+    call. Here the links skip those asserts (the passes link only nodes they hold) and the
+    persistable nodes are read once per graph and kept as nodes are created; any removal reads
+    them again. The passes write the same program (tested)."""
+    from paddle.base.framework import IrGraph
+
+    saved = {name: getattr(IrGraph, name) for name in (
+        "link_to", "update_input_link", "update_output_link", "all_persistable_nodes", "create_persistable_node",
+        "create_var_node_from_desc", "safe_remove_nodes")}
+
+    def link_to(self, node_in, node_out):
+        node_in.append_output(node_out)
+        node_out.append_input(node_in)
+
+    def update_input_link(self, old_input_node, new_input_node, op_node):
+        old_input_node.remove_output(op_node)
+        op_node.remove_input(old_input_node)
+        new_input_node.append_output(op_node)
+        op_node.append_input(new_input_node)
+        op_node.rename_input(old_input_node.name(), new_input_node.name())
+
+    def update_output_link(self, old_output_node, new_output_node, op_node):
+        old_output_node.remove_input(op_node)
+        op_node.remove_output(old_output_node)
+        new_output_node.append_input(op_node)
+        op_node.append_output(new_output_node)
+        op_node.rename_output(old_output_node.name(), new_output_node.name())
+
+    def all_persistable_nodes(self):
+        cached = self.__dict__.get("_ptqdet_persistables")
+        if cached is None:
+            cached = self.__dict__["_ptqdet_persistables"] = saved["all_persistable_nodes"](self)
+        return set(cached)
+
+    def create_persistable_node(self, *args, **kwargs):
+        node = saved["create_persistable_node"](self, *args, **kwargs)
+        cached = self.__dict__.get("_ptqdet_persistables")
+        if cached is not None:
+            cached.add(node)
+        return node
+
+    def forget(name):
+        def method(self, *args, **kwargs):
+            self.__dict__.pop("_ptqdet_persistables", None)
+            return saved[name](self, *args, **kwargs)
+        return method
+
+    patched = {"link_to": link_to, "update_input_link": update_input_link, "update_output_link": update_output_link,
+               "all_persistable_nodes": all_persistable_nodes, "create_persistable_node": create_persistable_node,
+               "create_var_node_from_desc": forget("create_var_node_from_desc"),
+               "safe_remove_nodes": forget("safe_remove_nodes")}
+    for name, method in patched.items():
+        setattr(IrGraph, name, method)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(IrGraph, name, method)
+
+
 def load_static_model(files: ModelFiles, exe: Any) -> tuple[Any, list[str], list[Any]]:
     """paddle.static.load_inference_model on these files (program, feed names, fetch vars), by
     path prefix when the two files share one (the other form prints a deprecation warning)."""

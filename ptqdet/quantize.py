@@ -16,7 +16,15 @@ from typing import Any
 from .config import ConfigError, PTQDetConfig, PTQSettings
 from .data import calibration_loader, check_dataset
 from .files import ModelFiles, check_output_dir, resolve_model_files
-from .paddle_static import DEQUANT_PREFIXES, WEIGHT_DEQUANT_PREFIXES, atomic_dir, replace_dir, static_mode, weight_slot
+from .paddle_static import (
+    DEQUANT_PREFIXES,
+    WEIGHT_DEQUANT_PREFIXES,
+    atomic_dir,
+    fast_ir_graph,
+    replace_dir,
+    static_mode,
+    weight_slot,
+)
 from .program import ProgramInfo, check_config_model, read_program
 
 SAVED_FILES = ("model.pdmodel", "model.pdiparams")
@@ -127,7 +135,7 @@ def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PT
                   activation_quantize_type=settings.activation_quantize_type,
                   weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
                   skip_tensor_list=list(skip_tensor_list) or None)
-    with static_mode(), paddle_bars(progress):
+    with static_mode(), paddle_bars(progress), fast_ir_graph():
         executor = paddle.static.Executor(paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace())
         if settings.reconstruction == "none":
             with hard_adaround():
