@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ptqdet.analysis.context import cached_results  # noqa: E402 - the analysis' own reader of its cache
+
 
 def analyze(flags: list[str], save_dir: Path, what: str) -> tuple[float, str]:
     """analysis.py with `flags` into save_dir (--quiet): its wall time and stderr; exits on failure."""
@@ -43,11 +45,6 @@ def analyze(flags: list[str], save_dir: Path, what: str) -> tuple[float, str]:
     return time.perf_counter() - start, r.stderr
 
 
-def results_cache(save_dir: Path) -> Path:
-    """The analysis' result cache in save_dir (one cache key per run)."""
-    return next(save_dir.glob(".work/*/results.json"))
-
-
 def run(name: str, flags: list[str], out: Path) -> dict:
     save_dir = out / name
     shutil.rmtree(save_dir, ignore_errors=True)
@@ -56,7 +53,7 @@ def run(name: str, flags: list[str], out: Path) -> dict:
     ranking = json.loads((save_dir / "ranking.json").read_text())
     return {"name": name, "seconds": seconds, "load_before": load_before, "load_after": os.getloadavg(),
             "ranking": [row["layer"] for row in ranking["ranking"]],
-            "cache": json.loads(results_cache(save_dir).read_text()),
+            "cache": cached_results(save_dir),
             "target": ranking["target"], "counters": ranking["counters"], "stderr_tail": stderr[-2000:]}
 
 
@@ -64,18 +61,17 @@ def load(record: dict, name: str, out: Path) -> dict:
     """A run already in `out` (for --replay_only), as run() returns it (seconds and target from
     the report's record: a replay rewrites the run's ranking.json)."""
     saved = next(r for r in record["runs"] if r["name"] == name)
-    return {**saved, "cache": json.loads(results_cache(out / name).read_text())}
+    return {**saved, "cache": cached_results(out / name)}
 
 
 def replay(serial: dict, name: str, flags: list[str], out: Path) -> dict:
     """Run `name` again from its cache with the serial run's runtime measurements (module doc)."""
-    from ptqdet.report import write_json
+    from ptqdet.analysis.context import seed_runtime_measurements
 
-    latency = {k: v for k, v in serial["cache"].items() if k.startswith("latency_")}
-    if not latency:
-        raise SystemExit("the serial run has no runtime measurements to replay (accuracy selection?)")
-    cache_path = results_cache(out / name)
-    write_json(cache_path, {**json.loads(cache_path.read_text()), **latency})
+    try:
+        seed_runtime_measurements(out / name, serial["cache"])
+    except ValueError as exc:
+        raise SystemExit(f"cannot replay: {exc}") from None
     seconds, _ = analyze(flags, out / name, f"replay of {name}")
     target = json.loads((out / name / "ranking.json").read_text())["target"]
     return {"seconds": seconds, "skip": target["skip"], "same_target": target["skip"] == serial["target"]["skip"]}

@@ -17,6 +17,7 @@ from ..files import ModelFiles, read_cache_json
 from ..paddle_static import model_digest
 from ..report import write_json
 
+WORK_DIR = ".work"  # under save_dir: one folder per cache key
 CACHE_VERSION = 3  # part of the cache key: bump when a cached value changes meaning
 
 
@@ -84,7 +85,7 @@ class AnalysisContext:
 
     @classmethod
     def open(cls, save_dir: Path, key: str, progress: bool = True) -> AnalysisContext:
-        work_dir = save_dir / ".work" / key
+        work_dir = save_dir / WORK_DIR / key
         return cls(work_dir, ResultCache(work_dir / "results.json"), progress=progress)
 
     def section(self, name: str) -> dict[str, Any]:
@@ -110,3 +111,28 @@ class AnalysisContext:
             return iterable
         from tqdm import tqdm
         return tqdm(iterable, **kwargs)
+
+
+def run_cache_path(save_dir: Path) -> Path:
+    """The result cache of the analysis run in save_dir (its work folder: one cache key)."""
+    caches = sorted(Path(save_dir).glob(f"{WORK_DIR}/*/results.json"))
+    if len(caches) != 1:
+        raise FileNotFoundError(f"expected one analysis result cache under {save_dir / WORK_DIR}, found {len(caches)}")
+    return caches[0]
+
+
+def cached_results(save_dir: Path) -> dict[str, Any]:
+    """What the analysis run in save_dir cached: per-layer scores (metric_*, proxy_*), runtime
+    measurements (latency_*) and the other sections, by section name."""
+    return ResultCache(run_cache_path(save_dir)).data
+
+
+def seed_runtime_measurements(save_dir: Path, source: dict[str, Any]) -> None:
+    """Put another run's runtime measurements (its latency_* sections) into the cache of the
+    analysis in save_dir, so that running it again decides on the same timings (a replay)."""
+    latency = {k: v for k, v in source.items() if k.startswith("latency_")}
+    if not latency:
+        raise ValueError("the source run has no runtime measurements (accuracy selection?)")
+    cache = ResultCache(run_cache_path(save_dir))
+    cache.data.update(latency)
+    cache.save()
