@@ -161,7 +161,12 @@ def add_ray_flags(parser: argparse.ArgumentParser, what: str) -> None:
                              "threads, N one-thread workers on N cores beat one N-thread run)")
     parser.add_argument("--ray_address", default=None,
                         help="join this Ray cluster (e.g. HEAD_IP:6379, from `ray start --head`) instead of starting "
-                             "a local Ray instance; needs --workers")
+                             "a local Ray instance; needs --workers. Anyone who reaches a Ray cluster's ports can run "
+                             "code in it unless its token authentication is on: `ray start --head` turns it on only "
+                             "when a token exists (make one first: `ray get-auth-token --generate` on the head), and "
+                             "that token must reach this machine and every worker machine (~/.ray/auth_token, "
+                             "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN); keep the cluster on a private network all the "
+                             "same (Ray's traffic is not encrypted unless RAY_USE_TLS is set up)")
 
 
 def add_search_width_flag(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ def thread_env(threads: int) -> dict[str, str]:
 
 def connect(opts: ParallelOptions, quiet: bool) -> Any:
     """The ray module, initialized: the running instance (a test's), the cluster at opts.address,
-    or a local instance (opts.workers x opts.threads CPUs, small object store, no dashboard)."""
+    or a local instance (opts.workers x opts.threads CPUs, small object store, no dashboard,
+    token authentication on: warn_if_unauthenticated)."""
     import ray
 
     if ray.is_initialized():
@@ -55,10 +57,30 @@ def connect(opts: ParallelOptions, quiet: bool) -> Any:
     else:
         ray.init(num_cpus=opts.workers * opts.threads, object_store_memory=opts.object_store_mb * 2**20,
                  include_dashboard=False, **common)
+        warn_if_unauthenticated()
     from .cli import install_signal_handlers
 
     install_signal_handlers()  # ray.init's SIGTERM handler calls sys.exit(15): the scripts' ending instead
     return ray
+
+
+def warn_if_unauthenticated() -> bool:
+    """The local instance's GCS server and raylet listen on every network interface (Ray 2.60
+    offers no switch to bind them to localhost; tests/test_ray_auth.py shows both): what keeps
+    other machines out is Ray's token authentication, on by default for a local instance since
+    Ray 2.5x (the token in ~/.ray/auth_token, made at the first start). ptqdet never turns it
+    off; when the environment does (RAY_AUTH_MODE=disabled), one warning line says what that
+    opens. Returns whether token authentication is on."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # a Ray without token authentication
+        return False
+    enabled = is_token_auth_enabled()
+    if not enabled:
+        print("warning: token authentication of the local Ray instance is off (RAY_AUTH_MODE=disabled) and it "
+              "listens on every network interface: anyone who can reach this machine can run code in it; unset "
+              "RAY_AUTH_MODE", file=sys.stderr)
+    return enabled
 
 
 def start_beside(opts: ParallelOptions, progress: bool, fn: Callable[..., Any], *args: Any) -> Any:
