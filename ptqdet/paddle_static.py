@@ -74,6 +74,30 @@ def dynamic_mode() -> Iterator[None]:
             paddle.enable_static()
 
 
+def _link_to(graph, node_in, node_out):
+    """IrGraph.link_to without its assert (a set of the whole graph per call)."""
+    node_in.append_output(node_out)
+    node_out.append_input(node_in)
+
+
+def _update_input_link(graph, old_input_node, new_input_node, op_node):
+    """IrGraph.update_input_link without its assert."""
+    old_input_node.remove_output(op_node)
+    op_node.remove_input(old_input_node)
+    new_input_node.append_output(op_node)
+    op_node.append_input(new_input_node)
+    op_node.rename_input(old_input_node.name(), new_input_node.name())
+
+
+def _update_output_link(graph, old_output_node, new_output_node, op_node):
+    """IrGraph.update_output_link without its assert."""
+    old_output_node.remove_input(op_node)
+    op_node.remove_output(old_output_node)
+    new_output_node.append_input(op_node)
+    op_node.append_output(new_output_node)
+    op_node.rename_output(old_output_node.name(), new_output_node.name())
+
+
 @contextlib.contextmanager
 def fast_ir_graph() -> Iterator[None]:
     """Paddle's IrGraph without its quadratic checks, meanwhile: PTQ's passes (the QDQ inserts
@@ -88,24 +112,6 @@ def fast_ir_graph() -> Iterator[None]:
     saved = {name: getattr(IrGraph, name) for name in (
         "link_to", "update_input_link", "update_output_link", "all_persistable_nodes", "create_persistable_node",
         "create_var_node_from_desc", "safe_remove_nodes")}
-
-    def link_to(self, node_in, node_out):
-        node_in.append_output(node_out)
-        node_out.append_input(node_in)
-
-    def update_input_link(self, old_input_node, new_input_node, op_node):
-        old_input_node.remove_output(op_node)
-        op_node.remove_input(old_input_node)
-        new_input_node.append_output(op_node)
-        op_node.append_input(new_input_node)
-        op_node.rename_input(old_input_node.name(), new_input_node.name())
-
-    def update_output_link(self, old_output_node, new_output_node, op_node):
-        old_output_node.remove_input(op_node)
-        op_node.remove_output(old_output_node)
-        new_output_node.append_input(op_node)
-        op_node.append_output(new_output_node)
-        op_node.rename_output(old_output_node.name(), new_output_node.name())
 
     def all_persistable_nodes(self):
         cached = self.__dict__.get("_ptqdet_persistables")
@@ -126,7 +132,7 @@ def fast_ir_graph() -> Iterator[None]:
             return saved[name](self, *args, **kwargs)
         return method
 
-    patched = {"link_to": link_to, "update_input_link": update_input_link, "update_output_link": update_output_link,
+    patched = {"link_to": _link_to, "update_input_link": _update_input_link, "update_output_link": _update_output_link,
                "all_persistable_nodes": all_persistable_nodes, "create_persistable_node": create_persistable_node,
                "create_var_node_from_desc": forget("create_var_node_from_desc"),
                "safe_remove_nodes": forget("safe_remove_nodes")}
