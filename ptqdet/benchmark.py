@@ -286,8 +286,7 @@ def verdict(rows: list[Row], goal_ratio: float | None) -> str:
 
 def run_benchmark(cfg: PTQDetConfig, work_dir: Path, settings: BenchSettings, title: str | None = None,
                   log: Callable[[str], None] = print) -> BenchResult:
-    from .data import build_source
-    from .pipeline import latency_feed
+    from .data import build_source, latency_feed
 
     for backend in settings.backends:
         if backend not in BACKENDS:

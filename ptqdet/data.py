@@ -307,3 +307,9 @@ def calibration_loader(cfg: PTQDetConfig, batch_size: int, batch_nums: int, prog
             return iter(self.items)
 
     return FeedLoader(batches)
+
+
+def latency_feed(cfg: PTQDetConfig, dataset_key: str = "EvalDataset") -> dict:
+    """One pre-processed image (batch 1) of the dataset, fed for latency runs."""
+    source = build_source(cfg, dataset_key, batch_size=1)
+    return feed_from_batch(next(source.batches(max_images=1)), cfg.feed_names)

@@ -15,7 +15,7 @@ from typing import Any
 from .backends import BACKENDS, open_backend, require
 from .benchmark import measure_models
 from .config import ConfigError, PTQDetConfig
-from .data import build_source, check_dataset, feed_from_batch
+from .data import check_dataset, latency_feed
 from .export import export_onnx, is_onnx_export, load_export
 from .files import ModelFiles, check_output_dir, resolve_model_files
 from .metrics import EvalResult, evaluate
@@ -60,12 +60,6 @@ class QuantizeRequest:
     deploy_threads: int = 1  # latency threads on the deploy runtime
     options: BackendOptions = field(default_factory=BackendOptions)  # device, threads of the evaluations
     progress: bool = True
-
-
-def latency_feed(cfg: PTQDetConfig, dataset_key: str = "EvalDataset") -> dict:
-    """One pre-processed image (batch 1) of the dataset, fed for latency runs."""
-    source = build_source(cfg, dataset_key, batch_size=1)
-    return feed_from_batch(next(source.batches(max_images=1)), cfg.feed_names)
 
 
 @dataclass

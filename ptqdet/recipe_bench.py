@@ -190,7 +190,7 @@ def run_recipes(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, thread
                 peers: Sequence[tuple[str, PeerRow]] = ()) -> list[RecipeRow]:
     """Every recipe on one model, then each (name, row maker) of `peers` on the same FP32
     reference, export and latency image."""
-    from .pipeline import latency_feed
+    from .data import latency_feed
 
     fp32_map, fp32_onnx = fp32_reference(cfg, work_dir, progress)
     feed = latency_feed(cfg)

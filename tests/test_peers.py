@@ -13,8 +13,8 @@ import pytest
 from conftest import DEMO_CONFIGS, MODELS
 from ptqdet.backends import BackendOptions, open_backend
 from ptqdet.config import ConfigError, load_config
+from ptqdet.data import latency_feed
 from ptqdet.export import EXPORT_META, IR_FILE, ONNX_FILE, is_onnx_export, load_export
-from ptqdet.pipeline import latency_feed
 
 
 @pytest.fixture

@@ -282,7 +282,7 @@ def deploy_stage(cfg: PTQDetConfig, opts: AnalysisOptions, ctx: AnalysisContext,
     """The deployment runtime's FP32 and all-INT8 models (cached in the work folder; made: what
     deploy_models already returned), the cost of float per layer on it and the latency base
     (both cached per runtime and threads)."""
-    from ..pipeline import latency_feed
+    from ..data import latency_feed
 
     backend = deploy_backend(cfg, opts)
     info = DeployInfo(backend=backend, threads=opts.deploy_threads)
