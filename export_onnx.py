@@ -40,17 +40,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="no output from Paddle's or paddleslim's loggers and no warnings (README: every script)")
     args = parser.parse_args(argv)
     cli.quiet_libraries(args.quiet)
-    from ptqdet.export import ExportError, check_onnx, export_onnx
+    from ptqdet.export import check_onnx, export_onnx
     from ptqdet.files import resolve_model_files
     from ptqdet.program import check_model
 
     files = resolve_model_files(args.model_dir, args.model_filename, args.params_filename)
     check_model(files)
-    try:
-        export = export_onnx(files, args.save_dir, opset=args.opset, qdq=args.qdq)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    export = export_onnx(files, args.save_dir, opset=args.opset, qdq=args.qdq)  # errors: one line (cli.run)
     check_onnx(export.onnx_path)
     nms = (f"cut before NMS (ptqdet's backends apply it: OpenVINO in the compiled model, ONNX Runtime after it): "
            f"{export.nms}" if export.nms else "model outputs as exported")

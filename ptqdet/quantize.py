@@ -202,9 +202,9 @@ def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, setting
 def interruptible(loader):
     """The calibration loader (a paddle.io.DataLoader of pre-loaded batches), checking before
     each batch it gives (to the recovery step, to paddleslim's sampling) whether a signal asked
-    the script to stop (ptqdet.cli.check_interrupted): a library that swallowed the exception
+    the script to stop (ptqdet.signals.check_interrupted): a library that swallowed the exception
     the signal raised does not keep the calibration going."""
-    from .cli import check_interrupted
+    from .signals import check_interrupted
 
     class Interruptible(type(loader)):
         def __init__(self, inner):  # no super().__init__: the inner loader holds the batches

@@ -58,7 +58,7 @@ def connect(opts: ParallelOptions, quiet: bool) -> Any:
         ray.init(num_cpus=opts.workers * opts.threads, object_store_memory=opts.object_store_mb * 2**20,
                  include_dashboard=False, **common)
         warn_if_unauthenticated()
-    from .cli import install_signal_handlers
+    from .signals import install_signal_handlers
 
     install_signal_handlers()  # ray.init's SIGTERM handler calls sys.exit(15): the scripts' ending instead
     return ray

@@ -37,7 +37,7 @@ class EqualizationResult:
 def channel_ranges(executor, program, feeds: Iterable[dict[str, np.ndarray]],
                    names: list[str]) -> dict[str, np.ndarray]:
     """Max |x| per channel (axis 1) of each named variable over the fed batches."""
-    from .cli import check_interrupted
+    from .signals import check_interrupted
 
     ranges: dict[str, np.ndarray] = {}
     for feed in feeds:

@@ -371,6 +371,8 @@ TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
                                                           _fake_quant_model(e)], "`PTQ.onnx_format: True`"),
     "fake-quant INT8 on ONNX Runtime": ("eval.py", lambda e: [*e.eval(), "--backend", "onnxruntime", "--model_dir",
                                                               _fake_quant_model(e)], "_ptq_deploy.yaml"),
+    "fake-quant INT8 to ONNX": ("export_onnx.py", lambda e: ["--model_dir", _fake_quant_model(e), "--save_dir", e.out],
+                                "`PTQ.onnx_format: True`"),
     "runtime not installed": ("eval.py", lambda e: _without_package(e, "openvino", [*e.eval(), "--backend",
                                                                                      "openvino"]),
                               "needs the Python package 'openvino'"),
