@@ -155,13 +155,17 @@ class OpenVINOBackend(OnnxRunner):
         node.output(2).get_tensor().set_names({"multiclass_nms.bbox_num"})
         self._model.add_results([opset.result(node.output(0)), opset.result(node.output(2))])
 
+    def compile_for(self, feed: dict[str, np.ndarray], properties: dict[str, Any] | None = None) -> Any:
+        """The model (with its NMS) compiled for the shapes of `feed`, with the runner's settings
+        overridden by `properties` (e.g. the THROUGHPUT hint)."""
+        model = self._model.clone()
+        model.reshape({n: self._ov.PartialShape(list(a.shape)) for n, a in feed.items()})
+        return self._core.compile_model(model, "CPU", {**self._config, **(properties or {})})
+
     def _request(self, feed: dict[str, np.ndarray]):
         key = tuple((n, a.shape) for n, a in feed.items())
         if key not in self._compiled:
-            model = self._model.clone()
-            model.reshape({n: self._ov.PartialShape(list(a.shape)) for n, a in feed.items()})
-            compiled = self._core.compile_model(model, "CPU", self._config)
-            self._compiled[key] = compiled.create_infer_request()
+            self._compiled[key] = self.compile_for(feed).create_infer_request()
         return self._compiled[key]
 
     def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -176,9 +180,7 @@ class OpenVINOBackend(OnnxRunner):
         node, and the compiled model's nodes in order with the original (ONNX) layer names fused
         into each."""
         feed = self._feed(feed)
-        model = self._model.clone()
-        model.reshape({n: self._ov.PartialShape(list(a.shape)) for n, a in feed.items()})
-        request = self._core.compile_model(model, "CPU", {**self._config, "PERF_COUNT": True}).create_infer_request()
+        request = self.compile_for(feed, {"PERF_COUNT": True}).create_infer_request()
         for _ in range(warmup):
             request.infer(feed)
 
