@@ -39,9 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy_batches", type=int, default=0,
                         help="calibration batches for the SQNR proxy ranking (default 0: none; it does not predict "
                              "the mAP ranking, see README) - ranked only for the report and as a tie-break")
-    parser.add_argument("--deploy_threads", type=int, default=1,
-                        help="threads of the deployment runtime (config key deploy_backend, default openvino) for "
-                             "the per-layer float costs and the latency of the target model (default 1, batch 1)")
+    cli.add_deploy_threads_flag(parser, "the per-layer float costs and the latency of the target model (config "
+                                        "key deploy_backend, default openvino)")
     parser.add_argument("--selection", choices=("latency", "accuracy"), default="latency",
                         help="how the target search picks float layers: latency (mAP damage per ms of float on the "
                              "deployment runtime; default) or accuracy (mAP damage only)")

@@ -40,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the runtime the INT8 model is deployed on: writes its form of the model "
                              "(<save_dir>/openvino or <save_dir>/onnx: the QDQ ONNX export), and --eval measures "
                              "there; openvino is the recommended CPU runtime; needs PTQ.onnx_format: True")
-    parser.add_argument("--deploy_threads", type=int, default=1,
-                        help="CPU threads of the latency runs of --eval (default 1: steadier than more on a "
-                             "shared machine)")
+    cli.add_deploy_threads_flag(parser, "the latency runs of --eval")
     search = parser.add_argument_group("PTQ recipe search (--recipe_search)")
     search.add_argument("--recipe_search", action="store_true",
                         help="try every combination of the four lists below (the config's PTQ section otherwise), "

@@ -11,16 +11,8 @@ same ending on SIGINT, SIGTERM and SIGHUP.
   model), then one line "interrupted by SIGTERM" and exit code 128 + the signal's number, as a
   shell reports a process the signal ended.
 
-A library may swallow the exception (ppdet's image Decode has a bare `except:`, and turns it
-into an AttributeError): the signal stays pending, long loops check it (`check_interrupted`,
-e.g. before each calibration batch), Interrupted is raised again every REPEAT_S until the
-script ends, and whatever exception ends it is reported as the interruption.
-
-Paddle's C++ runtime installs its own SIGTERM handler when it is imported (it prints a C++
-"FatalError" report and ends the process at once, leaving temporaries behind), and ray.init
-installs one that calls sys.exit: `install_signal_handlers()` puts ours back after either
-(cli.quiet_libraries, which every script calls first, imports paddle; ray_pool.connect calls it
-after ray.init).
+How signals are caught and why (libraries that swallow them, or install their own handlers):
+ptqdet/signals.py.
 """
 from __future__ import annotations
 
@@ -55,6 +47,13 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for inference (default: all cores, at most 4; env PTQDET_THREADS)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_deploy_threads_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """--deploy_threads: the threads of the latency runs on the deployment runtime (what: of what)."""
+    parser.add_argument("--deploy_threads", type=int, default=1,
+                        help=f"CPU threads of the deployment runtime for {what} (default 1, batch 1: steadier than "
+                             "more on a shared machine)")
 
 
 def add_ray_flags(parser: argparse.ArgumentParser, what: str) -> None:
