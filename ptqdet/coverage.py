@@ -66,6 +66,8 @@ class Arch:
 
 ARCHS: tuple[Arch, ...] = (
     Arch("ppyoloe_plus_s", "PP-YOLOE+ (CSPResNet s, width 0.25)", "anchor-free"),
+    Arch("ppyoloe_plus_s_exclude_nms", "PP-YOLOE+, exclude_nms export (as ptqdet's PP-YOLOE configs)",
+         "anchor-free", config="ppyoloe_plus_s", exclude_nms=True),
     Arch("picodet_s", "PicoDet-s (LCNet x0.35)", "anchor-free"),
     Arch("picodet_s_exclude_nms", "PicoDet-s, exclude_nms export", "anchor-free", config="picodet_s",
          exclude_nms=True),
@@ -77,6 +79,7 @@ ARCHS: tuple[Arch, ...] = (
     Arch("tood_r18", "TOOD (ResNet-18, FPN)", "anchor-free"),
     Arch("tood_r18_noalign", "TOOD (ResNet-18, FPN), use_align_head: False", "anchor-free"),
     Arch("retinanet_r18", "RetinaNet (ResNet-18, FPN)", "anchor-based"),
+    Arch("yolof_r18", "YOLOF (ResNet-18, dilated encoder)", "anchor-based"),
     Arch("faster_rcnn_r18_fpn", "Faster R-CNN (ResNet-18, FPN)", "two-stage"),
     Arch("ssdlite_mbv3_small", "SSDLite (MobileNetV3-small)", "anchor-based"),
     Arch("centernet_mbv3_small", "CenterNet (MobileNetV3-small)", "center-based"),
@@ -138,6 +141,23 @@ def export_error(exc: BaseException) -> ConfigError:
                            "dynamic-to-static conversion refuses; export it with a PaddleDetection that handles 0-D "
                            "shapes (release/2.7 or later) or with Paddle 2.4, then quantize that export")
     return ConfigError(f"PaddleDetection's export failed at {where or 'an unknown place'}: {one_line(exc, 'export')}")
+
+
+def ptq_error(exc: BaseException) -> ConfigError:
+    """Paddle's post-training quantization failed: one line naming where and what to try."""
+    text = "".join(traceback.format_exception(exc))
+    frames = re.findall(r'File "[^"]*site-packages/paddle/static/quantization/post_training_quantization.py", '
+                        r'line \d+, in (\w+)', text)
+    where = f"Paddle 2.6's post-training quantization ({frames[-1]})" if frames else "Paddle's PTQ"
+    if isinstance(exc, IndexError) and "_sample_avg" in frames:
+        return ConfigError(f"PTQ.algo avg cannot calibrate this export: {where} reshapes every sampled activation "
+                           "to [batch, -1] and fails on its 0-D tensors (shape arithmetic); set PTQ.algo: abs_max")
+    # the variable a sampler misses is named by a set's order: not part of the line
+    detail = re.sub(r"Cannot find \S+ in scope", "Cannot find a sampled variable in scope",
+                    one_line(exc, "ptq").split(": ", 2)[-1])
+    return ConfigError(f"{where} failed on this export ({type(exc).__name__}: {detail}) on ops it only observes; "
+                       "another PTQ.algo does not help (abs_max, avg, hist and mse fail alike on the RetinaNet and "
+                       "TOOD exports): deploy this model in FP32")
 
 
 # ---------------------------------------------------------------------------- export (cached)
@@ -462,7 +482,12 @@ def run_arch(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False,
 
     def do_ptq() -> None:
         out = work / "int8"
-        result = quantize(state["cfg"], out, progress=False)
+        try:
+            result = quantize(state["cfg"], out, progress=False)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Paddle's PTQ failing inside: one line
+            raise ptq_error(exc) from exc
         state["int8_files"] = ModelFiles(out, *SAVED_FILES)
         row["quantized_layers"] = len(result.quantized_layers)
         if not result.quantized_layers:
