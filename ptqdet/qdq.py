@@ -47,8 +47,11 @@ import numpy as np
 
 from .paddle_static import QDQ_OP_TYPES, WEIGHT_SLOTS
 
-# quantized Paddle layers this export writes: they become ONNX Conv nodes
-SUPPORTED_LAYERS = ("conv2d", "depthwise_conv2d")
+# quantized Paddle layers this export writes, and the ONNX node paddle2onnx makes of each (its
+# weight read by the Paddle weight's name as input 1): convolutions, and linear layers (matmul_v2,
+# mul: transformer projections and feed-forward layers) as MatMul
+ONNX_NODE_OF = {"conv2d": "Conv", "depthwise_conv2d": "Conv", "matmul_v2": "MatMul", "mul": "MatMul"}
+SUPPORTED_LAYERS = tuple(ONNX_NODE_OF)
 # activation zero point (and so its type): the same integers as int8 with 0 or uint8 with 128.
 # uint8 for depthwise inputs and for inputs one of UINT8_PRODUCERS writes, int8 otherwise: see
 # the module docstring
@@ -150,6 +153,14 @@ def _quantized_layer(op: Any, found: _Dequantized) -> QuantizedLayer | None:
                              "(quantize without it: PTQ.quantizable_op_type)")
     if act not in found.input_steps:
         raise QDQExportError(f"the {op.type} layer {name} has quantized weights but no quantized input")
+    if op.type == "matmul_v2" and (op.attr("trans_x") or op.attr("trans_y")):
+        raise QDQExportError(f"the matmul_v2 layer {name} transposes an operand (trans_x/trans_y); ptqdet's QDQ "
+                             "export writes linear layers x @ W only (quantize without matmul_v2: "
+                             "PTQ.quantizable_op_type)")
+    if op.type == "mul" and (op.attr("x_num_col_dims") != 1 or op.attr("y_num_col_dims") != 1) \
+            and len(found.weights[name][0].shape) != 2:
+        raise QDQExportError(f"the mul layer {name} is not a 2-D linear layer; quantize without mul "
+                             "(PTQ.quantizable_op_type)")
     ints, steps, axis = found.weights[name]
     return QuantizedLayer(op.type, name, ints, steps, axis, found.input_steps[act])
 
@@ -240,8 +251,8 @@ def activation_zero_point(op_type: str, producer: str | None) -> np.integer:
 
 
 def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
-    """Write QDQ nodes in front of the Conv nodes of the quantized layers (in place).
-    Returns how many Conv nodes were quantized; QDQExportError if a layer has no Conv."""
+    """Write QDQ nodes in front of the Conv (and MatMul) nodes of the quantized layers (in place).
+    Returns how many nodes were quantized; QDQExportError if a layer has no such node."""
     import onnx
 
     model = onnx.load(str(onnx_path))
@@ -255,9 +266,10 @@ def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
     quantized = 0
     for node in model.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or not pending.get(node.input[1]):
+        if len(node.input) < 2 or not pending.get(node.input[1]) \
+                or node.op_type != ONNX_NODE_OF[pending[node.input[1]][0].op_type]:
             continue
-        layer = pending[node.input[1]].pop(0)  # convs sharing a weight: program order
+        layer = pending[node.input[1]].pop(0)  # layers sharing a weight: program order
         new = before.setdefault(id(node), [])
         if layer.weight not in weight_dq:
             inits, dq = _weight_dq(layer)
@@ -276,7 +288,7 @@ def insert_qdq(onnx_path: Path, layers: list[QuantizedLayer]) -> int:
         quantized += 1
     missing = sorted(name for name, left in pending.items() if left)
     if missing:
-        raise QDQExportError(f"no ONNX Conv reads the weights of quantized layers {missing[:5]}"
+        raise QDQExportError(f"no ONNX Conv or MatMul reads the weights of quantized layers {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}: paddle2onnx named or fused them differently")
     _splice(model.graph, before, initializers)
     onnx.save(model, str(onnx_path))
