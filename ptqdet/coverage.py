@@ -85,6 +85,7 @@ ARCHS: tuple[Arch, ...] = (
     Arch("centernet_mbv3_small", "CenterNet (MobileNetV3-small)", "center-based"),
     Arch("pafnet_lite", "PAFNet-lite (TTFNet family, MobileNetV3)", "center-based"),
     Arch("detr_r18", "DETR (ResNet-18, 1+1 layers)", "transformer"),
+    Arch("detr_r18_int8_matmul", "DETR, linear layers INT8 too (matmul_v2)", "transformer", config="detr_r18"),
     Arch("dino_r18", "DINO (ResNet-18, 1+1 layers)", "transformer"),
 )
 ARCH_BY_NAME = {a.name: a for a in ARCHS}
@@ -409,6 +410,33 @@ class _NMSAfter:
         return [bbox, num]
 
 
+def onnx_int8_nodes(onnx_path: Path) -> dict[str, int]:
+    """{ONNX op type: nodes whose weight input is a DequantizeLinear} of an INT8 export."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if len(node.input) > 1 and producer.get(node.input[1]) == "DequantizeLinear":
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def openvino_int8_layers(runner) -> dict[str, int]:
+    """{OpenVINO layer type: layers it executes in i8/u8} of the compiled model(s) of a runner."""
+    counts: dict[str, int] = {}
+    for request in runner._compiled.values():  # noqa: SLF001 - the compiled model is the evidence
+        for op in request.get_compiled_model().get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else "?"
+            precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+            if precision in ("i8", "u8") and kind in ("Convolution", "FullyConnected", "MatMul"):
+                counts[kind] = counts.get(kind, 0) + 1
+        break
+    return counts
+
+
 def _paddle_raw(files, options, work: Path, name: str):
     """A Paddle Inference runner of `files` cut before its NMS (raw outputs), or None."""
     from .backends import open_backend
@@ -531,6 +559,7 @@ def run_arch(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False,
     def do_onnx() -> None:
         state["onnx"] = export_onnx(state["int8_files"], work / "onnx")
         row["onnx_nms_after"] = state["onnx"].nms is not None
+        row["onnx_int8_nodes"] = onnx_int8_nodes(state["onnx"].onnx_path)
 
     def onnx_stage(name: str, backend: str) -> Callable[[], None]:
         def body() -> None:
@@ -541,6 +570,8 @@ def run_arch(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False,
             else:  # ONNX Runtime applies the NMS after the model itself: one session
                 raw = runner
             compare(name, runner, lambda feed: raw._infer_batch(raw._feed(feed)))  # noqa: SLF001
+            if backend == "openvino":
+                row["openvino_int8_layers"] = openvino_int8_layers(runner)
         return body
 
     bodies = {"export": do_export, "fp32": do_fp32, "ptq": do_ptq, "int8_sim": do_sim, "onednn_int8": do_onednn,
@@ -592,8 +623,8 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     errors = [(row, s, v) for row in rows for s, v in row["stages"].items()
               if v != "ok" and not v.startswith("skipped")]
-    details = ["| architecture | inputs | notable ops | layers INT8 / quantizable | agreement with simulated INT8 |",
-               "|---|---|---|---|---|"]
+    details = ["| architecture | inputs | notable ops | layers INT8 / quantizable | INT8 on OpenVINO | "
+               "agreement with simulated INT8 |", "|---|---|---|---|---|---|"]
     for row in rows:
         agree = []
         for stage, a in row.get("agreement", {}).items():
@@ -602,8 +633,10 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
             agree.append(f"{STAGE_TITLES[stage]}: {how}")
         layers = (f"{row['quantized_layers']} / {row['quantizable_layers']}"
                   if row.get("quantized_layers") is not None else "-")
+        ov = ", ".join(f"{n} {k}" for k, n in sorted((row.get("openvino_int8_layers") or {}).items())) or "-"
         details.append(f"| {row['arch']} | {', '.join(row.get('inputs') or []) or '-'} | "
-                       f"{', '.join(row.get('notable_ops') or []) or '-'} | {layers} | {'; '.join(agree) or '-'} |")
+                       f"{', '.join(row.get('notable_ops') or []) or '-'} | {layers} | {ov} | "
+                       f"{'; '.join(agree) or '-'} |")
     through = [r["arch"] for r in rows if passes(r, ("ptq", "int8_sim", "openvino_int8"))]
     trained = [r for r in rows if r.get("fp32_map") is not None]
     text = f"""# Supported models: the architecture coverage matrix

@@ -84,6 +84,15 @@ def test_totals(coverage_rows):
     assert any(coverage.ARCH_BY_NAME[n].family == "transformer" for n in through)
 
 
+def test_transformer_matmuls_int8_on_openvino(coverage_rows):
+    """DETR quantized with matmul_v2: its linear layers are QDQ MatMuls in the ONNX export, and
+    OpenVINO runs them as INT8 FullyConnected layers, agreeing with the simulated model."""
+    row = coverage_rows["detr_r18_int8_matmul"]
+    assert row["stages"]["openvino_int8"] == "ok", row["stages"]
+    assert row["onnx_int8_nodes"].get("MatMul", 0) > 0
+    assert row["openvino_int8_layers"].get("FullyConnected", 0) > 0
+
+
 def _shape(value: str) -> str:
     """A stage's result without its measured numbers (an agreement's mAP may move in the last digits)."""
     return re.sub(r"\d+(\.\d+)?", "#", value)
