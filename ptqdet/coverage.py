@@ -665,7 +665,30 @@ its raw outputs before NMS (cosine similarity >= {MIN_COSINE}).
 
 {chr(10).join(f"- **{row['arch']}**, {STAGE_TITLES[s]}: {v}" for row, s, v in errors) or "No stage fails."}
 
+## Notes on the exports
+
+- **Faster R-CNN, TOOD, DINO**: PaddleDetection 2.6's code indexes or concatenates values of
+  `paddle.shape(x)` (`rois_num[idx]`, `paddle.concat([w, h])`), which Paddle >= 2.5 returns as
+  0-D tensors; its dynamic-to-static conversion refuses them, whatever the config or input spec
+  (Faster R-CNN's documented `export_onnx: True` takes another branch that fails the same way).
+  TOOD exports with `TOODHead: use_align_head: False` (its task-aligned head's grid sampling is
+  the failing code), which changes the model; PTQ then fails in Paddle (row `tood_r18_noalign`).
+- **PicoDet without NMS** is exported with `export.nms=False` (PicoDet's switch; PP-YOLOE's is
+  `exclude_nms=True`): the export then has no `scale_factor` input and its boxes are in the
+  network input's pixels, not the image's.
+- **PTQ.algo**: the coverage configs use `avg` (the demo's recipe) except where Paddle 2.6's avg
+  sampler fails on the export's 0-D shape arithmetic (GFL, TOOD, RetinaNet, YOLOF, CenterNet,
+  PAFNet, DETR: `abs_max`, named in each config).
+- **CenterNet** exports run one image at a time (batch 1 in its config).
+- **Agreement of random models**: their scores are nearly tied, so NMS or top-k turns tiny INT8
+  differences into other boxes; where detections do not agree, the raw outputs before NMS
+  decide. CenterNet and PAFNet have no NMS op (top-k inside): their raw outputs are the
+  detections themselves, so a random model cannot show agreement there; trained models can.
+
 ## Details
+
+"INT8 on OpenVINO": the layers of the compiled model OpenVINO executes in i8/u8 (its runtime
+model), by type.
 
 {chr(10).join(details)}
 """
