@@ -39,7 +39,7 @@ CONFIG_DIR = Path("configs/coverage")
 CACHE_DIR = Path("outputs/coverage")
 RESULTS_JSON = Path("docs/results/models.json")
 MODELS_MD = Path("docs/models.md")
-EXPORT_RECIPE = 2  # bump when the way models are built or exported changes (cache key)
+EXPORT_RECIPE = 3  # bump when the way models are built or exported changes (cache key)
 
 MIN_AGREEMENT_MAP = 0.9
 MIN_BOXES = 50
@@ -127,7 +127,7 @@ def _ppdet_frame(exc: BaseException) -> str | None:
     if not frames:
         return None
     path, line, func = frames[-1]
-    return f"{path}:{line} ({func})"
+    return f"<site-packages>/{path}:{line} ({func})"
 
 
 def export_error(exc: BaseException) -> ConfigError:
@@ -446,144 +446,172 @@ def _paddle_raw(files, options, work: Path, name: str):
     return open_backend("paddle", cut, options) if nms is not None else None
 
 
-def run_arch(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False,
-             progress: Callable[[str], None] | None = None, threads: int = 1) -> dict[str, Any]:
-    """Every stage of one architecture; its row of docs/results/models.json."""
-    from .backends import open_backend
-    from .config import load_config
-    from .export import ExportError, export_onnx, prepare_program
-    from .files import ModelFiles, resolve_model_files
-    from .model import BackendOptions
-    from .program import check_config_model, read_program
-    from .quantize import SAVED_FILES, layer_weights, quantize
+def new_row(arch: Arch) -> dict[str, Any]:
+    """An architecture's row of docs/results/models.json before its stages run."""
+    return {"arch": arch.name, "title": arch.title, "family": arch.family, "config": str(arch.model_config),
+            "ptq_config": str(arch.ptq_config), "exclude_nms": arch.exclude_nms, "inputs": None,
+            "notable_ops": None, "stages": {}, "agreement": {}, "runtimes": {}, "seconds": {},
+            "quantizable_layers": None, "quantized_layers": None,
+            "fp32_map": None, "int8_map_sim": None, "int8_map_openvino": None, "float_layers": None}
 
-    row: dict[str, Any] = {"arch": arch.name, "title": arch.title, "family": arch.family,
-                           "config": str(arch.model_config), "ptq_config": str(arch.ptq_config),
-                           "exclude_nms": arch.exclude_nms, "inputs": None, "notable_ops": None,
-                           "stages": {}, "agreement": {}, "runtimes": {}, "seconds": {},
-                           "quantizable_layers": None, "quantized_layers": None,
-                           "fp32_map": None, "int8_map_sim": None, "int8_map_openvino": None, "float_layers": None}
-    stages: dict[str, str] = row["stages"]
-    state: dict[str, Any] = {}
-    work = cache_dir / "runs" / arch.name
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
 
-    def stage(name: str, body: Callable[[], None]) -> None:
-        if progress:
-            progress(name)
+class ArchRun:
+    """The stages of one architecture, in order; each method is one stage (STAGES), raising on
+    failure. `row` collects what they find."""
+
+    def __init__(self, arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False, threads: int = 1):
+        self.arch, self.cache_dir, self.refresh, self.threads = arch, cache_dir, refresh, threads
+        self.row = new_row(arch)
+        self.stages: dict[str, str] = self.row["stages"]
+        self.work = cache_dir / "runs" / arch.name
+        self.cfg: Any = None
+        self.data: Data | None = None
+        self.fp32_files: Any = None
+        self.int8_files: Any = None
+        self.sim: Pass | None = None
+
+    def options(self, **kwargs: Any):
+        from .model import BackendOptions
+
+        return BackendOptions(threads=self.threads, **kwargs)
+
+    def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        try:
+            for name in STAGES:
+                if progress:
+                    progress(name)
+                self.stage(name, getattr(self, name))
+        finally:
+            shutil.rmtree(self.work / "sim_raw", ignore_errors=True)
+            shutil.rmtree(self.work / "onednn_raw", ignore_errors=True)
+        return self.row
+
+    def stage(self, name: str, body: Callable[[], None]) -> None:
         need = NEEDS.get(name)
-        if need and stages.get(need) != "ok":
-            stages[name] = f"skipped: needs {STAGE_TITLES[need]}"
+        if need and self.stages.get(need) != "ok":
+            self.stages[name] = f"skipped: needs {STAGE_TITLES[need]}"
             return
         start = time.perf_counter()
         try:
             body()
-            stages.setdefault(name, "ok")
+            self.stages.setdefault(name, "ok")
         except Exception as exc:  # noqa: BLE001 - each stage's failure is its result, in one line
-            stages[name] = one_line(exc, name)
-        row["seconds"][name] = round(time.perf_counter() - start, 1)
+            self.stages[name] = one_line(exc, name)
+        self.row["seconds"][name] = round(time.perf_counter() - start, 1)
 
-    def do_export() -> None:
-        state["fp32_dir"] = export_model(arch, cache_dir, refresh)
-        files = resolve_model_files(state["fp32_dir"])
-        program = read_program(files)
-        state["fp32_files"] = files
-        row["inputs"] = list(program.feed_names)
-        row["notable_ops"] = sorted({op.type for op in program.ops} & set(NOTABLE_OPS))
+    def export(self) -> None:
+        from .files import resolve_model_files
+        from .program import read_program
 
-    def do_fp32() -> None:
+        self.fp32_files = resolve_model_files(export_model(self.arch, self.cache_dir, self.refresh))
+        program = read_program(self.fp32_files)
+        self.row["inputs"] = list(program.feed_names)
+        self.row["notable_ops"] = sorted({op.type for op in program.ops} & set(NOTABLE_OPS))
+
+    def fp32(self) -> None:
+        from .backends import open_backend
+        from .config import load_config
+        from .program import check_config_model
+        from .quantize import layer_weights
+
         ensure_eval_slice()
-        cfg = load_config(arch.ptq_config)
-        if Path(cfg.model_dir) != export_dir(arch, cache_dir):
-            cfg = dataclasses.replace(cfg, model_dir=export_dir(arch, cache_dir))
-        check_config_model(cfg, state["fp32_files"])  # what post_quant.py checks first
-        state["cfg"] = cfg
-        state["data"] = load_data(cfg)
+        cfg = load_config(self.arch.ptq_config)
+        if Path(cfg.model_dir) != export_dir(self.arch, self.cache_dir):
+            cfg = dataclasses.replace(cfg, model_dir=export_dir(self.arch, self.cache_dir))
+        check_config_model(cfg, self.fp32_files)  # what post_quant.py checks first
+        self.cfg, self.data = cfg, load_data(cfg)
         # plain kernels: the reference (oneDNN FP32 fails on some exports, e.g. CenterNet's binary ops)
-        runner = open_backend("paddle", state["fp32_files"], BackendOptions(threads=threads, mkldnn=False))
-        fp32 = run_pass(runner, runner.run, state["data"])
-        row["runtimes"]["fp32"] = fp32.runtime
-        row["random_fp32_map"] = round(fp32.map, 4)
-        row["quantizable_layers"] = len(layer_weights(state["fp32_files"], cfg.ptq.quantizable_op_type))
+        runner = open_backend("paddle", self.fp32_files, self.options(mkldnn=False))
+        fp32 = run_pass(runner, runner.run, self.data)
+        self.row["runtimes"]["fp32"] = fp32.runtime
+        self.row["random_fp32_map"] = round(fp32.map, 4)
+        self.row["quantizable_layers"] = len(layer_weights(self.fp32_files, cfg.ptq.quantizable_op_type))
 
-    def do_ptq() -> None:
-        out = work / "int8"
+    def ptq(self) -> None:
+        from .files import ModelFiles
+        from .quantize import SAVED_FILES, quantize
+
+        out = self.work / "int8"
         try:
-            result = quantize(state["cfg"], out, progress=False)
+            result = quantize(self.cfg, out, progress=False)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - Paddle's PTQ failing inside: one line
             raise ptq_error(exc) from exc
-        state["int8_files"] = ModelFiles(out, *SAVED_FILES)
-        row["quantized_layers"] = len(result.quantized_layers)
+        self.int8_files = ModelFiles(out, *SAVED_FILES)
+        self.row["quantized_layers"] = len(result.quantized_layers)
         if not result.quantized_layers:
-            raise ConfigError(f"PTQ quantized no layer of {arch.name}: none of its layers is of the op types "
-                              f"{state['cfg'].ptq.quantizable_op_type} (PTQ.quantizable_op_type)")
+            raise ConfigError(f"PTQ quantized no layer of {self.arch.name}: none of its layers is of the op types "
+                              f"{self.cfg.ptq.quantizable_op_type} (PTQ.quantizable_op_type)")
 
-    def do_sim() -> None:
-        # the reference: the INT8 model cut before its NMS (raw outputs), then the same NMS op
-        options = BackendOptions(threads=threads, mkldnn=False)
+    def int8_sim(self) -> None:
+        """The reference: the INT8 model cut before its NMS (raw outputs), then the same NMS op."""
+        from .backends import open_backend
+        from .export import ExportError, prepare_program
+
         try:
-            cut, nms, _ = prepare_program(state["int8_files"], work / "sim_raw", strip=False)
+            cut, nms, _ = prepare_program(self.int8_files, self.work / "sim_raw", strip=False)
         except ExportError:  # an NMS ptqdet cannot reproduce (SSD's background class): the whole model
-            cut, nms = state["int8_files"], None
-        runner = open_backend("paddle", cut, options)
+            cut, nms = self.int8_files, None
+        runner = open_backend("paddle", cut, self.options(mkldnn=False))
         if nms is not None:
             runner = _NMSAfter(runner, nms)
-        state["sim"] = run_pass(runner, runner.raw if nms is not None else runner.run, state["data"])
-        row["runtimes"]["int8_sim"] = state["sim"].runtime
-        row["random_int8_map_sim"] = round(state["sim"].map, 4)
+        self.sim = run_pass(runner, runner.raw if nms is not None else runner.run, self.data)
+        self.row["runtimes"]["int8_sim"] = self.sim.runtime
+        self.row["random_int8_map_sim"] = round(self.sim.map, 4)
 
-    def compare(name: str, runner, raw_run) -> None:
-        found = run_pass(runner, raw_run, state["data"])
-        row["runtimes"][name] = found.runtime
-        agree = agreement(state["sim"], found, state["data"])
-        row["agreement"][name] = agree
+    def compare(self, name: str, runner, raw_run) -> None:
+        found = run_pass(runner, raw_run, self.data)
+        self.row["runtimes"][name] = found.runtime
+        agree = agreement(self.sim, found, self.data)
+        self.row["agreement"][name] = agree
         if not agree["ok"]:
-            stages[name] = disagreement_line(name, agree)
+            self.stages[name] = disagreement_line(name, agree)
 
-    def do_onednn() -> None:
-        options = BackendOptions(threads=threads)
-        runner = open_backend("paddle", state["int8_files"], options)
+    def onednn_int8(self) -> None:
+        from .backends import open_backend
+        from .export import ExportError
+
+        runner = open_backend("paddle", self.int8_files, self.options())
         if runner.mode != "oneDNN INT8":
-            raise ConfigError(f"Paddle Inference ran {arch.name}'s INT8 model as {runner.mode}, not on oneDNN INT8 "
-                              "kernels (an op it fuses lacks input scales); deploy on OpenVINO instead")
+            raise ConfigError(f"Paddle Inference ran {self.arch.name}'s INT8 model as {runner.mode}, not on oneDNN "
+                              "INT8 kernels (an op it fuses lacks input scales); deploy on OpenVINO instead")
         try:
-            raw = _paddle_raw(state["int8_files"], options, work, "onednn_raw")
+            raw = _paddle_raw(self.int8_files, self.options(), self.work, "onednn_raw")
         except ExportError:
             raw = None
-        compare("onednn_int8", runner, (raw or runner).run)
+        self.compare("onednn_int8", runner, (raw or runner).run)
 
-    def do_onnx() -> None:
-        state["onnx"] = export_onnx(state["int8_files"], work / "onnx")
-        row["onnx_nms_after"] = state["onnx"].nms is not None
-        row["onnx_int8_nodes"] = onnx_int8_nodes(state["onnx"].onnx_path)
+    def onnx_export(self) -> None:
+        from .export import export_onnx
 
-    def onnx_stage(name: str, backend: str) -> Callable[[], None]:
-        def body() -> None:
-            options = BackendOptions(threads=threads)
-            runner = open_backend(backend, work / "onnx", options)
-            if backend == "openvino":  # NMS inside the compiled model; raw outputs from a second one
-                raw = open_backend(backend, work / "onnx", BackendOptions(threads=threads, openvino_nms=False))
-            else:  # ONNX Runtime applies the NMS after the model itself: one session
-                raw = runner
-            compare(name, runner, lambda feed: raw._infer_batch(raw._feed(feed)))  # noqa: SLF001
-            if backend == "openvino":
-                row["openvino_int8_layers"] = openvino_int8_layers(runner)
-        return body
+        export = export_onnx(self.int8_files, self.work / "onnx")
+        self.row["onnx_nms_after"] = export.nms is not None
+        self.row["onnx_int8_nodes"] = onnx_int8_nodes(export.onnx_path)
 
-    bodies = {"export": do_export, "fp32": do_fp32, "ptq": do_ptq, "int8_sim": do_sim, "onednn_int8": do_onednn,
-              "onnx_export": do_onnx, "openvino_int8": onnx_stage("openvino_int8", "openvino"),
-              "onnxruntime_int8": onnx_stage("onnxruntime_int8", "onnxruntime")}
-    try:
-        for name in STAGES:
-            stage(name, bodies[name])
-    finally:
-        shutil.rmtree(work / "sim_raw", ignore_errors=True)
-        shutil.rmtree(work / "onednn_raw", ignore_errors=True)
-    return row
+    def openvino_int8(self) -> None:
+        from .backends import open_backend
+
+        runner = open_backend("openvino", self.work / "onnx", self.options())
+        # NMS inside the compiled model; the raw outputs from a second one without it
+        raw = open_backend("openvino", self.work / "onnx", self.options(openvino_nms=False))
+        self.compare("openvino_int8", runner, lambda feed: raw._infer_batch(raw._feed(feed)))  # noqa: SLF001
+        self.row["openvino_int8_layers"] = openvino_int8_layers(runner)
+
+    def onnxruntime_int8(self) -> None:
+        from .backends import open_backend
+
+        runner = open_backend("onnxruntime", self.work / "onnx", self.options())  # NMS after the model: one session
+        self.compare("onnxruntime_int8", runner, lambda feed: runner._infer_batch(runner._feed(feed)))  # noqa: SLF001
+
+
+def run_arch(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False,
+             progress: Callable[[str], None] | None = None, threads: int = 1) -> dict[str, Any]:
+    """Every stage of one architecture; its row of docs/results/models.json."""
+    return ArchRun(arch, cache_dir, refresh, threads).run(progress)
 
 
 # ---------------------------------------------------------------------------- matrix and docs
@@ -612,60 +640,7 @@ def _cell(value: str) -> str:
     return "**no**"
 
 
-def render_markdown(rows: list[dict[str, Any]]) -> str:
-    """docs/models.md from the rows of docs/results/models.json."""
-    header = ["architecture", "config", *[STAGE_TITLES[s] for s in STAGES]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row.get("title", row["arch"]), f"`{Path(row['config']).name}`"
-                 + (" exclude_nms" if row.get("exclude_nms") else "")]
-        cells += [_cell(row["stages"].get(s, "skipped")) for s in STAGES]
-        lines.append("| " + " | ".join(cells) + " |")
-    errors = [(row, s, v) for row in rows for s, v in row["stages"].items()
-              if v != "ok" and not v.startswith("skipped")]
-    details = ["| architecture | inputs | notable ops | layers INT8 / quantizable | INT8 on OpenVINO | "
-               "agreement with simulated INT8 |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        agree = []
-        for stage, a in row.get("agreement", {}).items():
-            how = (f"mAP {a['map']} over {a['boxes']} boxes" if a["by"] == "detections"
-                   else f"cosine {a['cosine']} (raw outputs; {a['boxes']} boxes)")
-            agree.append(f"{STAGE_TITLES[stage]}: {how}")
-        layers = (f"{row['quantized_layers']} / {row['quantizable_layers']}"
-                  if row.get("quantized_layers") is not None else "-")
-        ov = ", ".join(f"{n} {k}" for k, n in sorted((row.get("openvino_int8_layers") or {}).items())) or "-"
-        details.append(f"| {row['arch']} | {', '.join(row.get('inputs') or []) or '-'} | "
-                       f"{', '.join(row.get('notable_ops') or []) or '-'} | {layers} | {ov} | "
-                       f"{'; '.join(agree) or '-'} |")
-    through = [r["arch"] for r in rows if passes(r, ("ptq", "int8_sim", "openvino_int8"))]
-    trained = [r for r in rows if r.get("fp32_map") is not None]
-    text = f"""# Supported models: the architecture coverage matrix
-
-Generated by `.venv/bin/python tools/coverage.py --write_docs` from
-[results/models.json](results/models.json); do not edit by hand. `tools/coverage.py` (without
-`--write_docs`) runs the stages again and rewrites both; `tests/test_coverage.py` runs the same
-stages and checks this file against them.
-
-Each architecture is a PaddleDetection 2.6 config (`configs/coverage/<arch>.yml`: PaddleDetection's
-own model settings, small backbone and width, 160x160 input, 6 classes of the demo shapes
-dataset) with **random weights**, exported as PaddleDetection's `tools/export_model.py` does (NMS
-inside unless marked `exclude_nms`), then run through ptqdet with its config
-(`configs/coverage/<arch>_ptq.yaml`: convolutions INT8, QDQ form, 4 calibration images). A stage
-is "ok", or **no** with the one line a user gets (below), or "-" when a stage it needs failed.
-An INT8 runtime is "ok" only when it agrees with the simulated INT8 model (Paddle Inference,
-fake-quant ops on FP32 kernels): its detections scored against the simulated model's (COCO mAP
->= {MIN_AGREEMENT_MAP} over >= {MIN_BOXES} boxes) or, when a random model detects fewer boxes,
-its raw outputs before NMS (cosine similarity >= {MIN_COSINE}).
-
-{len(through)} of {len(rows)} architectures run through PTQ, simulated INT8 and OpenVINO INT8.
-
-{chr(10).join(lines)}
-
-## Why a stage fails
-
-{chr(10).join(f"- **{row['arch']}**, {STAGE_TITLES[s]}: {v}" for row, s, v in errors) or "No stage fails."}
-
-## Notes on the exports
+NOTES = """## Notes on the exports
 
 - **Faster R-CNN, TOOD, DINO**: PaddleDetection 2.6's code indexes or concatenates values of
   `paddle.shape(x)` (`rois_num[idx]`, `paddle.concat([w, h])`), which Paddle >= 2.5 returns as
@@ -684,22 +659,92 @@ its raw outputs before NMS (cosine similarity >= {MIN_COSINE}).
   differences into other boxes; where detections do not agree, the raw outputs before NMS
   decide. CenterNet and PAFNet have no NMS op (top-k inside): their raw outputs are the
   detections themselves, so a random model cannot show agreement there; trained models can.
+"""
 
+
+def _matrix_table(rows: list[dict[str, Any]]) -> list[str]:
+    header = ["architecture", "config", *[STAGE_TITLES[s] for s in STAGES]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.get("title", row["arch"]), f"`{Path(row['config']).name}`"
+                 + (" exclude_nms" if row.get("exclude_nms") else "")]
+        cells += [_cell(row["stages"].get(s, "skipped")) for s in STAGES]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _details_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| architecture | inputs | notable ops | layers INT8 / quantizable | INT8 on OpenVINO | "
+             "agreement with simulated INT8 |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        agree = []
+        for stage, a in row.get("agreement", {}).items():
+            how = (f"mAP {a['map']} over {a['boxes']} boxes" if a["by"] == "detections"
+                   else f"cosine {a['cosine']} (raw outputs; {a['boxes']} boxes)")
+            agree.append(f"{STAGE_TITLES[stage]}: {how}")
+        layers = (f"{row['quantized_layers']} / {row['quantizable_layers']}"
+                  if row.get("quantized_layers") is not None else "-")
+        ov = ", ".join(f"{n} {k}" for k, n in sorted((row.get("openvino_int8_layers") or {}).items())) or "-"
+        lines.append(f"| {row['arch']} | {', '.join(row.get('inputs') or []) or '-'} | "
+                     f"{', '.join(row.get('notable_ops') or []) or '-'} | {layers} | {ov} | "
+                     f"{'; '.join(agree) or '-'} |")
+    return lines
+
+
+def _trained_table(rows: list[dict[str, Any]]) -> str:
+    trained = [r for r in rows if r.get("fp32_map") is not None]
+    if not trained:
+        return ""
+    text = ("\n## Trained models\n\n| architecture | FP32 mAP | INT8 mAP (simulated) | INT8 mAP (OpenVINO) | "
+            "layers in float |\n|---|---|---|---|---|\n")
+    for r in trained:
+        floats = r.get("float_layers")
+        text += (f"| {r['arch']} | {100 * r['fp32_map']:.1f} | {_pts(r.get('int8_map_sim'))} | "
+                 f"{_pts(r.get('int8_map_openvino'))} | {'-' if floats is None else floats} |\n")
+    return text
+
+
+def render_markdown(rows: list[dict[str, Any]]) -> str:
+    """docs/models.md from the rows of docs/results/models.json."""
+    errors = [(row, s, v) for row in rows for s, v in row["stages"].items()
+              if v != "ok" and not v.startswith("skipped")]
+    through = [r["arch"] for r in rows if passes(r, ("ptq", "int8_sim", "openvino_int8"))]
+    text = f"""# Supported models: the architecture coverage matrix
+
+Generated by `.venv/bin/python tools/coverage.py --write_docs` from
+[results/models.json](results/models.json); do not edit by hand. `tools/coverage.py` (without
+`--write_docs`) runs the stages again and rewrites both; `tests/test_coverage.py` runs the same
+stages and checks this file against them.
+
+Each architecture is a PaddleDetection 2.6 config (`configs/coverage/<arch>.yml`: PaddleDetection's
+own model settings, small backbone and width, 160x160 input, 6 classes of the demo shapes
+dataset) with **random weights**, exported as PaddleDetection's `tools/export_model.py` does (NMS
+inside unless marked `exclude_nms`), then run through ptqdet with its config
+(`configs/coverage/<arch>_ptq.yaml`: convolutions INT8, and DETR's linear layers in its second
+row, QDQ form, 4 calibration images, 16 evaluation images). A stage is "ok", or **no** with the
+one line a user gets (below), or "-" when a stage it needs failed. An INT8 runtime is "ok" only
+when it agrees with the simulated INT8 model (Paddle Inference, fake-quant ops on FP32 kernels):
+its detections scored against the simulated model's (COCO mAP >= {MIN_AGREEMENT_MAP} over >= {MIN_BOXES}
+boxes) or, where a random model detects fewer boxes or its nearly tied scores let NMS keep
+other boxes, its raw outputs before NMS (cosine similarity >= {MIN_COSINE}).
+
+{len(through)} of {len(rows)} architectures run through PTQ, simulated INT8 and OpenVINO INT8.
+
+{chr(10).join(_matrix_table(rows))}
+
+## Why a stage fails
+
+{chr(10).join(f"- **{row['arch']}**, {STAGE_TITLES[s]}: {v}" for row, s, v in errors) or "No stage fails."}
+
+{NOTES}
 ## Details
 
 "INT8 on OpenVINO": the layers of the compiled model OpenVINO executes in i8/u8 (its runtime
 model), by type.
 
-{chr(10).join(details)}
+{chr(10).join(_details_table(rows))}
 """
-    if trained:
-        text += "\n## Trained models\n\n| architecture | FP32 mAP | INT8 mAP (simulated) | INT8 mAP (OpenVINO) | " \
-                "layers in float |\n|---|---|---|---|---|\n"
-        for r in trained:
-            floats = r.get("float_layers")
-            text += (f"| {r['arch']} | {100 * r['fp32_map']:.1f} | {_pts(r.get('int8_map_sim'))} | "
-                     f"{_pts(r.get('int8_map_openvino'))} | {'-' if floats is None else floats} |\n")
-    return text
+    return text + _trained_table(rows)
 
 
 def _pts(value: float | None) -> str:
