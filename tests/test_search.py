@@ -143,3 +143,27 @@ def test_verification_is_judged_against_its_own_target():
     assert out.met and out.num_float == 0 and out.verified == 0.45
     out = search_prefix(10, 0.55, Curve([0.60] * 11), Curve([0.45] * 11), verify_target=0.46, at_zero=0.60)
     assert not out.met and out.verifications == 3  # missed on the held-out images: stepped forward
+
+
+def test_fastest_verified_returns_the_fastest_candidate_that_meets_the_target():
+    from ptqdet.analysis.search import fastest_verified
+
+    times = {"INT8 target": 6.8, "INT8 all layers": 6.5, "INT8 accuracy-only": 6.6}
+    verified = []
+
+    def verify(name, met=("INT8 accuracy-only",)):
+        verified.append(name)
+        return name in met
+
+    # the searched target is slower than two candidates: both are verified, fastest first
+    assert fastest_verified(times, "INT8 target", verify) == "INT8 accuracy-only"
+    assert verified == ["INT8 all layers", "INT8 accuracy-only"]
+    # the searched target is the fastest: nothing else is verified
+    verified.clear()
+    assert fastest_verified({**times, "INT8 target": 6.0}, "INT8 target", verify) == "INT8 target"
+    assert verified == []
+    # no faster candidate meets the target: the searched one stays
+    assert fastest_verified(times, "INT8 target", lambda name: False) == "INT8 target"
+    # the searched target missed it: a candidate that meets it is taken, else none
+    assert fastest_verified(times, None, lambda name: name == "INT8 target") == "INT8 target"
+    assert fastest_verified(times, None, lambda name: False) is None

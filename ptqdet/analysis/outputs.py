@@ -139,25 +139,41 @@ def _ratio(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else "-"
 
 
+CANDIDATE_LABELS = {"INT8 target": "INT8 searched ({selection} selection)", "INT8 accuracy-only":
+                    "INT8 accuracy-only choice", "INT8 all layers": "INT8 all layers"}
+
+
+def candidate_row(r: AnalysisResult, name: str, fp32_ms: float | None) -> list[Any]:
+    """A row of the target table: a candidate timed in the same rounds, its held-out mAP where it
+    was verified (only candidates faster than the searched model are), the returned one marked."""
+    t, acc = r.target, r.target.accuracy_only
+    label = CANDIDATE_LABELS[name].format(selection=t.selection) + (" — **returned**" if name == t.chosen else "")
+    found = t.candidates.get(name, {})
+    num_float = found.get("num_float", {"INT8 target": t.num_skipped, "INT8 all layers": 0}.get(
+        name, acc.num_float if acc is not None else "-"))
+    if name == t.chosen:
+        search = mAP_points(t.search_map)
+    elif name == "INT8 all layers":
+        search = mAP_points(r.int8_map)
+    else:
+        search = mAP_points(acc.simulated_map) if name != "INT8 target" and acc and acc.simulated_map is not None \
+            else "-"
+    verified = mAP_points(found["verified_map"]) if found.get("verified_map") is not None else "not verified"
+    ms = t.latency.get(name)
+    return [label, num_float, search, verified, mAP_points(t.deployed_map) if name == t.chosen else "-", _ms(ms),
+            _ratio(ms / fp32_ms if ms and fp32_ms else None)]
+
+
 def target_markdown(r: AnalysisResult) -> list[str]:
     """The target model section: images, mAP on both image sets, runtime parity, latency."""
     t, d = r.target, r.deploy
     fp32 = d.fp32_maps if d else {}
     parity = (f"**differs by {abs(mAP_points(t.deployed_map) - mAP_points(t.verified_map)):.1f} points (> 0.3): "
               "check the runtime**" if t.parity_flag else "agrees within 0.3 point")
-    acc = t.accuracy_only
-    rows = [["FP32", "-", mAP_points(fp32.get("search")), mAP_points(fp32.get("heldout")), "-",
-             _ms(t.latency.get("FP32")), "1.00"],
-            [f"INT8 target ({t.selection} selection)", t.num_skipped, mAP_points(t.search_map),
-             mAP_points(t.verified_map), mAP_points(t.deployed_map), _ms(t.latency.get("INT8 target")),
-             _ratio(t.ratio)]]
-    if acc is not None:
-        rows.append(["INT8 accuracy-only choice (not verified)", acc.num_float, mAP_points(acc.simulated_map)
-                     if acc.simulated_map is not None else "-", "-", "-", _ms(acc.latency_ms), _ratio(acc.ratio)])
-    all_int8 = t.latency.get("INT8 all layers")
     fp32_ms = t.latency.get("FP32")
-    rows.append(["INT8 all layers", 0, mAP_points(r.int8_map), "-", "-", _ms(all_int8),
-                 _ratio(all_int8 / fp32_ms if all_int8 and fp32_ms else None)])
+    rows = [["FP32", "-", mAP_points(fp32.get("search")), mAP_points(fp32.get("heldout")), "-", _ms(fp32_ms), "1.00"]]
+    rows += [candidate_row(r, name, fp32_ms) for name in ("INT8 target", "INT8 accuracy-only", "INT8 all layers")
+             if name in t.latency or (name == "INT8 target")]
     budget = math.ceil(math.log2(len(r.ranking))) + 3
     return ["## Target model", "",
             (d.split if d else ""), "",
@@ -167,7 +183,10 @@ def target_markdown(r: AnalysisResult) -> list[str]:
             f"Target met (held-out): **{'yes' if t.met else 'NO'}**.", "",
             markdown_table(["model", "layers in float", "mAP search images", "mAP held-out (simulated)",
                             f"mAP held-out on {d.backend if d else 'runtime'}", "latency ms", "INT8/FP32"], rows), "",
-            f"mAP on the search images: trial model for the accuracy-only choice, the real model otherwise. "
+            f"Returned: {t.chosen}, the fastest of the candidates timed in the same rounds that was verified "
+            "to meet the target on the held-out images (a candidate slower than the one returned is not "
+            "verified). mAP on the search images: trial model for the accuracy-only choice, the real model "
+            "otherwise. "
             f"Runtime parity (held-out, {t.deployed_runtime} vs simulated): {parity}. Latency: "
             f"{t.deployed_runtime.split(' CPU')[0] if t.deployed_runtime else '-'}, batch 1, "
             f"{d.threads if d else '-'} thread(s), median of 100 runs per model taken in alternation (run by run). "

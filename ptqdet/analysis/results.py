@@ -63,6 +63,10 @@ class TargetResult:
     latency: dict[str, float] = field(default_factory=dict)  # model -> median ms on the deployment runtime
     ratio: float | None = None  # target model / FP32 latency on the deployment runtime
     accuracy_only: Choice | None = None  # the shortest prefix of the mAP ranking, for comparison
+    # the model returned: the fastest candidate (latency row) verified on the held-out images;
+    # "INT8 target" is the searched model, "INT8 all layers" and "INT8 accuracy-only" the others
+    chosen: str = "INT8 target"
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)  # row -> num_float, verified_map, met
     comparison_evaluations: int = 0  # full (search-image) evaluations spent on the accuracy-only choice
 
     def to_dict(self) -> dict[str, Any]:

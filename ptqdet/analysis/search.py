@@ -133,3 +133,18 @@ def base_candidates(cost_ms: Mapping[str, float], min_saving_ms: float = MIN_SAV
                     limit: int = MAX_BASE_CANDIDATES) -> list[str]:
     """Layers the per-node profile says save at least min_saving_ms in float, most saving first."""
     return sorted((n for n, c in cost_ms.items() if c <= -min_saving_ms), key=lambda n: cost_ms[n])[:limit]
+
+
+def fastest_verified(latency_ms: Mapping[str, float], current: str | None,
+                     verify: Callable[[str], bool]) -> str | None:
+    """The model the analysis returns: of the candidates timed in the same alternated rounds
+    (name -> median ms), the fastest verified to meet the target on the held-out images.
+    `current` was verified already (None: it missed the target); a candidate faster than the
+    choice so far is verified (verify(name) -> met), fastest first, and taken when it meets
+    the target; a slower one is never verified. None when no candidate meets the target."""
+    for name in sorted(latency_ms, key=latency_ms.get):
+        if name == current:
+            return current
+        if verify(name):
+            return name
+    return current

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,12 @@ from ..data import BatchSource
 from ..files import ModelFiles
 from ..metrics import evaluate
 from ..model import BackendOptions
+from ..paddle_static import atomic_dir
 from ..quantize import SAVED_FILES, quantize_files
 from .context import AnalysisContext
 from .deploy import deploy_form, float_variant, qdq_config, runtime_form
 from .results import AnalysisOptions, Choice, TargetResult
-from .search import MAX_VERIFICATIONS, SearchOutcome, latency_order, search_prefix
+from .search import MAX_VERIFICATIONS, SearchOutcome, fastest_verified, latency_order, search_prefix
 from .sensitivity import Evaluator
 
 TARGET_DIR = "target_quant_model"  # paddleslim's Analysis saves its target model under the same name
@@ -147,10 +149,7 @@ def search_target(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
     if opts.parallel is None:
         outcome = search_prefix(len(order), search_thr, lambda k: trial_map(inputs, ctx, base + order[:k]), verify,
                                 on_step=bar.update if bar is not None else None, **kwargs)
-        with ctx.timed("target_search_map"):
-            search_map = simulated_map(cfg, opts, ModelFiles(out_dir, *SAVED_FILES), inputs.search.source,
-                                       "target model (search images)")
-        result = target_result(opts, inputs, target, base, order, outcome, len(outcome.tried), bar, ctx, search_map)
+        result = target_result(opts, inputs, target, base, order, outcome, len(outcome.tried), bar, ctx, None)
         deploy_checks(cfg, opts, inputs, fp32_files, result, ctx)
         return result
     # --workers: the search's simulations on the Ray workers (each split over them, or k at once:
@@ -202,21 +201,15 @@ def target_result(opts: AnalysisOptions, inputs: TargetInputs, target: float, ba
 def deploy_checks(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, fp32_files: ModelFiles,
                   result: TargetResult, ctx: AnalysisContext, comparison: Future | None = None,
                   search_map: Future | None = None) -> None:
-    """The target model on the deployment runtime: its held-out mAP (parity with the simulated
-    one) and its latency beside FP32, the all-INT8 model and the accuracy-only choice
-    (comparison: its search, running on the workers; None: searched here). search_map: the
-    model's mAP on the search images, running on the workers (awaited before the timing)."""
+    """The target model on the deployment runtime: its latency beside FP32, the all-INT8 model
+    and the accuracy-only choice (comparison: its search, running on the workers; None: searched
+    here), the fastest verified of them returned (return_fastest), then the returned model's
+    held-out mAP there (parity with the simulated one) and on the search images (search_map: on
+    the workers, awaited before the timing; None: measured here)."""
     files = ModelFiles(Path(result.model_dir), *SAVED_FILES)
     work = ctx.work_dir / "deploy_target"
     with ctx.timed("target_runtime_map"):
         target_form = deploy_form(files, inputs.backend, work / "target_onnx")
-        runner = open_backend(inputs.backend, target_form)
-        result.deployed_runtime = runner.mode
-        result.deployed_map = evaluate(runner, cfg, source=inputs.heldout, progress=opts.progress,
-                                       desc=f"target model on {inputs.backend} (held-out)").map
-    ctx.counters.full_evaluations += 1
-    if result.verified_map is not None:
-        result.parity_flag = abs(result.deployed_map - result.verified_map) * 100 > PARITY_POINTS
     models = {"FP32": runtime_form(inputs.models, "FP32", inputs.backend), "INT8 target": target_form,
               "INT8 all layers": runtime_form(inputs.models, "INT8", inputs.backend)}
     with ctx.timed("target_accuracy_only"):
@@ -226,14 +219,118 @@ def deploy_checks(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs
     if search_map is not None:  # the latency is measured on an idle machine
         with ctx.timed("target_search_map"):
             result.search_map = search_map.result()
-    with ctx.timed("target_latency"):
-        rows = measure_models(cfg, models, inputs.backend, opts.deploy_threads, inputs.feed, opts.progress)
-    result.latency = {name: round(row.median, 3) for name, row in rows.items() if row.median}
+    result.latency = timed_latency(cfg, opts, inputs, models, result, timed_as, ctx)
     fp32_ms = result.latency.get("FP32")
     result.ratio = result.latency["INT8 target"] / fp32_ms if fp32_ms else None
     if result.accuracy_only is not None:
         result.accuracy_only.latency_ms = result.latency.get(timed_as)
         result.accuracy_only.ratio = result.accuracy_only.latency_ms / fp32_ms if fp32_ms else None
+    chosen_form = None
+    if result.selection == "latency":  # accuracy selection returns the searched model as it is
+        with ctx.timed("target_candidates"):
+            chosen_form = return_fastest(cfg, opts, inputs, fp32_files, result, timed_as, ctx)
+    returned_model_maps(cfg, opts, inputs, result, chosen_form or target_form, ctx)
+
+
+def timed_latency(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, models: dict[str, Path],
+                  result: TargetResult, timed_as: str, ctx: AnalysisContext) -> dict[str, float]:
+    """Median ms of the models in the same alternated rounds on the deployment runtime, cached by
+    their float layers (a re-run decides on the timings the first run took)."""
+    skips = {"INT8 target": result.skip, "INT8 all layers": [],
+             timed_as: inputs.ranking[:result.accuracy_only.num_float] if result.accuracy_only else []}
+    key = set_key([f"{inputs.backend}:{opts.deploy_threads}t"] + [f"{name}={set_key(skips.get(name, []))}"
+                                                                 for name in sorted(models)])
+    cached = ctx.section("target_latency")
+    if key not in cached:
+        with ctx.timed("target_latency"):
+            rows = measure_models(cfg, models, inputs.backend, opts.deploy_threads, inputs.feed, opts.progress)
+        cached[key] = {name: round(row.median, 3) for name, row in rows.items() if row.median}
+        ctx.save()
+    return dict(cached[key])
+
+
+def returned_model_maps(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, result: TargetResult,
+                        form: Path, ctx: AnalysisContext) -> None:
+    """The returned model's held-out mAP on the deployment runtime (and its parity with the
+    simulated one), and its simulated mAP on the search images unless measured already."""
+    with ctx.timed("target_runtime_map"):
+        runner = open_backend(inputs.backend, form)
+        result.deployed_runtime = runner.mode
+        result.deployed_map = evaluate(runner, cfg, source=inputs.heldout, progress=opts.progress,
+                                       desc=f"target model on {inputs.backend} (held-out)").map
+    ctx.counters.full_evaluations += 1
+    if result.verified_map is not None:
+        result.parity_flag = abs(result.deployed_map - result.verified_map) * 100 > PARITY_POINTS
+    if result.search_map is None:
+        with ctx.timed("target_search_map"):
+            result.search_map = simulated_map(cfg, opts, ModelFiles(Path(result.model_dir), *SAVED_FILES),
+                                              inputs.search.source, "target model (search images)")
+
+
+def candidate_skips(inputs: TargetInputs, result: TargetResult, timed_as: str) -> dict[str, list[str]]:
+    """The float layers of every candidate timed beside the searched target model; a candidate
+    with the searched model's float layers is that model (timed twice), not another candidate."""
+    skips = {"INT8 target": list(result.skip), "INT8 all layers": []}
+    if timed_as == "INT8 accuracy-only" and result.accuracy_only is not None:
+        skips[timed_as] = inputs.ranking[:result.accuracy_only.num_float]
+    return {name: skip for name, skip in skips.items() if name in result.latency
+            and (name == "INT8 target" or set(skip) != set(result.skip))}
+
+
+def return_fastest(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, fp32_files: ModelFiles,
+                   result: TargetResult, timed_as: str, ctx: AnalysisContext) -> Path | None:
+    """Make the target model the fastest candidate verified to meet the target on the held-out
+    images (search.fastest_verified): a candidate timed faster than the searched model in the
+    same rounds is built (PTQ) and verified (cached by its float layers); the one taken replaces
+    the target model. Returns the runtime form of the model taken (None: the searched one)."""
+    skips = candidate_skips(inputs, result, timed_as)
+    cached = ctx.section("candidates")
+    result.candidates = {"INT8 target": {"num_float": len(result.skip), "verified_map": result.verified_map,
+                                         "met": result.met}}
+
+    def model(name: str) -> ModelFiles:
+        if name == "INT8 all layers":
+            return inputs.models.int8  # the all-INT8 model (PTQ of the config's section, QDQ form)
+        out = ctx.work_dir / "candidates" / set_key(skips[name])
+        if (out / SAVED_FILES[0]).is_file() and (out / SAVED_FILES[1]).is_file():
+            return ModelFiles(out, *SAVED_FILES)
+        return real_model(cfg, opts, inputs, fp32_files, skips[name], out, ctx)
+
+    def verify(name: str) -> bool:
+        if name == "INT8 target":
+            return result.met
+        key = set_key(skips[name])
+        if key not in cached:
+            ctx.counters.full_evaluations += 1
+            cached[key] = simulated_map(cfg, opts, model(name), inputs.heldout, f"verify {name} (held-out)")
+            ctx.save()
+        met = cached[key] >= result.heldout_target
+        result.candidates[name] = {"num_float": len(skips[name]), "verified_map": cached[key], "met": met}
+        return met
+
+    chosen = fastest_verified({name: result.latency[name] for name in skips},
+                              "INT8 target" if result.met else None, verify)
+    if chosen is None or chosen == "INT8 target":
+        return None
+    return adopt(inputs, result, chosen, skips[chosen], model(chosen), ctx)
+
+
+def adopt(inputs: TargetInputs, result: TargetResult, chosen: str, skip: list[str], files: ModelFiles,
+          ctx: AnalysisContext) -> Path:
+    """The candidate `chosen` becomes the target model: its files in the target folder, its float
+    layers, verified mAP and latency ratio. Returns its runtime form."""
+    out_dir = Path(result.model_dir)
+    with atomic_dir(out_dir, create=False) as tmp:
+        shutil.copytree(files.model_dir, tmp)
+    result.chosen, result.skip, result.num_skipped, result.met = chosen, list(skip), len(skip), True
+    result.verified_map = result.candidates[chosen]["verified_map"]
+    result.latency_base = [layer for layer in result.latency_base if layer in skip]
+    result.search_map = None  # the searched model's: measured again for this one
+    fp32_ms = result.latency.get("FP32")
+    result.ratio = result.latency[chosen] / fp32_ms if fp32_ms else None
+    if chosen == "INT8 all layers":
+        return runtime_form(inputs.models, "INT8", inputs.backend)
+    return deploy_form(ModelFiles(out_dir, *SAVED_FILES), inputs.backend, ctx.work_dir / "deploy_target" / "chosen")
 
 
 def accuracy_choice(cfg: PTQDetConfig, opts: AnalysisOptions, inputs: TargetInputs, fp32_files: ModelFiles,
