@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
 DATA := dataset/shapes
 PYTEST_ARGS ?=
 
-.PHONY: venv data lint demo test test-fast clean-outputs images bench coco-mini real-model nncf-venv
+.PHONY: venv data lint demo test test-fast clean-outputs images bench throughput coco-mini real-model nncf-venv
 
 venv: $(STAMP)
 
@@ -62,17 +62,22 @@ test: data lint
 test-fast: data lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# The README's pictures, from the analysis that `make demo` ran.
+# The pictures of docs/analysis.md, from the analysis that `make demo` ran.
 images: venv
 	$(PY) tools/make_images.py
 
 clean-outputs:
 	rm -rf outputs
 
-# Deployment benchmark (README "Deployment"): FP32 vs INT8 on paddle, openvino, onnxruntime,
+# Deployment benchmark (docs/deployment.md): FP32 vs INT8 on paddle, openvino, onnxruntime,
 # with the mAP of each row. Run it on an idle machine; writes outputs/deploy/benchmark.md
 # (`make bench BENCH_THREADS=1`: outputs/deploy/benchmark_1thread.md).
 BENCH_THREADS ?= 2
 BENCH_OUT = outputs/deploy/benchmark$(if $(filter 1,$(BENCH_THREADS)),_1thread,)
 bench: data
 	$(PY) tools/bench_latency.py --config_path configs/demo/picodet_s_ptq_deploy.yaml configs/demo/ppyoloe_s_ptq_deploy.yaml --goal_ratio 0.6 0.5 --threads $(BENCH_THREADS) --out $(BENCH_OUT)
+
+# Throughput benchmark (docs/deployment.md): images/s of FP32 (f32, bf16) and INT8 on OpenVINO under
+# its THROUGHPUT hint, batch 1/4/8, 2 threads; writes outputs/deploy/throughput.md and docs/results/throughput.md.
+throughput: data
+	$(PY) tools/bench_throughput.py --config_path configs/demo/ppyoloe_s_ptq_deploy.yaml configs/demo/picodet_s_ptq_deploy.yaml --batches 1 4 8 --threads 2
