@@ -24,7 +24,7 @@ from .benchmark import ModelSet
 from .config import ConfigError, PTQDetConfig
 from .data import build_source, feed_from_batch
 from .export import EXPORT_META, IR_FILE, ONNX_FILE
-from .files import resolve_model_files
+from .files import read_cache_json, resolve_model_files
 from .paddle_static import replace_dir
 from .recipe_bench import PeerRow, RecipeRow, measure_latency, measure_maps, model_name
 from .report import write_json
@@ -74,10 +74,9 @@ def nncf_quantize(cfg: PTQDetConfig, fp32_export: Path, out_dir: Path, preset: s
     calibration = calibration_arrays(cfg)
     key = _digest(fp32_export, calibration, preset)
     stamp_path = out_dir / STAMP
-    if stamp_path.is_file() and (out_dir / IR_FILE).is_file():
-        stamp = json.loads(stamp_path.read_text())
-        if stamp.get("key") == key:
-            return stamp
+    stamp = read_cache_json(stamp_path, "NNCF's model stamp") if (out_dir / IR_FILE).is_file() else None
+    if stamp is not None and stamp.get("key") == key:
+        return stamp
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
         tmp_dir = Path(tmp) / "model"

@@ -26,7 +26,7 @@ import yaml
 
 from .backends import open_backend
 from .config import ConfigError, PTQDetConfig, PTQSettings, _ptq_settings
-from .files import ModelFiles
+from .files import ModelFiles, read_cache_json
 from .model import BackendOptions, default_threads
 from .paddle_static import atomic_dir
 from .recipes import Recipe, apply_recipe
@@ -183,7 +183,7 @@ def search_recipes(cfg: PTQDetConfig, grid: RecipeGrid, save_dir: Path, parallel
     start = time.perf_counter()
     work_dir = save_dir.parent / f".{save_dir.name}.work" / "recipe_search" / cache_key(cfg, {"recipe_search": 1})
     cache_path = work_dir / "trials.json"
-    cached: dict[str, Any] = yaml.safe_load(cache_path.read_text()) if cache_path.is_file() else {}
+    cached: dict[str, Any] = read_cache_json(cache_path, "the recipe search's cache") or {}
 
     def on_result(trial: RecipeTrial) -> None:
         cached[trial.recipe] = asdict(trial)
