@@ -146,7 +146,8 @@ def test_post_quant_stops_cleanly(tmp_path, data, neighbour, point, signum):
     assert _snapshot(save_dir) == before
 
 
-ANALYSIS_POINTS = {"reference": ("eval FP32", signal.SIGINT), "calibration": ("Sampling stage", signal.SIGTERM)}
+ANALYSIS_POINTS = {"reference": ("eval FP32", signal.SIGINT), "calibration": ("Sampling stage", signal.SIGTERM),
+                   "ranking": ("mAP (revert one)", signal.SIGTERM)}
 
 
 @pytest.mark.parametrize("point", list(ANALYSIS_POINTS))
@@ -166,6 +167,14 @@ def test_analysis_stops_cleanly_and_keeps_its_cache(tmp_path, data, neighbour, p
         assert caches == []
         return
     assert len(caches) == 1  # the FP32 reference completed before the calibration
-    assert json.loads(caches[0].read_text())["reference"]["fp32_full"] > 0
-    # the calibration did not complete: neither its INT8 model nor the recovered FP32 one is kept
-    assert sorted(p.name for p in caches[0].parent.iterdir()) == ["results.json"]
+    cached = json.loads(caches[0].read_text())
+    assert cached["reference"]["fp32_full"] > 0
+    work = caches[0].parent
+    if point == "calibration":  # it did not complete: neither its INT8 model nor the recovered FP32 one is kept
+        assert sorted(p.name for p in work.iterdir()) == ["results.json"]
+        return
+    # stopped in the ranking: the calibration's two models kept whole, the finished trials cached
+    for folder in ("calibrated", "recovered_fp32"):
+        assert {"model.pdmodel", "model.pdiparams"} <= {p.name for p in (work / folder).iterdir()}, folder
+    assert isinstance(cached.get("metric_revert", {}), dict)
+    assert not [p for p in work.rglob("*") if ".tmp" in p.name]

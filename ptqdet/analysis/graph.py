@@ -36,8 +36,8 @@ class QuantGraph:
         self.place = place or paddle.CPUPlace()
         self.quant_files, self.fp32_files = quant_files, fp32_files  # what parallel.py ships to its workers
         # Plain CPU kernels, not oneDNN: every trial program is new to oneDNN, which builds and
-        # caches its primitives again (~200 MB and slower per trial on PicoDet-s, never freed:
-        # a full revert-one ranking ran out of memory). Plain kernels stay at ~1.2 GB.
+        # caches its primitives again for each one and never frees them (memory grows with every
+        # trial until a full ranking runs out of it); plain kernels keep the memory flat.
         paddle.set_flags({"FLAGS_use_mkldnn": False})
         with static_mode():
             self.scope = paddle.static.Scope()
