@@ -282,6 +282,14 @@ TABLE: dict[str, tuple[str, Callable[[Env], list], str]] = {
     "image folder missing": ("post_quant.py", lambda e: e.ptq(train=f"image_dir: nowhere, anno_path: calib.json, "
                                                                     f"dataset_dir: {e.good.data}"),
                              "TrainDataset.image_dir does not exist"),
+    "EvalDataset folder missing with --eval": ("post_quant.py", lambda e: [*e.ptq(
+        evaluation=f"image_dir: nowhere, anno_path: val.json, dataset_dir: {e.good.data}"), "--eval"],
+        "EvalDataset.image_dir does not exist"),
+    "--deploy openvino on a fake-quant config": ("post_quant.py", lambda e: [*e.ptq("PTQ: {onnx_format: False}\n"),
+                                                                             "--deploy", "openvino"],
+                                                 "PTQ.onnx_format: True"),
+    "--deploy_threads 0": ("post_quant.py", lambda e: [*e.ptq(), "--deploy", "paddle", "--deploy_threads", "0"],
+                           "--deploy_threads (0) must be at least 1"),
     "image folder missing (analysis)": ("analysis.py", lambda e: e.analysis(
         evaluation=f"image_dir: nowhere, anno_path: val.json, dataset_dir: {e.good.data}"),
         "EvalDataset.image_dir does not exist"),
