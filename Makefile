@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
 DATA := dataset/shapes
 PYTEST_ARGS ?=
 
-.PHONY: venv data lint demo test test-fast clean-outputs images bench throughput coco-mini real-model nncf-venv
+.PHONY: venv data lint demo test test-fast clean-outputs images bench throughput coverage coco-mini real-model nncf-venv
 
 venv: $(STAMP)
 
@@ -81,3 +81,8 @@ bench: data
 # its THROUGHPUT hint, batch 1/4/8, 2 threads; writes outputs/deploy/throughput.md and docs/results/throughput.md.
 throughput: data
 	$(PY) tools/bench_throughput.py --config_path configs/demo/ppyoloe_s_ptq_deploy.yaml configs/demo/picodet_s_ptq_deploy.yaml --batches 1 4 8 --threads 2
+
+# Architecture coverage matrix (docs/models.md): every PaddleDetection architecture (random weights,
+# tiny widths) through every stage; rewrites docs/results/models.json and docs/models.md.
+coverage: data
+	$(PY) tools/coverage.py
