@@ -157,10 +157,12 @@ class OpenVINOBackend(OnnxRunner):
 
     def compile_for(self, feed: dict[str, np.ndarray], properties: dict[str, Any] | None = None) -> Any:
         """The model (with its NMS) compiled for the shapes of `feed`, with the runner's settings
-        overridden by `properties` (e.g. the THROUGHPUT hint)."""
+        overridden by `properties` (e.g. the THROUGHPUT hint; a value None drops the runner's
+        setting, e.g. NUM_STREAMS for the hint to choose)."""
         model = self._model.clone()
         model.reshape({n: self._ov.PartialShape(list(a.shape)) for n, a in feed.items()})
-        return self._core.compile_model(model, "CPU", {**self._config, **(properties or {})})
+        config = {k: v for k, v in {**self._config, **(properties or {})}.items() if v is not None}
+        return self._core.compile_model(model, "CPU", config)
 
     def _request(self, feed: dict[str, np.ndarray]):
         key = tuple((n, a.shape) for n, a in feed.items())

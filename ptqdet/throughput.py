@@ -52,7 +52,8 @@ class ThroughputRunner:
         import openvino as ov
 
         self.feed = runner._feed(batched(feed, batch))  # noqa: SLF001 - the runner's own input selection
-        self.compiled = runner.compile_for(self.feed, {"PERFORMANCE_HINT": "THROUGHPUT"})
+        # the latency runner's NUM_STREAMS 1 dropped: the hint chooses the streams for the threads
+        self.compiled = runner.compile_for(self.feed, {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": None})
         self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
         self.queue = ov.AsyncInferQueue(self.compiled, self.requests)
