@@ -64,6 +64,18 @@ def yoloe_cfg():
     return load_config(DEMO_CONFIGS / "ppyoloe_s_ptq.yaml")
 
 
+def lean_skip_list() -> str:
+    """A skip_tensor_list (YAML) that leaves 18 of the demo PicoDet-s' 98 layers quantized: the
+    first (most sensitive) six, then every eighth. For end-to-end analysis tests whose assertions
+    do not depend on the number of layers ranked."""
+    from ptqdet.files import resolve_model_files
+    from ptqdet.quantize import layer_weights
+
+    layers = layer_weights(resolve_model_files(MODELS / "picodet_s_shapes"), ["conv2d", "depthwise_conv2d"])
+    keep = set(layers[:6] + layers[6::8])
+    return "skip_tensor_list:\n" + "".join(f"  - {name}\n" for name in layers if name not in keep)
+
+
 def write_config(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
     """A config in tmp_path whose _BASE_ may name the demo configs by absolute path."""
     path = tmp_path / name

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_DATA, MODELS, ROOT, write_config
+from conftest import DEMO_DATA, ROOT, lean_skip_list, write_config
 from ptqdet.annotations import write_subset
 
 pytestmark = pytest.mark.slow
@@ -39,12 +39,6 @@ def ray_cluster():
 
 
 def _config(tmp_path: Path) -> Path:
-    from ptqdet.files import resolve_model_files
-    from ptqdet.quantize import layer_weights
-
-    layers = layer_weights(resolve_model_files(MODELS / "picodet_s_shapes"), ["conv2d", "depthwise_conv2d"])
-    keep = set(layers[:6] + layers[6::8])  # the first (most sensitive) six, then every eighth
-    skip = "".join(f"  - {name}\n" for name in layers if name not in keep)
     fast = write_subset(DEMO_DATA / "annotations/instances_val.json", tmp_path / "fast.json", 8)
     full = write_subset(DEMO_DATA / "annotations/instances_val.json", tmp_path / "full.json", 16)
     datasets = "".join(f"""{key}:
@@ -59,8 +53,7 @@ get_target_quant_model: False
 plot_hist: False
 PTQ:
   batch_nums: 2
-{datasets}skip_tensor_list:
-{skip}""")
+{datasets}{lean_skip_list()}""")
 
 
 def _serial(cfg_path: Path, save_dir: Path) -> dict:
