@@ -163,7 +163,10 @@ def _worker_pids() -> list[int]:
 
 
 def test_killed_worker_loses_no_finished_trial_and_an_interrupted_run_resumes(tmp_path, ray_cluster):
+    """A worker killed during the ranking: Ray restarts it and runs its trial again, and the run
+    ends with the ranking and target model of an uninterrupted run."""
     cfg_path = _config(tmp_path)
+    whole = _parallel(cfg_path, tmp_path / "whole", max_drop=0.02, rank_modes=("quantize",), proxy_batches=0)
     save_dir = tmp_path / "killed"
     seen: dict = {}
 
@@ -181,7 +184,7 @@ def test_killed_worker_loses_no_finished_trial_and_an_interrupted_run_resumes(tm
 
     watcher = threading.Thread(target=kill_a_worker_mid_run, daemon=True)
     watcher.start()
-    outcome = {"result": _parallel(cfg_path, save_dir, max_drop=None, rank_modes=("quantize",), proxy_batches=0)}
+    outcome = {"result": _parallel(cfg_path, save_dir, max_drop=0.02, rank_modes=("quantize",), proxy_batches=0)}
     watcher.join(timeout=5)
     before = seen.get("before", {})
     assert seen and len(before) < len(outcome["result"].ranking), "the run ended before a worker could be killed"
@@ -192,6 +195,11 @@ def test_killed_worker_loses_no_finished_trial_and_an_interrupted_run_resumes(tm
     assert len(result.metric_scores["quantize"]) == n and result.counters.fast_evaluations == 2 + n
     for name, value in before.items():  # the trials finished before the kill are kept as they were
         assert result.metric_scores["quantize"][name] == value
+    # the same ranking and target model as the uninterrupted run
+    assert result.ranking == whole.ranking
+    _same_scores(result.metric_scores["quantize"], whole.metric_scores["quantize"])
+    assert result.target.skip == whole.target.skip and result.target.met == whole.target.met
+    assert result.target.verified_map == pytest.approx(whole.target.verified_map, abs=1e-6)
 
     # an interrupted parallel run: results.json holds part of the trials; the next run does the rest only
     cache = next(save_dir.glob(".work/*/results.json"))
