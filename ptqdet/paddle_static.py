@@ -80,22 +80,24 @@ def _link_to(graph, node_in, node_out):
     node_out.append_input(node_in)
 
 
+def _relink(old_node, new_node, op_node, side: str) -> None:
+    """Move op_node's link on `side` ("input" or "output") from old_node to new_node."""
+    other = "output" if side == "input" else "input"
+    getattr(old_node, f"remove_{other}")(op_node)
+    getattr(op_node, f"remove_{side}")(old_node)
+    getattr(new_node, f"append_{other}")(op_node)
+    getattr(op_node, f"append_{side}")(new_node)
+    getattr(op_node, f"rename_{side}")(old_node.name(), new_node.name())
+
+
 def _update_input_link(graph, old_input_node, new_input_node, op_node):
     """IrGraph.update_input_link without its assert."""
-    old_input_node.remove_output(op_node)
-    op_node.remove_input(old_input_node)
-    new_input_node.append_output(op_node)
-    op_node.append_input(new_input_node)
-    op_node.rename_input(old_input_node.name(), new_input_node.name())
+    _relink(old_input_node, new_input_node, op_node, "input")
 
 
 def _update_output_link(graph, old_output_node, new_output_node, op_node):
     """IrGraph.update_output_link without its assert."""
-    old_output_node.remove_input(op_node)
-    op_node.remove_output(old_output_node)
-    new_output_node.append_input(op_node)
-    op_node.append_output(new_output_node)
-    op_node.rename_output(old_output_node.name(), new_output_node.name())
+    _relink(old_output_node, new_output_node, op_node, "output")
 
 
 @contextlib.contextmanager
