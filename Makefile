@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst =,-,$(PADDLE))
 DATA := dataset/shapes
 PYTEST_ARGS ?=
+# Two pytest-xdist workers (one per core); tests/conftest.py groups the tests (a file, or the files
+# that share a Ray cluster or dataset/coco_mini, on one worker) and orders the groups longest first.
+XDIST ?= -n 2 --dist loadgroup --no-loadscope-reorder
 
 .PHONY: venv data lint demo test test-fast clean-outputs images bench throughput coverage coco-mini real-model nncf-venv
 
@@ -57,10 +60,10 @@ lint: venv
 	$(PY) -m ruff check .
 
 test: data lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: data lint
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # The pictures of docs/analysis.md, from the analysis that `make demo` ran.
 images: venv

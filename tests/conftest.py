@@ -24,10 +24,14 @@ DEMO_CONFIGS = ROOT / "configs" / "demo"
 def _chdir_and_data():
     """Configs name paths relative to the repository; the demo dataset must exist."""
     os.chdir(ROOT)
+    from filelock import FileLock
+
     from ptqdet.demo.shapes import generate, is_complete
 
-    if not is_complete(DEMO_DATA):
-        generate(DEMO_DATA, progress=False)
+    DEMO_DATA.parent.mkdir(exist_ok=True)
+    with FileLock(DEMO_DATA.parent / ".shapes.lock"):  # two xdist workers: one generates, one waits
+        if not is_complete(DEMO_DATA):
+            generate(DEMO_DATA, progress=False)
     yield
 
 
@@ -40,16 +44,55 @@ def deploy_models(tmp_path_factory):
     work folder) with its INT8 model in QDQ form (PTQ with the deploy config's section) and the
     ONNX exports of FP32 and INT8, as the deployment benchmark makes them (benchmark.prepare_models;
     a benchmark run on the same work folder reuses them: same cache key)."""
+    from filelock import FileLock
+
     from ptqdet.benchmark import prepare_models
     from ptqdet.config import load_config
 
-    root = tmp_path_factory.mktemp("deploy")
+    root = run_shared_dir(tmp_path_factory, "deploy")
     out = {}
-    for name, config in DEPLOY_CONFIGS.items():
-        cfg = load_config(DEMO_CONFIGS / config)
-        out[name] = (cfg, prepare_models(cfg, root / name, need_onnx=True, progress=False, log=lambda _: None),
-                     root / name)
+    with FileLock(root / ".lock"):  # one xdist worker builds them, the other then finds them cached
+        for name, config in DEPLOY_CONFIGS.items():
+            cfg = load_config(DEMO_CONFIGS / config)
+            out[name] = (cfg, prepare_models(cfg, root / name, need_onnx=True, progress=False, log=lambda _: None),
+                         root / name)
     return out
+
+
+def run_shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder of this test run that every pytest-xdist worker sees (each worker's own base
+    folder is a child of the run's): for what session fixtures build once for all workers."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+# `make test` runs two pytest-xdist workers with --dist loadgroup: every test file is one group
+# (one worker runs it, its module fixtures built once); files that start Ray clusters share a
+# group (one cluster at a time), and so do those that lay out dataset/coco_mini. Groups are handed
+# out in this order, the longest first, so that neither worker ends with a long group alone.
+XDIST_GROUP_OF = {"test_parallel": "ray", "test_ray_auth": "ray", "test_recipe_search": "ray",
+                  "test_kary_search": "ray", "test_client": "real", "test_real_model": "real"}
+XDIST_LONGEST_FIRST = ("test_analysis", "ray", "test_coverage", "real", "test_signals", "test_backends",
+                       "test_pipeline", "test_recovery", "test_fast_passes", "test_quiet", "test_peers")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    def group(item) -> str:
+        stem = Path(item.fspath).stem
+        return XDIST_GROUP_OF.get(stem, stem)
+
+    def rank(item) -> int:
+        name = group(item)
+        return XDIST_LONGEST_FIRST.index(name) if name in XDIST_LONGEST_FIRST else len(XDIST_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the tests of a file keep their order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
 
 
 @pytest.fixture
@@ -64,15 +107,15 @@ def yoloe_cfg():
     return load_config(DEMO_CONFIGS / "ppyoloe_s_ptq.yaml")
 
 
-def lean_skip_list() -> str:
-    """A skip_tensor_list (YAML) that leaves 18 of the demo PicoDet-s' 98 layers quantized: the
-    first (most sensitive) six, then every eighth. For end-to-end analysis tests whose assertions
-    do not depend on the number of layers ranked."""
+def lean_skip_list(every: int = 8) -> str:
+    """A skip_tensor_list (YAML) that leaves part of the demo PicoDet-s' 98 layers quantized: the
+    first (most sensitive) six, then every `every`-th (8: 18 layers, 2: 52). For end-to-end
+    analysis tests whose assertions do not depend on the number of layers ranked."""
     from ptqdet.files import resolve_model_files
     from ptqdet.quantize import layer_weights
 
     layers = layer_weights(resolve_model_files(MODELS / "picodet_s_shapes"), ["conv2d", "depthwise_conv2d"])
-    keep = set(layers[:6] + layers[6::8])
+    keep = set(layers[:6] + layers[6::every])
     return "skip_tensor_list:\n" + "".join(f"  - {name}\n" for name in layers if name not in keep)
 
 
