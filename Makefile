@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # that share a Ray cluster or dataset/coco_mini, on one worker) and orders the groups longest first.
 XDIST ?= -n 2 --dist loadgroup --no-loadscope-reorder
 
-.PHONY: venv data lint demo test test-fast clean-outputs images bench throughput coverage coco-mini real-model nncf-venv
+.PHONY: venv data lint demo test test-fast clean-outputs images bench throughput coverage coco-mini real-model nncf-venv zoo
 
 venv: $(STAMP)
 
@@ -89,3 +89,10 @@ throughput: data
 # tiny widths) through every stage; rewrites docs/results/models.json and docs/models.md.
 coverage: data
 	$(PY) tools/coverage.py
+
+# Trained zoo (docs/models.md, docs/results/zoo.md): each architecture trained on the demo shapes on
+# CPU (one thread, <= 45 min each), exported, quantized with its config recipe and measured beside
+# NNCF (if .venv-nncf exists). Resumable and cached in outputs/zoo/; ZOO_ARGS="--archs yolox_nano".
+ZOO_ARGS ?=
+zoo: data
+	$(PY) tools/zoo.py $(ZOO_ARGS)

@@ -620,11 +620,16 @@ def passes(row: dict[str, Any], stages: tuple[str, ...]) -> bool:
     return all(row["stages"].get(s) == "ok" for s in stages)
 
 
+TRAINED_FIELDS = ("fp32_map", "int8_map_sim", "int8_map_openvino", "float_layers", "zoo")
+
+
 def write_results(rows: list[dict[str, Any]], path: Path = RESULTS_JSON, merge: bool = True) -> Path:
     """rows into docs/results/models.json (in ARCHS order; merge: keep other archs' rows)."""
     old = json.loads(path.read_text()) if merge and path.is_file() else []
     by_name = {r["arch"]: r for r in old}
-    by_name.update({r["arch"]: r for r in rows})
+    for row in rows:  # a trained model's fields (ptqdet.zoo) outlive a coverage run of its architecture
+        kept = {k: v for k, v in by_name.get(row["arch"], {}).items() if k in TRAINED_FIELDS and row.get(k) is None}
+        by_name[row["arch"]] = {**row, **kept}
     order = [a.name for a in ARCHS]
     ordered = sorted(by_name.values(), key=lambda r: order.index(r["arch"]) if r["arch"] in order else len(order))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -691,17 +696,79 @@ def _details_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def trained_cells(row: dict[str, Any]) -> list[str]:
+    """One row of the trained table (docs/models.md, docs/results/zoo.md)."""
+    zoo = row.get("zoo") or {}
+    nncf = zoo.get("nncf") or {}
+    analysis = zoo.get("analysis") or {}
+    floats = analysis.get("float_layers") if analysis else None
+    trained = (f"reused ({zoo['reused']})" if zoo.get("reused") else
+               f"{zoo.get('epochs_done')}/{zoo.get('epochs')} ep, {_num(zoo.get('train_minutes'), 0)} min"
+               + (" (budget)" if zoo.get("stopped_by_budget") else ""))
+    total = zoo.get("quantizable_layers") or row.get("quantizable_layers")
+    layers = f"{total - (row.get('float_layers') or 0)} / {total}" if total else "-"
+    return [zoo.get("title") or row["arch"], trained, _pts(row.get("fp32_map")), _pts(row.get("int8_map_sim")),
+            _pts(row.get("int8_map_openvino")), layers,
+            "-" if not analysis else f"{floats} ({_pts(analysis.get('verified_map'))})",
+            _num(zoo.get("ptq_seconds"), 0), _num(zoo.get("int8_fp32")), _num(zoo.get("int8_bf16")),
+            _pts(nncf.get("map")), _num(nncf.get("int8_fp32"))]
+
+
+TRAINED_HEADERS = ["architecture", "trained", "FP32 mAP", "INT8 mAP (simulated)", "INT8 mAP (OpenVINO)",
+                   "layers INT8 / quantizable", "analysis: layers in float (mAP)", "PTQ s", "OpenVINO INT8/FP32",
+                   "OpenVINO INT8/bf16", "NNCF INT8 mAP (OpenVINO)", "NNCF INT8/FP32"]
+
+TRAINED_NOTES = """mAP@[.5:.95] x100 on the 200 demo val images. "trained": epochs done of the schedule and
+wall minutes on one CPU thread ("budget": stopped at `--max_minutes`; "reused": the demo model,
+trained by `tools/train_demo.py`). INT8: the config recipe (`configs/zoo/<arch>_ptq.yaml`), every
+convolution INT8, QDQ form; simulated = the quantized Paddle graph on FP32 kernels, OpenVINO =
+its ONNX QDQ export on OpenVINO (f32 for the float ops). Latency: OpenVINO, batch 1, 1 thread,
+FP32 (f32), FP32 at bf16 and INT8 run by run in alternation (200 runs each, median). NNCF: its
+`nncf.quantize` (preset performance) of the same FP32 ONNX export, calibrated on the same images.
+"analysis": run where INT8 is more than 1.0 point below FP32; the layers it keeps in float and the
+held-out mAP of that model."""
+
+
+def trained_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of the rows with a trained model (fp32_map set)."""
+    from .report import markdown_table
+
+    trained = [r for r in rows if r.get("fp32_map") is not None]
+    return markdown_table(TRAINED_HEADERS, [trained_cells(r) for r in trained]) if trained else ""
+
+
+def trained_headers(rows: list[dict[str, Any]]) -> list[str]:
+    """The distinct results headers (when, where, which command) the trained rows were measured under."""
+    seen: list[str] = []
+    for r in rows:
+        header = (r.get("zoo") or {}).get("header")
+        if r.get("fp32_map") is not None and header and header not in seen:
+            seen.append(header)
+    return seen
+
+
+def zoo_markdown(rows: list[dict[str, Any]]) -> str:
+    """The body of docs/results/zoo.md and of docs/models.md's trained section."""
+    notes = [f"- **{(r.get('zoo') or {}).get('title') or r['arch']}**: {r['zoo']['note']}" for r in rows
+             if (r.get("zoo") or {}).get("note")]
+    return (trained_table(rows) + "\n\n" + TRAINED_NOTES + "\n"
+            + ("\n" + "\n".join(notes) + "\n" if notes else ""))
+
+
 def _trained_table(rows: list[dict[str, Any]]) -> str:
+    """The trained zoo's section (rows with fp32_map, from `make zoo`: ptqdet.zoo), under the
+    results headers it was measured under."""
     trained = [r for r in rows if r.get("fp32_map") is not None]
     if not trained:
         return ""
-    text = ("\n## Trained models\n\n| architecture | FP32 mAP | INT8 mAP (simulated) | INT8 mAP (OpenVINO) | "
-            "layers in float |\n|---|---|---|---|---|\n")
-    for r in trained:
-        floats = r.get("float_layers")
-        text += (f"| {r['arch']} | {100 * r['fp32_map']:.1f} | {_pts(r.get('int8_map_sim'))} | "
-                 f"{_pts(r.get('int8_map_openvino'))} | {'-' if floats is None else floats} |\n")
-    return text
+    return ("\n## Trained models (the zoo)\n\nEach architecture trained on the demo shapes dataset on CPU, then "
+            "quantized and measured by `make zoo` (`tools/zoo.py`, ptqdet.zoo; also in "
+            "[results/zoo.md](results/zoo.md)). Measured:\n\n" + "\n".join(trained_headers(trained)) + "\n"
+            + zoo_markdown(trained))
 
 
 def render_markdown(rows: list[dict[str, Any]]) -> str:

@@ -1,0 +1,391 @@
+"""The trained zoo: each architecture trained on the demo shapes dataset (CPU, short schedule),
+exported like PaddleDetection, then quantized with its config recipe and measured
+(docs/models.md's trained table, docs/results/zoo.md).
+
+For each ZooArch, in steps that are each cached so that a re-run skips what is done:
+
+1. train: configs/zoo/<name>.yml (its coverage model, a 160 px TrainReader, epochs, LR) into
+   outputs/zoo/train/<name>-<key>/, the key a digest of the configs' bytes and the dataset
+   (train_key); a stopped run resumes from its last epoch checkpoint; `max_minutes` stops a run
+   at the end of the epoch past its budget (the export then takes that epoch's checkpoint).
+   PicoDet and PP-YOLOE reuse the demo models (demo/models/*, tools/train_demo.py).
+2. export: as PaddleDetection's tools/export_model.py, to outputs/zoo/models/<name>/.
+3. measure: configs/zoo/<name>_ptq.yaml's recipe (every convolution INT8, QDQ form) through
+   ptqdet.recipe_bench: FP32 mAP, simulated and OpenVINO INT8 mAP, PTQ wall time, OpenVINO
+   latency (FP32 f32, FP32 bf16, INT8; 1 thread, run by run in alternation) and, where
+   .venv-nncf exists, NNCF's INT8 of the same ONNX export (ptqdet.peers).
+
+Each model's results go to outputs/zoo/<name>.json (atomically), then into the rows of
+docs/results/models.json (ptqdet.coverage.write_results) and the tables of docs/models.md and
+docs/results/zoo.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .report import atomic_write_text
+
+ZOO_CONFIGS = Path("configs/zoo")
+ZOO_DIR = Path("outputs/zoo")
+DATASET = Path("dataset/shapes")
+TRAIN_RECIPE = 1  # bump when the way models are trained or exported changes (cache key)
+MEASURE_RECIPE = 1  # bump when what the measure step records changes
+MAX_GAP = 0.01  # INT8 within 1.0 point of FP32 (mAP 0-1)
+MIN_FP32_MAP = 0.20
+
+
+@dataclass(frozen=True)
+class ZooArch:
+    name: str  # the row of docs/results/models.json (ptqdet.coverage's arch name)
+    title: str
+    reuse: str | None = None  # an export trained earlier (demo/models/...): not trained again
+    source_config: str | None = None  # the training config of a reused export
+    exclude_nms: bool = False
+
+    @property
+    def train_config(self) -> Path:
+        return Path(self.source_config) if self.source_config else ZOO_CONFIGS / f"{self.name}.yml"
+
+    @property
+    def ptq_config(self) -> Path:
+        return ZOO_CONFIGS / f"{self.name}_ptq.yaml"
+
+
+ZOO: tuple[ZooArch, ...] = (
+    ZooArch("picodet_s", "PicoDet-s (LCNet x0.75, 256 px; the demo model)", reuse="demo/models/picodet_s_shapes",
+            source_config="configs/demo/picodet_s_lcnet_shapes.yml"),
+    ZooArch("ppyoloe_plus_s", "PP-YOLOE-s (CSPResNet s, 256 px, exclude_nms; the demo model)",
+            reuse="demo/models/ppyoloe_s_shapes", source_config="configs/demo/ppyoloe_crn_s_shapes.yml",
+            exclude_nms=True),
+    ZooArch("yolox_nano", "YOLOX-nano"),
+    ZooArch("ssdlite_mbv3_small", "SSDLite (MobileNetV3-small)"),
+    ZooArch("ppyolo_tiny", "PP-YOLO-tiny (MobileNetV3 x0.5)"),
+    ZooArch("yolov3_mbv3", "YOLOv3 (MobileNetV3-large x0.5)"),
+    ZooArch("fcos_r18", "FCOS (ResNet-18, FPN)"),
+    ZooArch("gfl_r18", "GFL (ResNet-18-vd, FPN)"),
+    ZooArch("retinanet_r18", "RetinaNet (ResNet-18, FPN)"),
+)
+ZOO_BY_NAME = {a.name: a for a in ZOO}
+
+
+# ---------------------------------------------------------------------------- cache keys and files
+
+def dataset_digest(root: Path = DATASET) -> str:
+    """The shapes dataset's annotations (bytes) and images (names and sizes)."""
+    digest = hashlib.sha256()
+    for anno in sorted((root / "annotations").glob("*.json")):
+        digest.update(anno.name.encode() + b"\0" + anno.read_bytes())
+    for image in sorted(root.glob("*/*.jpg")):
+        digest.update(f"{image.parent.name}/{image.name}:{image.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def config_digest(config: Path) -> str:
+    """The training config and every _BASE_ file it names (bytes)."""
+    from .coverage import _config_chain
+
+    digest = hashlib.sha256()
+    for file in _config_chain(Path(config)):
+        digest.update(str(file).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def train_key(arch: ZooArch, data_digest: str) -> str:
+    """What a trained model depends on: its configs' bytes, the dataset, the recipe version."""
+    text = f"{config_digest(arch.train_config)}|{data_digest}|{arch.exclude_nms}|{TRAIN_RECIPE}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_dir(arch: ZooArch, key: str, root: Path = ZOO_DIR) -> Path:
+    return root / "train" / f"{arch.name}-{key}"
+
+
+def export_dir(arch: ZooArch, root: Path = ZOO_DIR) -> Path:
+    return Path(arch.reuse) if arch.reuse else root / "models" / arch.name
+
+
+def results_path(arch: ZooArch, root: Path = ZOO_DIR) -> Path:
+    return root / f"{arch.name}.json"
+
+
+def read_results(arch: ZooArch, root: Path = ZOO_DIR) -> dict[str, Any]:
+    path = results_path(arch, root)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_results(arch: ZooArch, results: dict[str, Any], root: Path = ZOO_DIR) -> Path:
+    """outputs/zoo/<name>.json, written atomically (a killed run leaves the old file whole)."""
+    root.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(results_path(arch, root), json.dumps(results, indent=1) + "\n")
+
+
+def step_done(results: dict[str, Any], step: str, key: str) -> bool:
+    """Whether `step` finished for this key (a record of another key is stale)."""
+    return results.get(step, {}).get("key") == key and results[step].get("done", False)
+
+
+# ---------------------------------------------------------------------------- train and export
+
+class TrainBar:
+    """A tqdm bar over one model's training iterations, created at the first step (the iterations
+    per epoch are known then); stops the run after the first epoch that ends (checkpoint saved,
+    mAP recorded) once `max_minutes` have passed."""
+
+    def __init__(self, name: str, epochs: int, start_epoch: int, max_minutes: float | None):
+        self.name, self.epochs, self.start_epoch = name, epochs, start_epoch
+        self.max_s = None if max_minutes is None else 60.0 * max_minutes
+        self.started = time.time()
+        self.bar: Any = None
+        self.stopped_at: int | None = None
+
+    def __call__(self, status: dict) -> None:
+        from tqdm import tqdm
+
+        steps = int(status["steps_per_epoch"])
+        if self.bar is None:
+            self.bar = tqdm(total=self.epochs * steps, initial=self.start_epoch * steps, desc=f"train {self.name:<20}",
+                            unit="it", mininterval=5.0)
+        self.bar.update(1)
+
+    def epoch_end(self, status: dict) -> None:
+        from .demo.train import StopTraining
+
+        epoch = int(status["epoch_id"]) + 1
+        if self.max_s is not None and time.time() - self.started > self.max_s and epoch < self.epochs:
+            self.stopped_at = epoch
+            raise StopTraining
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train_step(arch: ZooArch, key: str, root: Path = ZOO_DIR, max_minutes: float | None = None) -> dict[str, Any]:
+    """Train (or resume) arch into its run folder; returns the train record (weights to export,
+    epochs done, minutes, curve)."""
+    from .demo.train import StopTraining, last_checkpoint, load_train_config, train
+
+    folder = run_dir(arch, key, root)
+    cfg = load_train_config(arch.train_config, folder.name, folder.parent)
+    epochs = int(cfg.epoch)
+    resume = last_checkpoint(folder)
+    done = int(resume.name) if resume else 0
+    bar = TrainBar(arch.name, epochs, done, max_minutes)
+    started = time.time()
+    if done < epochs and not (folder / "model_final.pdparams").is_file():
+        try:
+            train(cfg, folder, resume, on_step=bar)
+        except StopTraining:
+            pass
+        finally:
+            bar.close()
+    last = last_checkpoint(folder)
+    done = int(last.name) if last else epochs
+    weights = folder / "model_final" if (folder / "model_final.pdparams").is_file() and done >= epochs else last
+    previous = read_results(arch, root).get("train", {})
+    minutes = round((time.time() - started) / 60 + (previous.get("minutes", 0) if previous.get("key") == key else 0), 1)
+    return {"key": key, "done": done >= epochs or bar.stopped_at is not None, "weights": str(weights),
+            "epochs_done": done, "epochs": epochs, "minutes": minutes, "stopped_by_budget": bar.stopped_at is not None,
+            "curve": _curve(folder)}
+
+
+def _curve(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "curve.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def export_step(arch: ZooArch, key: str, weights: Path, root: Path = ZOO_DIR) -> dict[str, Any]:
+    from .demo.train import export, load_train_config
+
+    folder = run_dir(arch, key, root)
+    cfg = load_train_config(arch.train_config, folder.name, folder.parent)
+    out = export(cfg, weights, export_dir(arch, root), arch.exclude_nms)
+    return {"key": key, "done": True, "weights": str(weights), "export": str(out)}
+
+
+# ---------------------------------------------------------------------------- measure
+
+CONFIG_RECIPE_NAME = "config recipe"
+
+
+def ptq_config(arch: ZooArch, root: Path = ZOO_DIR):
+    """configs/zoo/<name>_ptq.yaml with model_dir set to the zoo's export."""
+    from .config import load_config
+
+    cfg = load_config(arch.ptq_config)
+    return dataclasses.replace(cfg, model_dir=export_dir(arch, root))
+
+
+def measure_key(arch: ZooArch, train_record_key: str) -> str:
+    text = f"{train_record_key}|{config_digest(arch.ptq_config)}|{MEASURE_RECIPE}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def measure_step(arch: ZooArch, key: str, root: Path = ZOO_DIR, nncf: bool = True,
+                 log: Callable[[str], None] = print, command: str = "tools/zoo.py") -> dict[str, Any]:
+    """The config recipe (and NNCF) on the export through ptqdet.recipe_bench.run_recipes, with
+    the results header (date, CPU, command, whether the machine was idle as it started)."""
+    from .peers import NNCF_PYTHON, nncf_peers
+    from .recipe_bench import run_recipes
+    from .recipes import Recipe
+    from .report import machine_idle, results_header
+
+    header = results_header(command, machine_idle())
+
+    cfg = ptq_config(arch, root)
+    peers = nncf_peers(("performance",)) if nncf and NNCF_PYTHON.is_file() else []
+    recipe = Recipe(CONFIG_RECIPE_NAME, {}, None, "the config's PTQ section as it is")
+    rows = run_recipes(cfg, [recipe], root / "runs" / arch.name, [1], progress=True, log=log, peers=peers)
+    return {"key": key, "done": True, "header": header, "rows": [dataclasses.asdict(r) for r in rows],
+            "nncf": "measured" if peers else f"not measured: {NNCF_PYTHON} missing (make nncf-venv)"}
+
+
+# ---------------------------------------------------------------------------- rows and tables
+
+def _ratio(latency: dict, threads: int, num: str, den: str) -> float | None:
+    times = latency.get(threads) or latency.get(str(threads)) or {}
+    return round(times[num] / times[den], 3) if times.get(num) and times.get(den) else None
+
+
+def zoo_row(arch: ZooArch, results: dict[str, Any], header: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The trained fields of arch's row of docs/results/models.json from its results."""
+    rows = results.get("measure", {}).get("rows", [])
+    ours = next((r for r in rows if r["recipe"] == CONFIG_RECIPE_NAME), None)
+    nncf = next((r for r in rows if r["recipe"].startswith("NNCF")), None)
+    train = results.get("train", {})
+    zoo = {"title": arch.title, "reused": arch.reuse, "train_config": str(arch.train_config),
+           "ptq_config": str(arch.ptq_config), "epochs_done": train.get("epochs_done"),
+           "epochs": train.get("epochs"), "train_minutes": train.get("minutes"),
+           "stopped_by_budget": train.get("stopped_by_budget"), "note": results.get("note"), "header": header}
+    fields: dict[str, Any] = {"fp32_map": None, "int8_map_sim": None, "int8_map_openvino": None,
+                              "float_layers": None, "quantizable_layers": None}
+    if ours:
+        fields.update(fp32_map=ours["fp32_map"], int8_map_sim=ours["sim_map"], int8_map_openvino=ours["runtime_map"],
+                      float_layers=ours["float_layers"], quantizable_layers=ours["total_layers"])
+        zoo["quantizable_layers"] = ours["total_layers"]
+        latency = ours["latency"]
+        zoo.update(ptq_seconds=ours["ptq_seconds"], int8_fp32=_ratio(latency, 1, "INT8", "FP32"),
+                   int8_bf16=_ratio(latency, 1, "INT8", "FP32 (bf16)"), latency_ms=latency.get("1", latency.get(1)),
+                   error=ours["error"])
+    if nncf:
+        zoo["nncf"] = {"map": nncf["runtime_map"], "int8_fp32": _ratio(nncf["latency"], 1, "INT8", "FP32"),
+                       "latency_ms": nncf["latency"].get("1", nncf["latency"].get(1)), "error": nncf["error"]}
+    return {**fields, "zoo": zoo}
+
+
+def merge_rows(rows: list[dict[str, Any]], trained: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """rows (docs/results/models.json) with each arch's trained fields replaced from `trained`
+    (arch -> zoo_row); an arch without a coverage row gets a row of its own."""
+    out = []
+    for r in rows:
+        fields = dict(trained.get(r["arch"], {}))
+        if r.get("quantizable_layers") is not None:  # the coverage model's count stands (same architecture)
+            fields.pop("quantizable_layers", None)
+        out.append({**r, **fields})
+    known = {r["arch"] for r in rows}
+    out += [{"arch": name, "stages": {}, **fields} for name, fields in trained.items() if name not in known]
+    return out
+
+
+# ---------------------------------------------------------------------------- analysis
+
+def needs_analysis(measure: dict[str, Any]) -> bool:
+    """Whether the config recipe's INT8 (simulated or OpenVINO) is more than MAX_GAP below FP32."""
+    ours = next((r for r in measure.get("rows", []) if r["recipe"] == CONFIG_RECIPE_NAME), None)
+    if not ours or ours["fp32_map"] is None:
+        return False
+    worst = min(v for v in (ours["sim_map"], ours["runtime_map"], ours["fp32_map"]) if v is not None)
+    return ours["fp32_map"] - worst > MAX_GAP
+
+
+def analysis_step(arch: ZooArch, key: str, root: Path = ZOO_DIR) -> dict[str, Any]:
+    """ptqdet's analysis (analysis.py's analyze) with target FP32 - MAX_GAP: the layers kept in
+    float to come within 1 point, on OpenVINO at 1 thread."""
+    from .analysis.results import AnalysisOptions
+    from .analysis.stages import analyze
+
+    out = root / "runs" / arch.name / "analysis"
+    cfg = dataclasses.replace(ptq_config(arch, root), save_dir=out, get_target_quant_model=True, target_metric=None)
+    result = analyze(cfg, AnalysisOptions(save_dir=out, threads=1, rank_modes=("quantize",), max_drop=MAX_GAP,
+                                          deploy_threads=1))
+    record: dict[str, Any] = {"key": key, "done": True, "fp32_map": result.fp32_map, "int8_map": result.int8_map}
+    if result.target:
+        t = result.target
+        record.update(float_layers=t.num_skipped, verified_map=t.verified_map, deployed_map=t.deployed_map,
+                      met=t.met, int8_fp32=t.ratio, analyzed_config=str(result.files.get("analyzed_config")))
+    return record
+
+
+# ---------------------------------------------------------------------------- one architecture
+
+STEPS = ("train", "export", "measure", "analysis")
+
+
+def run_arch(arch: ZooArch, steps: tuple[str, ...] = STEPS, root: Path = ZOO_DIR, max_minutes: float | None = 45.0,
+             nncf: bool = True, data_digest: str | None = None, log: Callable[[str], None] = print,
+             command: str = "tools/zoo.py") -> dict[str, Any]:
+    """The steps of one architecture, each skipped when its record (outputs/zoo/<name>.json) has
+    the current key; the record is saved after every step."""
+    key = train_key(arch, data_digest or dataset_digest())
+    results = read_results(arch, root)
+    if arch.reuse:  # trained earlier by tools/train_demo.py: its export is the model
+        results["train"] = {"key": key, "done": True, "reused": arch.reuse, "weights": None}
+        results["export"] = {"key": key, "done": True, "export": arch.reuse}
+    mkey = measure_key(arch, key)
+    plan = [("train", key, lambda: train_step(arch, key, root, max_minutes)),
+            ("export", key, lambda: export_step(arch, key, Path(results["train"]["weights"]), root)),
+            ("measure", mkey, lambda: measure_step(arch, mkey, root, nncf, log, command)),
+            ("analysis", mkey, lambda: analysis_step(arch, mkey, root))]
+    for step, step_key, body in plan:
+        if step not in steps or step_done(results, step, step_key):
+            continue
+        if step == "export" and not step_done(results, "train", key):
+            break
+        if step == "measure" and not step_done(results, "export", key):
+            break
+        if step == "analysis" and not needs_analysis(results.get("measure", {})):
+            continue
+        log(f"{arch.name}: {step}")
+        results[step] = body()
+        save_results(arch, results, root)
+    return results
+
+
+# ---------------------------------------------------------------------------- docs
+
+ZOO_RESULTS = "zoo"  # docs/results/zoo.md
+ZOO_TITLE = "The trained zoo: FP32 and INT8 of each architecture trained on the demo shapes"
+
+
+def collect_rows(archs: tuple[ZooArch, ...] | list[ZooArch] = ZOO, root: Path = ZOO_DIR) -> dict[str, dict[str, Any]]:
+    """arch -> zoo_row of every arch with a finished measure step (its saved results)."""
+    out = {}
+    for arch in archs:
+        results = read_results(arch, root)
+        if not results.get("measure", {}).get("done"):
+            continue
+        row = zoo_row(arch, results, header=results["measure"].get("header"))
+        row["zoo"]["analysis"] = results.get("analysis")
+        out[arch.name] = row
+    return out
+
+
+def write_docs(trained: dict[str, dict[str, Any]], command: str, idle: bool | None) -> list[Path]:
+    """Merge the trained rows into docs/results/models.json, then docs/models.md (ptqdet.coverage)
+    and docs/results/zoo.md (under its results header)."""
+    from . import coverage
+    from .report import write_results
+
+    rows = json.loads(coverage.RESULTS_JSON.read_text()) if coverage.RESULTS_JSON.is_file() else []
+    merged = merge_rows(rows, trained)
+    atomic_write_text(coverage.RESULTS_JSON, json.dumps(merged, indent=1) + "\n")
+    coverage.write_docs(coverage.RESULTS_JSON, coverage.MODELS_MD)
+    zoo_md = write_results(ZOO_RESULTS, ZOO_TITLE, coverage.zoo_markdown(merged), command, idle)
+    return [coverage.RESULTS_JSON, coverage.MODELS_MD, zoo_md]
