@@ -741,14 +741,17 @@ def trained_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(TRAINED_HEADERS, [trained_cells(r) for r in trained]) if trained else ""
 
 
-def trained_headers(rows: list[dict[str, Any]]) -> list[str]:
-    """The distinct results headers (when, where, which command) the trained rows were measured under."""
-    seen: list[str] = []
+def trained_headers(rows: list[dict[str, Any]]) -> str:
+    """The results headers (when, where, which command, idle or not) the trained rows were
+    measured under; each named with its rows when they are more than one."""
+    groups: dict[str, list[str]] = {}
     for r in rows:
         header = (r.get("zoo") or {}).get("header")
-        if r.get("fp32_map") is not None and header and header not in seen:
-            seen.append(header)
-    return seen
+        if r.get("fp32_map") is not None and header:
+            groups.setdefault(header, []).append(r["arch"])
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "\n".join(f"Measured for {', '.join(archs)}:\n\n{header}" for header, archs in groups.items())
 
 
 def zoo_markdown(rows: list[dict[str, Any]]) -> str:
@@ -759,6 +762,11 @@ def zoo_markdown(rows: list[dict[str, Any]]) -> str:
             + ("\n" + "\n".join(notes) + "\n" if notes else ""))
 
 
+def undated(header: str) -> str:
+    """A results header without its date line (docs/results/ alone holds measurement dates)."""
+    return "\n".join(line for line in header.split("\n") if not line.startswith("- date:"))
+
+
 def _trained_table(rows: list[dict[str, Any]]) -> str:
     """The trained zoo's section (rows with fp32_map, from `make zoo`: ptqdet.zoo), under the
     results headers it was measured under."""
@@ -767,7 +775,8 @@ def _trained_table(rows: list[dict[str, Any]]) -> str:
         return ""
     return ("\n## Trained models (the zoo)\n\nEach architecture trained on the demo shapes dataset on CPU, then "
             "quantized and measured by `make zoo` (`tools/zoo.py`, ptqdet.zoo; also in "
-            "[results/zoo.md](results/zoo.md)). Measured:\n\n" + "\n".join(trained_headers(trained)) + "\n"
+            "[results/zoo.md](results/zoo.md), with the dates of the runs).\n\n"
+            + undated(trained_headers(trained)) + "\n"
             + zoo_markdown(trained))
 
 

@@ -377,15 +377,16 @@ def collect_rows(archs: tuple[ZooArch, ...] | list[ZooArch] = ZOO, root: Path = 
     return out
 
 
-def write_docs(trained: dict[str, dict[str, Any]], command: str, idle: bool | None) -> list[Path]:
+def write_docs(trained: dict[str, dict[str, Any]]) -> list[Path]:
     """Merge the trained rows into docs/results/models.json, then docs/models.md (ptqdet.coverage)
-    and docs/results/zoo.md (under its results header)."""
+    and docs/results/zoo.md, each table under the results headers its rows were measured under."""
     from . import coverage
-    from .report import write_results
+    from .report import RESULTS_DIR
 
     rows = json.loads(coverage.RESULTS_JSON.read_text()) if coverage.RESULTS_JSON.is_file() else []
     merged = merge_rows(rows, trained)
     atomic_write_text(coverage.RESULTS_JSON, json.dumps(merged, indent=1) + "\n")
     coverage.write_docs(coverage.RESULTS_JSON, coverage.MODELS_MD)
-    zoo_md = write_results(ZOO_RESULTS, ZOO_TITLE, coverage.zoo_markdown(merged), command, idle)
+    text = f"# {ZOO_TITLE}\n\n{coverage.trained_headers(merged)}\n{coverage.zoo_markdown(merged)}"
+    zoo_md = atomic_write_text(RESULTS_DIR / f"{ZOO_RESULTS}.md", text)
     return [coverage.RESULTS_JSON, coverage.MODELS_MD, zoo_md]

@@ -84,7 +84,7 @@ def test_zoo_row_merge_and_table():
     assert coverage.trained_cells(merged[0]) == ["YOLOX-nano", "14/14 ep, 33 min", "30.0", "29.5", "29.4",
                                                  "40 / 40", "-", "12", "0.60", "0.75", "28.0", "0.70"]
     assert lines[2].split("|")[1].strip() == "YOLOX-nano"
-    assert coverage.trained_headers(merged) == ["- date: x\n"]
+    assert coverage.trained_headers(merged) == "- date: x\n"
     json.dumps(merged)  # models.json stays JSON
 
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                          data_digest=digest, command=command)
     trained = zoo.collect_rows(archs, args.cache_dir)
     if trained:
-        for path in zoo.write_docs(trained, command, None):
+        for path in zoo.write_docs(trained):
             print(f"wrote {path}")
     return 0
 
