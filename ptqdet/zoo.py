@@ -135,15 +135,20 @@ def step_done(results: dict[str, Any], step: str, key: str) -> bool:
 
 class TrainBar:
     """A tqdm bar over one model's training iterations, created at the first step (the iterations
-    per epoch are known then); stops the run after the first epoch that ends (checkpoint saved,
-    mAP recorded) once `max_minutes` have passed."""
+    per epoch are known then). After each epoch (checkpoint saved, mAP recorded) it calls
+    `on_epoch(epochs done, minutes so far)` and stops the run once `max_minutes` (counted with
+    `spent` minutes of earlier runs) have passed."""
 
-    def __init__(self, name: str, epochs: int, start_epoch: int, max_minutes: float | None):
+    def __init__(self, name: str, epochs: int, start_epoch: int, max_minutes: float | None, spent: float = 0.0,
+                 on_epoch: Callable[[int, float], None] | None = None):
         self.name, self.epochs, self.start_epoch = name, epochs, start_epoch
-        self.max_s = None if max_minutes is None else 60.0 * max_minutes
+        self.max_minutes, self.spent, self.on_epoch = max_minutes, spent, on_epoch
         self.started = time.time()
         self.bar: Any = None
         self.stopped_at: int | None = None
+
+    def minutes(self) -> float:
+        return self.spent + (time.time() - self.started) / 60
 
     def __call__(self, status: dict) -> None:
         from tqdm import tqdm
@@ -158,7 +163,9 @@ class TrainBar:
         from .demo.train import StopTraining
 
         epoch = int(status["epoch_id"]) + 1
-        if self.max_s is not None and time.time() - self.started > self.max_s and epoch < self.epochs:
+        if self.on_epoch:
+            self.on_epoch(epoch, self.minutes())
+        if self.max_minutes is not None and self.minutes() > self.max_minutes and epoch < self.epochs:
             self.stopped_at = epoch
             raise StopTraining
 
@@ -175,25 +182,39 @@ def train_step(arch: ZooArch, key: str, root: Path = ZOO_DIR, max_minutes: float
     folder = run_dir(arch, key, root)
     cfg = load_train_config(arch.train_config, folder.name, folder.parent)
     epochs = int(cfg.epoch)
-    resume = last_checkpoint(folder)
-    done = int(resume.name) if resume else 0
-    bar = TrainBar(arch.name, epochs, done, max_minutes)
-    started = time.time()
-    if done < epochs and not (folder / "model_final.pdparams").is_file():
+    previous = read_results(arch, root).get("train", {})
+    spent = previous.get("minutes", 0.0) if previous.get("key") == key else 0.0
+
+    def record(done: int, minutes: float, stopped: bool = False) -> dict[str, Any]:
+        final = done == epochs
+        return {"key": key, "done": final or stopped, "weights": str(folder / "model_final" if final else
+                                                                     last_checkpoint(folder)),
+                "epochs_done": done, "epochs": epochs, "minutes": round(minutes, 1), "stopped_by_budget": stopped,
+                "max_minutes": max_minutes, "curve": _curve(folder)}
+
+    def on_epoch(done: int, minutes: float) -> None:  # progress kept: a killed run resumes with its minutes
+        save_results(arch, {**read_results(arch, root), "train": record(done, minutes)}, root)
+
+    bar = TrainBar(arch.name, epochs, epochs_done(folder, epochs), max_minutes, spent, on_epoch)
+    if not (folder / "model_final.pdparams").is_file():
         try:
-            train(cfg, folder, resume, on_step=bar)
+            train(cfg, folder, last_checkpoint(folder), on_step=bar)
         except StopTraining:
             pass
         finally:
             bar.close()
+    return record(epochs_done(folder, epochs), bar.minutes(), bar.stopped_at is not None)
+
+
+def epochs_done(folder: Path, epochs: int) -> int:
+    """Epochs trained in a run folder: ppdet saves epoch index k as `k` (k + 1 epochs done) and the
+    last epoch as model_final only."""
+    from .demo.train import last_checkpoint
+
+    if (Path(folder) / "model_final.pdparams").is_file():
+        return epochs
     last = last_checkpoint(folder)
-    done = int(last.name) if last else epochs
-    weights = folder / "model_final" if (folder / "model_final.pdparams").is_file() and done >= epochs else last
-    previous = read_results(arch, root).get("train", {})
-    minutes = round((time.time() - started) / 60 + (previous.get("minutes", 0) if previous.get("key") == key else 0), 1)
-    return {"key": key, "done": done >= epochs or bar.stopped_at is not None, "weights": str(weights),
-            "epochs_done": done, "epochs": epochs, "minutes": minutes, "stopped_by_budget": bar.stopped_at is not None,
-            "curve": _curve(folder)}
+    return int(last.name) + 1 if last else 0
 
 
 def _curve(folder: Path) -> list[dict[str, Any]]:
@@ -201,10 +222,11 @@ def _curve(folder: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def export_step(arch: ZooArch, key: str, weights: Path, root: Path = ZOO_DIR) -> dict[str, Any]:
+def export_step(arch: ZooArch, key: str, weights: Path, train_key_: str, root: Path = ZOO_DIR) -> dict[str, Any]:
+    """The checkpoint `weights` exported as PaddleDetection's tools/export_model.py does."""
     from .demo.train import export, load_train_config
 
-    folder = run_dir(arch, key, root)
+    folder = run_dir(arch, train_key_, root)
     cfg = load_train_config(arch.train_config, folder.name, folder.parent)
     out = export(cfg, weights, export_dir(arch, root), arch.exclude_nms)
     return {"key": key, "done": True, "weights": str(weights), "export": str(out)}
@@ -325,35 +347,58 @@ def analysis_step(arch: ZooArch, key: str, root: Path = ZOO_DIR) -> dict[str, An
 
 # ---------------------------------------------------------------------------- one architecture
 
+def more_budget(results: dict[str, Any], step: str, max_minutes: float | None) -> bool:
+    """Whether a training stopped by its budget may go on: a larger (or no) budget now."""
+    train = results.get(step, {}) if step == "train" else {}
+    if not train.get("stopped_by_budget"):
+        return False
+    return max_minutes is None or max_minutes > train.get("minutes", 0) + 1.0
+
 STEPS = ("train", "export", "measure", "analysis")
+
+
+def step_key(arch: ZooArch, step: str, key: str, results: dict[str, Any]) -> str | None:
+    """The key `step` is cached under (None: the step it needs is not done): train by the
+    training key, export by the weights it exports, measure and analysis by the export and the
+    ptqdet config."""
+    if step == "train":
+        return key
+    train = results.get("train", {})
+    if not step_done(results, "train", key):
+        return None
+    export_key = hashlib.sha256(f"{key}|{train.get('weights')}|{train.get('epochs_done')}".encode()).hexdigest()[:16]
+    if step == "export":
+        return export_key
+    if not step_done(results, "export", export_key):
+        return None
+    return measure_key(arch, export_key) if step == "measure" or step_done(results, "measure", measure_key(
+        arch, export_key)) else None
 
 
 def run_arch(arch: ZooArch, steps: tuple[str, ...] = STEPS, root: Path = ZOO_DIR, max_minutes: float | None = 45.0,
              nncf: bool = True, data_digest: str | None = None, log: Callable[[str], None] = print,
              command: str = "tools/zoo.py") -> dict[str, Any]:
     """The steps of one architecture, each skipped when its record (outputs/zoo/<name>.json) has
-    the current key; the record is saved after every step."""
+    its current key; the record is saved after every step."""
     key = train_key(arch, data_digest or dataset_digest())
     results = read_results(arch, root)
     if arch.reuse:  # trained earlier by tools/train_demo.py: its export is the model
         results["train"] = {"key": key, "done": True, "reused": arch.reuse, "weights": None}
-        results["export"] = {"key": key, "done": True, "export": arch.reuse}
-    mkey = measure_key(arch, key)
-    plan = [("train", key, lambda: train_step(arch, key, root, max_minutes)),
-            ("export", key, lambda: export_step(arch, key, Path(results["train"]["weights"]), root)),
-            ("measure", mkey, lambda: measure_step(arch, mkey, root, nncf, log, command)),
-            ("analysis", mkey, lambda: analysis_step(arch, mkey, root))]
-    for step, step_key, body in plan:
-        if step not in steps or step_done(results, step, step_key):
+        results["export"] = {"key": step_key(arch, "export", key, results), "done": True, "export": arch.reuse}
+    bodies = {"train": lambda k: train_step(arch, k, root, max_minutes),
+              "export": lambda k: export_step(arch, k, Path(results["train"]["weights"]), key, root),
+              "measure": lambda k: measure_step(arch, k, root, nncf, log, command),
+              "analysis": lambda k: analysis_step(arch, k, root)}
+    for step in STEPS:
+        current = step_key(arch, step, key, results)
+        if current is None:
+            break
+        if step not in steps or (step_done(results, step, current) and not more_budget(results, step, max_minutes)):
             continue
-        if step == "export" and not step_done(results, "train", key):
-            break
-        if step == "measure" and not step_done(results, "export", key):
-            break
         if step == "analysis" and not needs_analysis(results.get("measure", {})):
             continue
         log(f"{arch.name}: {step}")
-        results[step] = body()
+        results[step] = bodies[step](current)
         save_results(arch, results, root)
     return results
 

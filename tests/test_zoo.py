@@ -100,3 +100,33 @@ def test_zoo_configs_exist_for_every_arch():
         assert arch.train_config.is_file(), arch.train_config
         assert arch.ptq_config.is_file(), arch.ptq_config
         assert arch.reuse is None or arch.source_config
+
+
+def test_epochs_done_counts_ppdet_checkpoints(tmp_path):
+    assert zoo.epochs_done(tmp_path, 8) == 0
+    (tmp_path / "0.pdparams").write_bytes(b"")
+    (tmp_path / "0.pdopt").write_bytes(b"")
+    assert zoo.epochs_done(tmp_path, 8) == 1  # ppdet names epoch index 0 "0"
+    (tmp_path / "model_final.pdparams").write_bytes(b"")
+    assert zoo.epochs_done(tmp_path, 8) == 8
+
+
+def test_step_keys_chain_and_budget():
+    arch = zoo.ZooArch("picodet_s", "P", reuse="demo/models/picodet_s_shapes",
+                       source_config="configs/demo/picodet_s_lcnet_shapes.yml")
+    results = {"train": {"key": "k", "done": True, "weights": "w/3", "epochs_done": 4}}
+    assert zoo.step_key(arch, "measure", "k", results) is None  # not exported yet
+    export_key = zoo.step_key(arch, "export", "k", results)
+    results["export"] = {"key": export_key, "done": True}
+    measure_key = zoo.step_key(arch, "measure", "k", results)
+    assert measure_key and zoo.step_key(arch, "analysis", "k", results) is None
+    results["measure"] = {"key": measure_key, "done": True}
+    assert zoo.step_key(arch, "analysis", "k", results) == measure_key
+    # more epochs trained: another export key, so export and measure run again
+    more = {**results, "train": {**results["train"], "weights": "w/7", "epochs_done": 8}}
+    assert zoo.step_key(arch, "export", "k", more) != export_key
+    assert zoo.step_key(arch, "measure", "k", more) is None
+    stopped = {"train": {"stopped_by_budget": True, "minutes": 45.2}}
+    assert not zoo.more_budget(stopped, "train", 45.0)
+    assert zoo.more_budget(stopped, "train", 90.0) and zoo.more_budget(stopped, "train", None)
+    assert not zoo.more_budget({"train": {"stopped_by_budget": False}}, "train", None)
