@@ -398,8 +398,15 @@ def run_arch(arch: ZooArch, steps: tuple[str, ...] = STEPS, root: Path = ZOO_DIR
         if step == "analysis" and not needs_analysis(results.get("measure", {})):
             continue
         log(f"{arch.name}: {step}")
-        results[step] = bodies[step](current)
+        try:
+            results[step] = bodies[step](current)
+        except Exception as exc:  # noqa: BLE001 - one architecture failing is its result, the others go on
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            results[step] = {"key": current, "done": False, "error": error}
+            log(f"{arch.name}: {step} failed: {results[step]['error']}")
         save_results(arch, results, root)
+        if not results[step].get("done"):
+            break
     return results
 
 
