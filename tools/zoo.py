@@ -54,14 +54,20 @@ def main(argv: list[str] | None = None) -> int:
 
         cli.quiet_libraries()
         digest = zoo.dataset_digest()
-        for arch in archs:
+        for arch in archs:  # the tables are written after each architecture: a long run shows what it has
             zoo.run_arch(arch, tuple(args.steps), args.cache_dir, args.max_minutes or None, nncf=not args.no_nncf,
                          data_digest=digest, command=command)
-    trained = zoo.collect_rows(archs, args.cache_dir)
+            write_docs(zoo, args.cache_dir)
+    else:
+        write_docs(zoo, args.cache_dir)
+    return 0
+
+
+def write_docs(zoo, cache_dir: Path) -> None:
+    trained = zoo.collect_rows(zoo.ZOO, cache_dir)
     if trained:
         for path in zoo.write_docs(trained):
             print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":
