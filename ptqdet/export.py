@@ -185,13 +185,46 @@ def _last_error(text: str) -> str:
     return (lines[-1] if lines else "no output")[:400]
 
 
+# paddle2onnx's converter is a C++ extension that needs nothing of Paddle; its package and command
+# import all of Paddle first (seconds per export). The child loads the extension alone and calls
+# it as `python -m paddle2onnx.command` does (the same ONNX bytes).
+_P2O_CHILD = """
+import importlib.machinery, importlib.util, sys
+so, model, params, out, opset, external = sys.argv[1:7]
+name = "paddle2onnx.paddle2onnx_cpp2py_export"
+spec = importlib.util.spec_from_loader(name, importlib.machinery.ExtensionFileLoader(name, so))
+converter = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(converter)
+onnx_bytes = converter.export(model, params, int(opset), True, True, True, True, True, {}, "onnxruntime", "",
+                              external, False)
+with open(out, "wb") as f:
+    f.write(onnx_bytes)
+"""
+
+
+def _paddle2onnx_extension() -> Path | None:
+    """The converter extension of the installed paddle2onnx (None: not found where 1.x keeps it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("paddle2onnx")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("paddle2onnx_cpp2py_export*.so"))
+    return found[0] if found else None
+
+
 def run_paddle2onnx(files: ModelFiles, onnx_path: Path, opset: int = DEFAULT_OPSET, timeout: float = 600,
                     label: str | None = None) -> None:
     """paddle2onnx in a child process (it can abort); ExportError with its message on failure."""
-    cmd = [sys.executable, "-m", "paddle2onnx.command", "--model_dir", str(files.model_dir),
-           "--model_filename", files.model_filename, "--params_filename", files.params_filename,
-           "--save_file", str(onnx_path), "--opset_version", str(opset), "--enable_onnx_checker", "True",
-           "--enable_auto_update_opset", "True"]
+    extension = _paddle2onnx_extension()
+    if extension is not None:
+        cmd = [sys.executable, "-c", _P2O_CHILD, str(extension), str(files.model_path), str(files.params_path),
+               str(onnx_path), str(opset), str(Path(onnx_path).parent / "external_data")]
+    else:
+        cmd = [sys.executable, "-m", "paddle2onnx.command", "--model_dir", str(files.model_dir),
+               "--model_filename", files.model_filename, "--params_filename", files.params_filename,
+               "--save_file", str(onnx_path), "--opset_version", str(opset), "--enable_onnx_checker", "True",
+               "--enable_auto_update_opset", "True"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)  # noqa: S603 - our own interpreter
     if proc.returncode != 0 or not onnx_path.is_file():
         raise ExportError(f"paddle2onnx failed on {label or files.model_dir} (exit {proc.returncode}): "
