@@ -54,12 +54,12 @@ def test_revert_all_equals_fp32_and_revert_none_equals_int8(tmp_path, pico_cfg):
 EVAL_IMAGES = 80  # lean: the first 80 of the 200 val images (the full config stays in `make demo`)
 
 
-def _analysis_config(tmp_path, extra=""):
+def _analysis_config(tmp_path, extra="", eval_images=EVAL_IMAGES):
     """The demo analysis config, lean: FastEvalDataset the first 8 val images, EvalDataset the
-    first EVAL_IMAGES (split into search and held-out images as the full one is)."""
+    first eval_images (split into search and held-out images as the full one is)."""
     val = DEMO_DATA / "annotations/instances_val.json"
     fast = write_subset(val, tmp_path / "fast.json", 8)
-    lean = write_subset(val, tmp_path / "eval.json", EVAL_IMAGES)
+    lean = write_subset(val, tmp_path / "eval.json", eval_images)
     return write_config(tmp_path, f"""_BASE_: ['@DEMO@/picodet_s_analysis.yaml']
 save_dir: {tmp_path / 'ana'}
 get_target_quant_model: False
@@ -171,7 +171,8 @@ def test_analysis_killed_during_ranking_resumes_to_the_same_ranking_and_target(t
 
     # the deployment runtime is not what this test is about: Paddle Inference (no ONNX export,
     # no per-layer profile) keeps the three runs short; so do 18 of the 98 layers (lean_skip_list)
-    cfg_path = _analysis_config(tmp_path, "deploy_backend: paddle\n" + lean_skip_list())
+    # and 16 EvalDataset images (the target search and its verification run on them)
+    cfg_path = _analysis_config(tmp_path, "deploy_backend: paddle\n" + lean_skip_list(), eval_images=16)
     flags = ["--config_path", str(cfg_path), "--rank_modes", "quantize", "--max_drop", "0.02", "--quiet"]
     r = _run(*flags, "--save_dir", str(tmp_path / "whole"))
     assert r.returncode == 0, r.stderr[-3000:]
