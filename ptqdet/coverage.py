@@ -756,10 +756,11 @@ def trained_headers(rows: list[dict[str, Any]]) -> str:
 
 def zoo_markdown(rows: list[dict[str, Any]]) -> str:
     """The body of docs/results/zoo.md and of docs/models.md's trained section."""
-    notes = [f"- **{(r.get('zoo') or {}).get('title') or r['arch']}**: {r['zoo']['note']}" for r in rows
-             if (r.get("zoo") or {}).get("note")]
+    notes = [f"- **{r['zoo'].get('title') or r['arch']}**: "
+             + ". ".join(t for t in (r["zoo"].get("status"), r["zoo"].get("note")) if t) + "." for r in rows
+             if r.get("zoo") and (r["zoo"].get("note") or r.get("fp32_map") is None)]
     return (trained_table(rows) + "\n\n" + TRAINED_NOTES + "\n"
-            + ("\n" + "\n".join(notes) + "\n" if notes else ""))
+            + ("\nEach architecture's run:\n\n" + "\n".join(notes) + "\n" if notes else ""))
 
 
 def undated(header: str) -> str:

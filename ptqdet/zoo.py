@@ -48,6 +48,7 @@ class ZooArch:
     reuse: str | None = None  # an export trained earlier (demo/models/...): not trained again
     source_config: str | None = None  # the training config of a reused export
     exclude_nms: bool = False
+    note: str = ""  # what a reader of the table should know (why a schedule is what it is, what failed)
 
     @property
     def train_config(self) -> Path:
@@ -64,13 +65,19 @@ ZOO: tuple[ZooArch, ...] = (
     ZooArch("ppyoloe_plus_s", "PP-YOLOE-s (CSPResNet s, 256 px, exclude_nms; the demo model)",
             reuse="demo/models/ppyoloe_s_shapes", source_config="configs/demo/ppyoloe_crn_s_shapes.yml",
             exclude_nms=True),
-    ZooArch("yolox_nano", "YOLOX-nano"),
+    ZooArch("yolox_nano", "YOLOX-nano", note="base_lr 0.02 did not learn (loss flat at 8.0 over three epochs, "
+            "mAP 0.0); trained again at 0.004"),
     ZooArch("ssdlite_mbv3_small", "SSDLite (MobileNetV3-small)"),
     ZooArch("ppyolo_tiny", "PP-YOLO-tiny (MobileNetV3 x0.5)"),
-    ZooArch("yolov3_mbv3", "YOLOv3 (MobileNetV3-large x0.5)"),
-    ZooArch("fcos_r18", "FCOS (ResNet-18, FPN)"),
-    ZooArch("gfl_r18", "GFL (ResNet-18-vd, FPN)"),
-    ZooArch("retinanet_r18", "RetinaNet (ResNet-18, FPN)"),
+    ZooArch("yolov3_mbv3", "YOLOv3 (MobileNetV3-large x0.5)",
+            note="3.6 s per iteration at 160 px on one thread: 2 epochs fit the 45-minute budget"),
+    ZooArch("fcos_r18", "FCOS (ResNet-18, FPN)",
+            note="10 s per iteration on one thread (GroupNorm head of 256 channels, input padded to 256): one "
+            "epoch takes about 50 minutes, past the budget; it cannot reach 20 mAP in 45 minutes on this CPU"),
+    ZooArch("gfl_r18", "GFL (ResNet-18-vd, FPN)",
+            note="2.0 s per iteration at 160 px on one thread: 4 epochs fit the 45-minute budget"),
+    ZooArch("retinanet_r18", "RetinaNet (ResNet-18, FPN)",
+            note="2.6 s per iteration at 160 px on one thread: 3 epochs fit the 45-minute budget"),
 )
 ZOO_BY_NAME = {a.name: a for a in ZOO}
 
@@ -285,7 +292,8 @@ def zoo_row(arch: ZooArch, results: dict[str, Any], header: dict[str, Any] | Non
     zoo = {"title": arch.title, "reused": arch.reuse, "train_config": str(arch.train_config),
            "ptq_config": str(arch.ptq_config), "epochs_done": train.get("epochs_done"),
            "epochs": train.get("epochs"), "train_minutes": train.get("minutes"),
-           "stopped_by_budget": train.get("stopped_by_budget"), "note": results.get("note"), "header": header}
+           "stopped_by_budget": train.get("stopped_by_budget"), "note": arch.note, "status": status(results),
+           "header": header}
     fields: dict[str, Any] = {"fp32_map": None, "int8_map_sim": None, "int8_map_openvino": None,
                               "float_layers": None, "quantizable_layers": None}
     if ours:
@@ -416,14 +424,30 @@ ZOO_RESULTS = "zoo"  # docs/results/zoo.md
 ZOO_TITLE = "The trained zoo: FP32 and INT8 of each architecture trained on the demo shapes"
 
 
+def status(results: dict[str, Any]) -> str:
+    """Where an architecture's run stands, in a few words (the notes under the trained table)."""
+    failed = [f"{step} failed: {results[step]['error']}" for step in STEPS if results.get(step, {}).get("error")]
+    if failed:
+        return failed[0]
+    train = results.get("train", {})
+    if not train:
+        return "not run yet"
+    trained = ("" if train.get("reused") else f"{train.get('epochs_done')} of {train.get('epochs')} epochs in "
+               f"{train.get('minutes')} min" + (" (stopped by the budget)" if train.get("stopped_by_budget") else ""))
+    curve = train.get("curve") or []
+    if curve:
+        trained += f", mAP {100 * curve[-1]['map']:.1f} during training"
+    if results.get("measure", {}).get("done"):
+        return "measured" + (f" ({trained})" if trained else "")
+    return ("training: " if not train.get("done") else "trained, not measured yet: ") + trained
+
+
 def collect_rows(archs: tuple[ZooArch, ...] | list[ZooArch] = ZOO, root: Path = ZOO_DIR) -> dict[str, dict[str, Any]]:
-    """arch -> zoo_row of every arch with a finished measure step (its saved results)."""
+    """arch -> zoo_row of every arch (its trained fields once measured, its status always)."""
     out = {}
     for arch in archs:
         results = read_results(arch, root)
-        if not results.get("measure", {}).get("done"):
-            continue
-        row = zoo_row(arch, results, header=results["measure"].get("header"))
+        row = zoo_row(arch, results, header=results.get("measure", {}).get("header"))
         row["zoo"]["analysis"] = results.get("analysis")
         out[arch.name] = row
     return out
