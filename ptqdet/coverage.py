@@ -111,10 +111,9 @@ def one_line(exc: BaseException, stage: str) -> str:
     if isinstance(exc, ConfigError):
         text = str(exc)
     else:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = next((ln for ln in reversed(lines) if re.match(r"\(?\w+\)? ?\w*Error|\(\w+\)", ln)), None)
-        detail = detail or (lines[-1] if lines else "")
-        text = f"{STAGE_TITLES.get(stage, stage)} failed: {type(exc).__name__}: {detail}"
+        from .quantize import error_detail
+
+        text = f"{STAGE_TITLES.get(stage, stage)} failed: {type(exc).__name__}: {error_detail(exc)}"
     text = " ".join(text.split())
     return text.replace("Traceback", "traceback")[:600]
 
@@ -142,23 +141,6 @@ def export_error(exc: BaseException) -> ConfigError:
                            "dynamic-to-static conversion refuses; export it with a PaddleDetection that handles 0-D "
                            "shapes (release/2.7 or later) or with Paddle 2.4, then quantize that export")
     return ConfigError(f"PaddleDetection's export failed at {where or 'an unknown place'}: {one_line(exc, 'export')}")
-
-
-def ptq_error(exc: BaseException) -> ConfigError:
-    """Paddle's post-training quantization failed: one line naming where and what to try."""
-    text = "".join(traceback.format_exception(exc))
-    frames = re.findall(r'File "[^"]*site-packages/paddle/static/quantization/post_training_quantization.py", '
-                        r'line \d+, in (\w+)', text)
-    where = f"Paddle 2.6's post-training quantization ({frames[-1]})" if frames else "Paddle's PTQ"
-    if isinstance(exc, IndexError) and "_sample_avg" in frames:
-        return ConfigError(f"PTQ.algo avg cannot calibrate this export: {where} reshapes every sampled activation "
-                           "to [batch, -1] and fails on its 0-D tensors (shape arithmetic); set PTQ.algo: abs_max")
-    # the variable a sampler misses is named by a set's order: not part of the line
-    detail = re.sub(r"Cannot find \S+ in scope", "Cannot find a sampled variable in scope",
-                    one_line(exc, "ptq").split(": ", 2)[-1])
-    return ConfigError(f"{where} failed on this export ({type(exc).__name__}: {detail}) on ops it only observes; "
-                       "another PTQ.algo does not help (abs_max, avg, hist and mse fail alike on the RetinaNet and "
-                       "TOOD exports): deploy this model in FP32")
 
 
 # ---------------------------------------------------------------------------- export (cached)
@@ -535,12 +517,7 @@ class ArchRun:
         from .quantize import SAVED_FILES, quantize
 
         out = self.work / "int8"
-        try:
-            result = quantize(self.cfg, out, progress=False)
-        except ConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - Paddle's PTQ failing inside: one line
-            raise ptq_error(exc) from exc
+        result = quantize(self.cfg, out, progress=False)  # Paddle's PTQ failing inside: one line (ConfigError)
         self.int8_files = ModelFiles(out, *SAVED_FILES)
         self.row["quantized_layers"] = len(result.quantized_layers)
         if not result.quantized_layers:

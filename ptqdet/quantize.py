@@ -118,8 +118,53 @@ def paddle_bars(show: bool) -> Iterator[None]:
             module.tqdm = bar
 
 
+def error_detail(exc: BaseException) -> str:
+    """The line of a library's (often multi-line) exception message that says what went wrong."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = next((ln for ln in reversed(lines) if re.match(r"\(?\w+\)? ?\w*Error|\(\w+\)", ln)), None)
+    return " ".join((detail or (lines[-1] if lines else "")).split())
+
+
+PADDLE_PTQ_FILE = "paddle/static/quantization/post_training_quantization.py"
+
+
+def ptq_error(exc: BaseException) -> ConfigError | None:
+    """Paddle's post-training quantization failed inside (RetinaNet, YOLOF and TOOD exports make it
+    fail on ops it only observes): one line naming where and what to try; None when the failure
+    did not arise in Paddle's PTQ (a bug elsewhere: let it show)."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    frames = re.findall(r'File "[^"]*' + re.escape(PADDLE_PTQ_FILE) + r'", line \d+, in (\w+)', text)
+    if not frames:
+        return None
+    where = f"Paddle 2.6's post-training quantization ({frames[-1]})"
+    if isinstance(exc, IndexError) and "_sample_avg" in frames:
+        return ConfigError(f"PTQ.algo avg cannot calibrate this export: {where} reshapes every sampled activation "
+                           "to [batch, -1] and fails on its 0-D tensors (shape arithmetic); set PTQ.algo: abs_max")
+    # the variable a sampler misses is named by a set's order: not part of the line
+    detail = re.sub(r"Cannot find \S+ in scope", "Cannot find a sampled variable in scope", error_detail(exc))
+    return ConfigError(f"{where} failed on this export ({type(exc).__name__}: {detail[:300]}) on ops it only "
+                       "observes; another PTQ.algo does not help (abs_max, avg, hist and mse fail alike on the "
+                       "RetinaNet and TOOD exports): deploy this model in FP32")
+
+
 def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings,
                           skip_tensor_list: list[str], device: str = "cpu", progress: bool = True) -> None:
+    """run_paddle_ptq, with a failure inside Paddle's PTQ turned into one line (ptq_error)."""
+    try:
+        run_paddle_ptq(files, out_dir, loader, settings, skip_tensor_list, device, progress)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        error = ptq_error(exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def run_paddle_ptq(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings,
+                   skip_tensor_list: list[str], device: str = "cpu", progress: bool = True) -> None:
     """paddleslim's calibration (quant_post_static), or its reconstruction (quant_recon_static)
     when settings.reconstruction is not none."""
     import paddle

@@ -535,3 +535,38 @@ def test_a_damaged_ptq_cache_stamp_is_reported_and_the_model_quantized_again(tmp
     # and the stamp written again is trusted: the next call reuses the model, silently
     assert quantize_cached(pico_cfg, fp32, tmp_path, progress=False, log=lambda _: None)[1] is False
     assert capfd.readouterr().err == "" and len(calls) == 1
+
+
+def _raised_in(path: str, function: str, exc: Exception) -> Exception:
+    """`exc` raised from a function `function` of a file at `path` (a traceback through it)."""
+    namespace: dict = {}
+    exec(compile(f"def {function}(exc):\n    raise exc\n", path, "exec"), namespace)  # noqa: S102
+    try:
+        namespace[function](exc)
+    except Exception as raised:  # noqa: BLE001
+        return raised
+    raise AssertionError("not raised")
+
+
+def test_a_failure_inside_paddles_ptq_becomes_one_line_and_exit_2(tmp_path, monkeypatch, capfd, pico_cfg):
+    """post_quant.py on an export Paddle's PTQ fails on (RetinaNet, YOLOF, TOOD): one line naming
+    Paddle's PTQ and its function, exit 2, no traceback; a failure elsewhere is not disguised."""
+    import ptqdet.quantize
+    from ptqdet.quantize import PADDLE_PTQ_FILE, ptq_error
+
+    inside = _raised_in(f"/x/site-packages/{PADDLE_PTQ_FILE}", "_update_program",
+                        ValueError("(InvalidArgument) Generated graph shouldn't contain cycle.\n  [Hint: ...]"))
+    error = ptq_error(inside)
+    assert "post-training quantization (_update_program)" in str(error) and "\n" not in str(error)
+    assert "Generated graph shouldn't contain cycle" in str(error) and "FP32" in str(error)
+    assert ptq_error(_raised_in("/x/ptqdet/elsewhere.py", "f", ValueError("a bug"))) is None
+
+    def fails_inside(*args, **kwargs):
+        raise inside
+
+    monkeypatch.setattr(ptqdet.quantize, "run_paddle_ptq", fails_inside)
+    code, _, err = run_script("post_quant.py", ["--config_path", str(DEMO_CONFIGS / "picodet_s_ptq.yaml"),
+                                                "--save_dir", str(tmp_path / "out"), "--quiet"], capfd)
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("error: Paddle 2.6's post-training quantization (_update_program) failed")
+    assert not (tmp_path / "out").exists()
