@@ -699,15 +699,16 @@ TRAINED_HEADERS = ["architecture", "trained", "FP32 mAP", "INT8 mAP (simulated)"
                    "layers INT8 / quantizable", "analysis: layers in float (mAP)", "PTQ s", "OpenVINO INT8/FP32",
                    "OpenVINO INT8/bf16", "NNCF INT8 mAP (OpenVINO)", "NNCF INT8/FP32"]
 
-TRAINED_NOTES = """mAP@[.5:.95] x100 on the 200 demo val images. "trained": epochs done of the schedule and
-wall minutes on one CPU thread ("budget": stopped at `--max_minutes`; "reused": the demo model,
-trained by `tools/train_demo.py`). INT8: the config recipe (`configs/zoo/<arch>_ptq.yaml`), every
-convolution INT8, QDQ form; simulated = the quantized Paddle graph on FP32 kernels, OpenVINO =
-its ONNX QDQ export on OpenVINO (f32 for the float ops). Latency: OpenVINO, batch 1, 1 thread,
-FP32 (f32), FP32 at bf16 and INT8 run by run in alternation (200 runs each, median). NNCF: its
-`nncf.quantize` (preset performance) of the same FP32 ONNX export, calibrated on the same images.
-"analysis": run where INT8 is more than 1.0 point below FP32; the layers it keeps in float and the
-held-out mAP of that model."""
+TRAINED_NOTES = """mAP@[.5:.95] x100 on the 200 demo val images. "trained": epochs done of the schedule and the
+CPU minutes of its one training thread, i.e. its wall minutes on an idle machine (the wall minutes
+of a run on a shared machine are in outputs/zoo/<arch>.json; "budget": stopped at `--max_minutes`;
+"reused": the demo model, trained by `tools/train_demo.py`). INT8: the config recipe
+(`configs/zoo/<arch>_ptq.yaml`), every convolution INT8, QDQ form; simulated = the quantized
+Paddle graph on FP32 kernels, OpenVINO = its ONNX QDQ export on OpenVINO (f32 for the float ops).
+Latency: OpenVINO, batch 1, 1 thread, FP32 (f32), FP32 at bf16 and INT8 run by run in alternation
+(200 runs each, median). NNCF: its `nncf.quantize` (preset performance) of the same FP32 ONNX
+export, calibrated on the same images. "analysis": run where INT8 is more than 1.0 point below
+FP32; the layers it keeps in float and the held-out mAP of that model."""
 
 
 def trained_table(rows: list[dict[str, Any]]) -> str:

@@ -144,18 +144,23 @@ class TrainBar:
     """A tqdm bar over one model's training iterations, created at the first step (the iterations
     per epoch are known then). After each epoch (checkpoint saved, mAP recorded) it calls
     `on_epoch(epochs done, minutes so far)` and stops the run once `max_minutes` (counted with
-    `spent` minutes of earlier runs) have passed."""
+    `spent` minutes of earlier runs) have passed. Minutes are the process's CPU time: training runs
+    on one thread, so they are the wall minutes of an idle machine, whatever else shares the CPU
+    (wall minutes are kept beside them)."""
 
     def __init__(self, name: str, epochs: int, start_epoch: int, max_minutes: float | None, spent: float = 0.0,
                  on_epoch: Callable[[int, float], None] | None = None):
         self.name, self.epochs, self.start_epoch = name, epochs, start_epoch
         self.max_minutes, self.spent, self.on_epoch = max_minutes, spent, on_epoch
-        self.started = time.time()
+        self.started, self.cpu_started = time.time(), time.process_time()
         self.bar: Any = None
         self.stopped_at: int | None = None
 
     def minutes(self) -> float:
-        return self.spent + (time.time() - self.started) / 60
+        return self.spent + (time.process_time() - self.cpu_started) / 60
+
+    def wall_minutes(self) -> float:
+        return (time.time() - self.started) / 60
 
     def __call__(self, status: dict) -> None:
         from tqdm import tqdm
@@ -191,12 +196,14 @@ def train_step(arch: ZooArch, key: str, root: Path = ZOO_DIR, max_minutes: float
     epochs = int(cfg.epoch)
     previous = read_results(arch, root).get("train", {})
     spent = previous.get("minutes", 0.0) if previous.get("key") == key else 0.0
+    spent_wall = previous.get("wall_minutes", 0.0) if previous.get("key") == key else 0.0
 
     def record(done: int, minutes: float, stopped: bool = False) -> dict[str, Any]:
         final = done == epochs
         return {"key": key, "done": final or stopped, "weights": str(folder / "model_final" if final else
                                                                      last_checkpoint(folder)),
-                "epochs_done": done, "epochs": epochs, "minutes": round(minutes, 1), "stopped_by_budget": stopped,
+                "epochs_done": done, "epochs": epochs, "minutes": round(minutes, 1),
+                "wall_minutes": round(spent_wall + bar.wall_minutes(), 1), "stopped_by_budget": stopped,
                 "max_minutes": max_minutes, "curve": _curve(folder)}
 
     def on_epoch(done: int, minutes: float) -> None:  # progress kept: a killed run resumes with its minutes
@@ -432,8 +439,10 @@ def status(results: dict[str, Any]) -> str:
     train = results.get("train", {})
     if not train:
         return "not run yet"
-    trained = ("" if train.get("reused") else f"{train.get('epochs_done')} of {train.get('epochs')} epochs in "
-               f"{train.get('minutes')} min" + (" (stopped by the budget)" if train.get("stopped_by_budget") else ""))
+    trained = "" if train.get("reused") else (f"{train.get('epochs_done')} of {train.get('epochs')} epochs in "
+                                              f"{train.get('minutes')} CPU min")
+    if train.get("stopped_by_budget"):
+        trained += " (stopped by the budget)"
     curve = train.get("curve") or []
     if curve:
         trained += f", mAP {100 * curve[-1]['map']:.1f} during training"

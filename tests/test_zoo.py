@@ -135,6 +135,6 @@ def test_step_keys_chain_and_budget():
 def test_status_says_where_a_run_stands():
     assert zoo.status({}) == "not run yet"
     train = {"done": False, "epochs_done": 3, "epochs": 10, "minutes": 12.5, "curve": [{"map": 0.051}]}
-    assert zoo.status({"train": train}) == "training: 3 of 10 epochs in 12.5 min, mAP 5.1 during training"
+    assert zoo.status({"train": train}) == "training: 3 of 10 epochs in 12.5 CPU min, mAP 5.1 during training"
     assert zoo.status({"train": train, "export": {"error": "ValueError: x"}}) == "export failed: ValueError: x"
     assert zoo.status({"train": {"reused": "demo/models/x"}, "measure": {"done": True}}) == "measured"

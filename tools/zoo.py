@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"steps to run (default: all): {', '.join(zoo.STEPS)}; a step runs once the one "
                              "before it is done (analysis only where INT8 is > 1.0 point below FP32)")
     parser.add_argument("--max_minutes", type=float, default=45.0,
-                        help="training budget per model: stop at the first epoch end past it (default 45; "
-                             "0: no budget)")
+                        help="training budget per model in CPU minutes of its one thread (= wall minutes on an idle "
+                             "machine): stop at the first epoch end past it (default 45; 0: no budget)")
     parser.add_argument("--no_nncf", action="store_true", help="do not measure NNCF's INT8 (even with .venv-nncf)")
     parser.add_argument("--write_docs", action="store_true",
                         help="only merge the saved results into docs/results/models.json, docs/models.md and "
