@@ -100,7 +100,15 @@ def _same_scores(a: dict[str, float], b: dict[str, float]) -> None:
         assert a[name] == pytest.approx(b[name], abs=1e-6), name
 
 
-def test_a_head_and_a_worker_node_give_the_serial_ranking_proxy_and_target(tmp_path):
+@pytest.fixture(scope="module")
+def serial_reference(tmp_path_factory) -> tuple[Path, dict]:
+    """(config, the serial run of it): the reference of the two-node and the killed-worker tests."""
+    tmp_path = tmp_path_factory.mktemp("serial")
+    cfg_path = _config(tmp_path)
+    return cfg_path, _serial(cfg_path, tmp_path / "serial")
+
+
+def test_a_head_and_a_worker_node_give_the_serial_ranking_proxy_and_target(tmp_path, serial_reference):
     """A cluster of two nodes (a head and a worker node, 1 CPU each, as `ray start --head` and
     `ray start --address` make them) joined by its address (--ray_address: the ptqdet package
     is shipped with the job): two workers give the serial run's ranking (same order, mAP and
@@ -110,8 +118,7 @@ def test_a_head_and_a_worker_node_give_the_serial_ranking_proxy_and_target(tmp_p
 
     from ptqdet.ray_pool import ParallelOptions
 
-    cfg_path = _config(tmp_path)
-    serial = _serial(cfg_path, tmp_path / "serial")
+    cfg_path, serial = serial_reference
     assert not serial["ray_imported"]  # no workers: nothing of Ray is loaded
     if ray.is_initialized():
         ray.shutdown()
@@ -162,11 +169,13 @@ def _worker_pids() -> list[int]:
     return mine
 
 
-def test_killed_worker_loses_no_finished_trial_and_an_interrupted_run_resumes(tmp_path, ray_cluster):
+def test_killed_worker_loses_no_finished_trial_and_an_interrupted_run_resumes(tmp_path, ray_cluster,
+                                                                            serial_reference):
     """A worker killed during the ranking: Ray restarts it and runs its trial again, and the run
-    ends with the ranking and target model of an uninterrupted run."""
-    cfg_path = _config(tmp_path)
-    whole = _parallel(cfg_path, tmp_path / "whole", max_drop=0.02, rank_modes=("quantize",), proxy_batches=0)
+    ends with the ranking and target model of an uninterrupted run (the serial one: the same
+    ranking as --workers, as the two-node test shows; the target search follows the "quantize
+    one" ranking, ties broken by the proxy, so both rank by it)."""
+    cfg_path, whole = serial_reference
     save_dir = tmp_path / "killed"
     seen: dict = {}
 
@@ -184,7 +193,7 @@ def test_killed_worker_loses_no_finished_trial_and_an_interrupted_run_resumes(tm
 
     watcher = threading.Thread(target=kill_a_worker_mid_run, daemon=True)
     watcher.start()
-    outcome = {"result": _parallel(cfg_path, save_dir, max_drop=0.02, rank_modes=("quantize",), proxy_batches=0)}
+    outcome = {"result": _parallel(cfg_path, save_dir, max_drop=0.02, rank_modes=("quantize",), proxy_batches=1)}
     watcher.join(timeout=5)
     before = seen.get("before", {})
     assert seen and len(before) < len(outcome["result"].ranking), "the run ended before a worker could be killed"
@@ -196,10 +205,10 @@ def test_killed_worker_loses_no_finished_trial_and_an_interrupted_run_resumes(tm
     for name, value in before.items():  # the trials finished before the kill are kept as they were
         assert result.metric_scores["quantize"][name] == value
     # the same ranking and target model as the uninterrupted run
-    assert result.ranking == whole.ranking
-    _same_scores(result.metric_scores["quantize"], whole.metric_scores["quantize"])
-    assert result.target.skip == whole.target.skip and result.target.met == whole.target.met
-    assert result.target.verified_map == pytest.approx(whole.target.verified_map, abs=1e-6)
+    assert result.ranking == whole["ranking"]
+    _same_scores(result.metric_scores["quantize"], whole["metric"]["quantize"])
+    assert result.target.skip == whole["target"]["skip"] and result.target.met == whole["target"]["met"]
+    assert result.target.verified_map == pytest.approx(whole["target"]["verified_map"], abs=1e-6)
 
     # an interrupted parallel run: results.json holds part of the trials; the next run does the rest only
     cache = next(save_dir.glob(".work/*/results.json"))
@@ -209,7 +218,7 @@ def test_killed_worker_loses_no_finished_trial_and_an_interrupted_run_resumes(tm
     for name in dropped:
         del data["metric_quantize"][name]
     cache.write_text(json.dumps(data))
-    again = _parallel(cfg_path, save_dir, max_drop=None, rank_modes=("quantize",), proxy_batches=0)
+    again = _parallel(cfg_path, save_dir, max_drop=None, rank_modes=("quantize",), proxy_batches=1)
     assert again.counters.fast_evaluations == len(dropped)
     _same_scores(again.metric_scores["quantize"], full)
     assert again.ranking == result.ranking
