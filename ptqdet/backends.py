@@ -176,11 +176,11 @@ class OpenVINOBackend(OnnxRunner):
         return [request.get_output_tensor(i).data.copy() for i in range(len(self.output_names))]
 
     def profiler(self, feed: dict[str, np.ndarray], warmup: int = 5
-                 ) -> tuple[Callable[[], dict[str, float]], list[tuple[str, list[str]]]]:
+                 ) -> tuple[Callable[[], dict[str, float]], list[tuple[str, list[str], str]]]:
         """A profiling copy of the compiled model (OpenVINO's PERF_COUNT; the runner itself is
         unchanged): a function that runs it once on `feed` and returns microseconds per executed
         node, and the compiled model's nodes in order with the original (ONNX) layer names fused
-        into each."""
+        into each and the node's runtime type (Convolution, Reorder, FakeQuantize, ...)."""
         feed = self._feed(feed)
         request = self.compile_for(feed, {"PERF_COUNT": True}).create_infer_request()
         for _ in range(warmup):
@@ -194,7 +194,7 @@ class OpenVINOBackend(OnnxRunner):
         for op in request.get_compiled_model().get_runtime_model().get_ordered_ops():
             rt = op.get_rt_info()
             names = rt["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in rt else []
-            nodes.append((op.get_friendly_name(), names))
+            nodes.append((op.get_friendly_name(), names, rt["layerType"].astype(str) if "layerType" in rt else ""))
         return run, nodes
 
     def precision_in_use(self) -> str:
@@ -206,9 +206,11 @@ class OpenVINOBackend(OnnxRunner):
         return value.get_type_name() if hasattr(value, "get_type_name") else str(value)  # "f32" / "bf16"
 
 
-def median_profile(runs: list[dict[str, float]], nodes: list[tuple[str, list[str]]]) -> list[tuple[list[str], float]]:
-    """(original layer names, median µs) per node, from a profiler's runs (OpenVINOBackend.profiler)."""
-    return [(names, float(np.median([r.get(node, 0.0) for r in runs]))) for node, names in nodes]
+def median_profile(runs: list[dict[str, float]], nodes: list[tuple]) -> list[tuple[list[str], float, str]]:
+    """(original layer names, median µs, runtime node type) per node, from a profiler's runs
+    (OpenVINOBackend.profiler)."""
+    return [(names, float(np.median([r.get(node, 0.0) for r in runs])), kind[0] if kind else "")
+            for node, names, *kind in nodes]
 
 
 def open_backend(name: str, model: str | Path | ModelFiles, options: BackendOptions | None = None,

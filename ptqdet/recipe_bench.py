@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .analysis.deploy import conv_kernel_ratio
+from .analysis.deploy import COUNTED_NODES, graph_costs
 from .backends import BackendOptions, open_backend
 from .benchmark import INT8_STAMP, BenchSettings, ModelSet, bench_backend, quantize_cached
 from .config import PTQDetConfig
@@ -51,6 +51,8 @@ class RecipeRow:
     ptq_seconds: float | None = None
     latency: dict[int, dict[str, float | None]] = field(default_factory=dict)  # threads -> precision -> ms
     conv_ratio: dict[int, float] = field(default_factory=dict)  # threads -> convolutions' own time, INT8/FP32
+    outside_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # threads -> FP32, INT8 outside convs
+    nodes: dict[str, tuple[int, int]] = field(default_factory=dict)  # Reorder/FakeQuantize -> FP32, INT8 node counts
     error: str | None = None
 
     def int8(self, threads: int) -> tuple[float | None, str]:
@@ -165,7 +167,7 @@ def measure_latency(cfg: PTQDetConfig, row: RecipeRow, models: ModelSet, threads
                     progress: bool = True) -> None:
     """OpenVINO latency of FP32, FP32 at bf16 and the INT8 export models.onnx["INT8"] (f32 and
     bf16), run by run in alternation, at each thread count, into `row`; and the convolutions'
-    own time, INT8 over FP32 (ptqdet.analysis.deploy.conv_kernel_ratio)."""
+    own time, INT8 over FP32, and the time and nodes outside them (ptqdet.analysis.deploy.graph_costs)."""
     errors = [row.error] if row.error else []
     for n in threads:
         settings = BenchSettings(backends=(RUNTIME,), threads=n, progress=progress, rounds=LATENCY_RUNS, repeats=1)
@@ -173,8 +175,10 @@ def measure_latency(cfg: PTQDetConfig, row: RecipeRow, models: ModelSet, threads
         row.latency[n] = {r.precision: r.median for r in rows}
         errors += [f"{r.precision} ({n}T): {r.error}" for r in rows if r.error]
         try:
-            row.conv_ratio[n] = conv_kernel_ratio(Path(models.onnx["FP32"]), Path(models.onnx["INT8"]), n, feed,
-                                               runs=LATENCY_RUNS)
+            fp32, int8 = graph_costs(Path(models.onnx["FP32"]), Path(models.onnx["INT8"]), n, feed, runs=LATENCY_RUNS)
+            row.conv_ratio[n] = int8.conv_ms / fp32.conv_ms
+            row.outside_ms[n] = (fp32.outside_ms, int8.outside_ms)
+            row.nodes = {kind: (fp32.nodes[kind], int8.nodes[kind]) for kind in COUNTED_NODES}
         except (RuntimeError, OSError, ValueError) as exc:
             errors.append(f"convolution profile ({n}T): {_short(exc)}")
     row.error = "; ".join(errors) or None
@@ -210,7 +214,9 @@ def run_recipes(cfg: PTQDetConfig, recipes: list[Recipe], work_dir: Path, thread
 def recipes_table(rows: list[RecipeRow], threads: list[int]) -> str:
     headers = ["model", "recipe", "mAP simulated", "mAP OpenVINO INT8 (b)", "FP32 mAP", "layers in float", "PTQ s"]
     for n in threads:
-        headers += [f"INT8 ms ({n}T)", f"INT8/FP32 ({n}T)", f"INT8/bf16 ({n}T)", f"conv INT8/FP32 ({n}T)"]
+        headers += [f"INT8 ms ({n}T)", f"INT8/FP32 ({n}T)", f"INT8/bf16 ({n}T)", f"conv INT8/FP32 ({n}T)",
+                    f"outside convs ms FP32 / INT8 ({n}T)"]
+    headers += [f"{kind} nodes FP32 / INT8" for kind in COUNTED_NODES]
     table = []
     for r in rows:
         runtime = f"{_points(r.runtime_map)} ({_points(r.runtime_bf16_map)})" if r.runtime_map is not None else None
@@ -222,14 +228,19 @@ def recipes_table(rows: list[RecipeRow], threads: list[int]) -> str:
             fp, bf = r.ratio(n, "FP32"), r.ratio(n, "FP32 (bf16)")
             mark = "b" if which == "INT8 (bf16)" else ""
             conv = r.conv_ratio.get(n)
+            outside = r.outside_ms.get(n)
             cells += [f"{ms:.1f}{mark}" if ms else None, f"{fp:.2f}" if fp else None, f"{bf:.2f}" if bf else None,
-                      f"{conv:.2f}" if conv else None]
+                      f"{conv:.2f}" if conv else None, f"{outside[0]:.2f} / {outside[1]:.2f}" if outside else None]
+        cells += [f"{r.nodes[kind][0]} / {r.nodes[kind][1]}" if kind in r.nodes else None for kind in COUNTED_NODES]
         table.append(cells)
     text = markdown_table(headers, table) + ("\n\nINT8 ms: the faster of the INT8 model's two OpenVINO runs, its "
                                               "remaining float ops in f32 or (b) in bf16. conv INT8/FP32: the "
                                               "convolutions' own OpenVINO node time (per-node profile, median), INT8 "
                                               "over FP32, without quantizations, reorders or other nodes: what the "
-                                              "INT8 kernels gain on this CPU.")
+                                              "INT8 kernels gain on this CPU. outside convs: the time of every other "
+                                              "node (input quantizations, reorders, float ops) of the FP32 and the "
+                                              "INT8 model, f32, same profile; Reorder and FakeQuantize nodes: those "
+                                              "each model runs on their own (not fused into a convolution).")
     errors = [f"- {r.model} / {r.recipe}: {r.error}" for r in rows if r.error]
     return text + ("\n\nErrors:\n" + "\n".join(errors) if errors else "")
 

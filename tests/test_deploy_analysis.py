@@ -105,6 +105,28 @@ def test_conv_kernel_ratio_counts_the_convolutions_alone(tmp_path, monkeypatch):
         deploy.conv_kernel_ratio(tmp_path / "fp32", tmp_path / "ir", 1, feed, runs=3)
 
 
+class _FakeTyped(_FakeProfiled):
+    def profiler(self, feed):
+        times = {n: us for n, (_, us, _) in self.nodes.items()}
+        return (lambda: times), [(n, names, kind) for n, (names, _, kind) in self.nodes.items()]
+
+
+def test_graph_costs_split_conv_and_outside_time_and_count_reorders_and_quantizes(tmp_path, monkeypatch):
+    from ptqdet.analysis import deploy
+
+    _fp32_conv_model(tmp_path / "fp32")
+    _qdq_conv_model(tmp_path / "int8")
+    profiles = {"fp32": {"conv": (["Conv.0"], 10.0, "Convolution"), "r": ([""], 5.0, "Reorder")},
+                "int8": {"q": (["x.Q"], 7.0, "FakeQuantize"), "conv": (["Conv.0", "x.DQ", "w.DQ"], 4.0, "Convolution"),
+                         "r1": ([""], 2.0, "Reorder"), "r2": ([""], 1.0, "Reorder"), "s": (["y"], 3.0, "Softmax")}}
+    monkeypatch.setattr(deploy, "open_backend", lambda name, path, options: _FakeTyped(profiles[path.name]))
+    fp32, int8 = deploy.graph_costs(tmp_path / "fp32", tmp_path / "int8", 1, {"x": np.zeros((1, 3, 2, 2), np.float32)},
+                                    runs=3)
+    assert (fp32.conv_ms, fp32.outside_ms) == pytest.approx((0.010, 0.005))
+    assert (int8.conv_ms, int8.outside_ms) == pytest.approx((0.004, 0.013))  # quantize 7 + reorders 3 + softmax 3 µs
+    assert fp32.nodes == {"Reorder": 1, "FakeQuantize": 0} and int8.nodes == {"Reorder": 2, "FakeQuantize": 1}
+
+
 def test_paired_saving_sees_a_small_gain_through_shared_bursts():
     from ptqdet.analysis.deploy import paired_saving
 

@@ -120,10 +120,13 @@ def test_nncf_row_is_measured_like_a_recipe(fp32_export, tmp_path, monkeypatch):
     assert set(row.latency[1]) == {"FP32", "FP32 (bf16)", "INT8", "INT8 (bf16)"}
     assert all(ms > 0 for ms in row.latency[1].values()) and row.ratio(1, "FP32") > 0
     assert 0.0 < row.conv_ratio[1] < 5.0  # the IR's convolutions found under the FP32 export's Conv names
+    assert all(ms > 0 for ms in row.outside_ms[1])  # FP32, INT8: the profile's other nodes
+    assert set(row.nodes) == {"Reorder", "FakeQuantize"} and row.nodes["FakeQuantize"][0] == 0  # none in FP32
     stamp = json.loads((tmp_path / "nncf_performance" / peers.STAMP).read_text())
     assert stamp["runtime_map"] == row.runtime_map  # kept with the model, reused by the next run
     table = recipe_bench.recipes_table([row], [1])
     assert "| NNCF performance |" in table and "conv INT8/FP32 (1T)" in table
+    assert "outside convs ms FP32 / INT8 (1T)" in table and "FakeQuantize nodes FP32 / INT8" in table
 
 
 def _crash(*args) -> float:

@@ -13,8 +13,9 @@ latency of the models the analysis chooses, measured on it.
 - `measured_base`: of the layers the profile says are faster in float, those that make the whole
   model faster, measured end to end on the runtime with float_variant (a float layer between
   INT8 layers also moves conversions that the per-node profile does not charge to it).
-- `conv_kernel_ratio`: the convolutions' own time on OpenVINO, INT8 over FP32 (what the
-  INT8 kernels gain on this CPU; tools/bench_recovery.py reports it).
+- `graph_costs`, `conv_kernel_ratio`: the convolutions' own time on OpenVINO (what the INT8
+  kernels gain on this CPU) and the time and Reorder/FakeQuantize nodes outside them, INT8
+  against FP32 (what the INT8 graph adds around them); tools/bench_recovery.py reports both.
 """
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def attribute(profile: list[tuple[list[str], float]], layers: dict[str, tuple[se
     it runs, else (`with_quantize`) to the layer whose input quantization it runs; others are
     shared by all."""
     times = dict.fromkeys(layers, 0.0)
-    for names, us in profile:
+    for names, us, *_ in profile:
         found = set(names)
         owner = next((w for w, (own, _) in layers.items() if own & found), None)
         if owner is None and with_quantize:
@@ -154,24 +155,50 @@ def layer_costs(models: ModelSet, backend: str, threads: int, feed: dict[str, np
             for w, us in int8.items()}
 
 
-def conv_kernel_ratio(fp32_export: Path, int8_export: Path, threads: int, feed: dict[str, np.ndarray],
-                      runs: int = 200) -> float:
-    """OpenVINO time of the convolutions alone, INT8 over FP32: both models profiled per node in
-    alternation (alternated_profiles), summed over the nodes that run a Conv (with what is fused
-    into it), leaving out the input quantizations, reorders and every other node. What the INT8
-    convolution kernels gain on this CPU: with convolutions most of the time, the whole model's
-    INT8/FP32 ratio cannot go far below it whatever graph surrounds them. An OpenVINO IR made
-    from the FP32 export (NNCF's) keeps its Conv names: its convolutions are read there."""
+# the runtime nodes graph_costs counts: what ptqdet's graph may add around the convolutions
+COUNTED_NODES = ("Reorder", "FakeQuantize")
+
+
+@dataclasses.dataclass
+class GraphCost:
+    """One model's OpenVINO time in its convolutions and outside them (ms, per-node profile
+    medians), and how many Reorder and FakeQuantize nodes it runs on their own."""
+
+    conv_ms: float
+    outside_ms: float  # input quantizations, reorders and every other node
+    nodes: dict[str, int]  # COUNTED_NODES type -> executed nodes of that type
+
+
+def graph_costs(fp32_export: Path, int8_export: Path, threads: int, feed: dict[str, np.ndarray],
+                runs: int = 200) -> tuple[GraphCost, GraphCost]:
+    """(FP32, INT8) GraphCost on OpenVINO: both models profiled per node in alternation
+    (alternated_profiles); a node is a convolution's when it runs a Conv (with what is fused into
+    it). An OpenVINO IR made from the FP32 export (NNCF's) keeps its Conv names: its convolutions
+    are read there."""
     def convolutions(export: Path) -> dict[str, tuple[set[str], set[str]]]:
         onnx_path = export / "model.onnx"
         return onnx_layer_nodes(onnx_path if onnx_path.is_file() else fp32_export / "model.onnx")
 
     exports = [fp32_export, int8_export]
-    fp32, int8 = (sum(attribute(profile, convolutions(export), with_quantize=False).values())
-                  for export, profile in zip(exports, alternated_profiles("openvino", exports, threads, feed, runs)))
-    if not fp32 or not int8:
+    costs = []
+    for export, profile in zip(exports, alternated_profiles("openvino", exports, threads, feed, runs)):
+        conv = sum(attribute(profile, convolutions(export), with_quantize=False).values())
+        total = sum(us for _, us, *_ in profile)
+        kinds = [kind[0] if kind else "" for _, _, *kind in profile]
+        costs.append(GraphCost(conv / 1000.0, (total - conv) / 1000.0, {k: kinds.count(k) for k in COUNTED_NODES}))
+    if not costs[0].conv_ms or not costs[1].conv_ms:
         raise RuntimeError(f"no convolution found in the OpenVINO profile of {fp32_export} or {int8_export}")
-    return int8 / fp32
+    return costs[0], costs[1]
+
+
+def conv_kernel_ratio(fp32_export: Path, int8_export: Path, threads: int, feed: dict[str, np.ndarray],
+                      runs: int = 200) -> float:
+    """OpenVINO time of the convolutions alone, INT8 over FP32 (graph_costs), leaving out the
+    input quantizations, reorders and every other node. What the INT8 convolution kernels gain
+    on this CPU: with convolutions most of the time, the whole model's INT8/FP32 ratio cannot go
+    far below it whatever graph surrounds them."""
+    fp32, int8 = graph_costs(fp32_export, int8_export, threads, feed, runs)
+    return int8.conv_ms / fp32.conv_ms
 
 
 def _dequantized(graph: Any, dq: Any) -> np.ndarray | None:
