@@ -80,19 +80,23 @@ XDIST_LONGEST_FIRST = ("test_analysis", "ray", "test_coverage", "real", "test_si
                        "test_pipeline", "test_recovery", "test_fast_passes", "test_quiet", "test_peers")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    def group(item) -> str:
-        stem = Path(item.fspath).stem
-        return XDIST_GROUP_OF.get(stem, stem)
+def _xdist_group(item) -> str:
+    stem = Path(item.fspath).stem
+    return XDIST_GROUP_OF.get(stem, stem)
 
+
+def pytest_itemcollected(item):
+    # as each test is collected: xdist reads the groups in its own pytest_collection_modifyitems,
+    # which ran before this conftest's (tryfirst notwithstanding)
+    item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+
+
+def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
-        name = group(item)
+        name = _xdist_group(item)
         return XDIST_LONGEST_FIRST.index(name) if name in XDIST_LONGEST_FIRST else len(XDIST_LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the tests of a file keep their order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
 
 
 @pytest.fixture
