@@ -138,3 +138,21 @@ def test_paired_saving_sees_a_small_gain_through_shared_bursts():
     assert saving == pytest.approx(0.2, abs=0.02) and error < 0.02
     same, same_error = paired_saving(list(before), list(before + rng.normal(0, 0.02, 100)))
     assert abs(same) < 2 * same_error + 0.01
+
+
+def test_layer_costs_cover_the_quantized_layers_only(tmp_path, monkeypatch):
+    """A layer skip_tensor_list keeps in float is a Conv without QDQ in the INT8 export: no cost
+    of float (the latency base would try to put it in float and find no QDQ to take away)."""
+    from ptqdet.analysis import deploy
+    from ptqdet.benchmark import ModelSet
+
+    layers = {"fp32": {"a.w": ({"Conv.a"}, set()), "b.w": ({"Conv.b"}, set())},
+              "int8": {"a.w": ({"Conv.a"}, {"a.Q", "a.DQ"}), "b.w": ({"Conv.b"}, set())}}
+    profiles = [[(["Conv.a"], 10.0, "Convolution"), (["Conv.b"], 8.0, "Convolution")],
+                [(["a.Q"], 1.0, "FakeQuantize"), (["Conv.a"], 4.0, "Convolution"), (["Conv.b"], 8.0, "Convolution")]]
+    monkeypatch.setattr(deploy, "onnx_layer_nodes", lambda path: layers[path.parent.name])
+    monkeypatch.setattr(deploy, "alternated_profiles", lambda backend, exports, threads, feed, runs: profiles)
+    models = ModelSet(None, None, onnx={"FP32": str(tmp_path / "fp32"), "INT8": str(tmp_path / "int8")})
+    costs = deploy.layer_costs(models, "openvino", 1, {}, runs=1)
+    assert list(costs) == ["a.w"]
+    assert costs["a.w"]["int8_us"] == 5.0 and costs["a.w"]["cost_ms"] == pytest.approx(0.005)

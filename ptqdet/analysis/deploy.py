@@ -143,16 +143,19 @@ def alternated_profiles(backend: str, exports: list[Path], threads: int, feed: d
 
 def layer_costs(models: ModelSet, backend: str, threads: int, feed: dict[str, np.ndarray], runs: int = 30
                 ) -> dict[str, dict[str, float]]:
-    """Per layer, µs in the FP32 and the INT8 model on `backend` and the cost of float (ms:
-    fp32 - int8). Empty when the backend has no per-node profile here (PROFILED_BACKENDS)."""
+    """Per layer quantized in the INT8 model (its Conv reads a quantized input; the layers of
+    skip_tensor_list are float there already), µs in the FP32 and the INT8 model on `backend` and
+    the cost of float (ms: fp32 - int8). Empty when the backend has no per-node profile here
+    (PROFILED_BACKENDS)."""
     if backend not in PROFILED_BACKENDS:
         return {}
     exports = [Path(models.onnx[precision]) for precision in ("FP32", "INT8")]
-    fp32, int8 = (attribute(profile, onnx_layer_nodes(export / "model.onnx"))
-                  for export, profile in zip(exports, alternated_profiles(backend, exports, threads, feed, runs)))
+    nodes = [onnx_layer_nodes(export / "model.onnx") for export in exports]
+    fp32, int8 = (attribute(profile, layers)
+                  for layers, profile in zip(nodes, alternated_profiles(backend, exports, threads, feed, runs)))
     return {w: {"fp32_us": round(fp32.get(w, 0.0), 1), "int8_us": round(us, 1),
                 "cost_ms": (fp32.get(w, 0.0) - us) / 1000.0}
-            for w, us in int8.items()}
+            for w, us in int8.items() if nodes[1][w][1]}
 
 
 # the runtime nodes graph_costs counts: what ptqdet's graph may add around the convolutions
