@@ -21,7 +21,6 @@ from .paddle_static import (
     WEIGHT_DEQUANT_PREFIXES,
     atomic_dir,
     fast_ir_graph,
-    onednn_kernels,
     replace_dir,
     static_mode,
     weight_slot,
@@ -228,11 +227,8 @@ def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, setting
     with atomic_dir(save_dir, create=False) as tmp_dir:
         fp32_dir = tmp_dir.with_name(f"{tmp_dir.name}{RECOVERED_SUFFIX}")
         try:
-            # calibration runs forward only (no reconstruction or AdaRound training): oneDNN's kernels
-            with onednn_kernels(device == "cpu" and settings.reconstruction == "none"
-                                and settings.round_type == "round"):
-                source, maxima = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
-                run_quant_post_static(source, tmp_dir, loader, settings, skip_tensor_list, device, progress)
+            source, maxima = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
+            run_quant_post_static(source, tmp_dir, loader, settings, skip_tensor_list, device, progress)
             if maxima:  # equalized inputs: no clipping, whatever the calibration algorithm
                 from .recovery import set_activation_maxima
 
