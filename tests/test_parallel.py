@@ -108,7 +108,7 @@ def serial_reference(tmp_path_factory) -> tuple[Path, dict]:
     return cfg_path, _serial(cfg_path, tmp_path / "serial")
 
 
-def test_a_head_and_a_worker_node_give_the_serial_ranking_proxy_and_target(tmp_path, serial_reference):
+def test_a_head_and_a_worker_node_give_the_serial_ranking_proxy_and_target(tmp_path, serial_reference, monkeypatch):
     """A cluster of two nodes (a head and a worker node, 1 CPU each, as `ray start --head` and
     `ray start --address` make them) joined by its address (--ray_address: the ptqdet package
     is shipped with the job): two workers give the serial run's ranking (same order, mAP and
@@ -122,6 +122,10 @@ def test_a_head_and_a_worker_node_give_the_serial_ranking_proxy_and_target(tmp_p
     assert not serial["ray_imported"]  # no workers: nothing of Ray is loaded
     if ray.is_initialized():
         ray.shutdown()
+    # Ray's workers run at niceness 15 by default: beside the other xdist worker's tests they got
+    # nearly no CPU (as in the ray_cluster fixture, they run at the tests' own priority)
+    monkeypatch.setenv("RAY_worker_niceness", "0")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     node = {"num_cpus": 1, "object_store_memory": 200 * 2**20}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     try:
