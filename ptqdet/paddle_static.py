@@ -60,22 +60,6 @@ def static_mode() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def onednn_kernels(enabled: bool = True) -> Iterator[None]:
-    """The static executor's CPU kernels from oneDNN inside the block (FLAGS_use_mkldnn; Paddle's
-    default is its plain kernels), restored after it. For forward runs over a few programs, such
-    as calibration (several times faster per batch); not for the analysis' trial programs, where
-    oneDNN caches primitives for every new program and never frees them."""
-    import paddle
-
-    saved = paddle.get_flags(["FLAGS_use_mkldnn"])
-    paddle.set_flags({"FLAGS_use_mkldnn": enabled})
-    try:
-        yield
-    finally:
-        paddle.set_flags(saved)
-
-
-@contextlib.contextmanager
 def dynamic_mode() -> Iterator[None]:
     """Paddle in dygraph mode inside the block, restored to the caller's mode after it."""
     import paddle

@@ -76,7 +76,7 @@ def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict
     spread less than min_spread (channel_spread) stay as they are. Returns the equalized layers."""
     import paddle
 
-    from .paddle_static import loaded_program, onednn_kernels
+    from .paddle_static import loaded_program
 
     skip = set(skip)
     result = EqualizationResult()
@@ -87,12 +87,8 @@ def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict
                    if strengths.get(op.type, 0) > 0 and op.input("Filter")[0] not in skip
                    and (op.type == "depthwise_conv2d" or op.attr("groups") == 1)]
         inputs = list(dict.fromkeys(op.input("Input")[0] for op in targets))
-        feeds = [{k: v for k, v in f.items() if k in model.feed_names} for f in feeds]
-        try:  # oneDNN's kernels: several times faster per batch than Paddle's plain ones
-            with onednn_kernels():
-                ranges = channel_ranges(model.exe, model.program, feeds, inputs)
-        except (RuntimeError, ValueError, OSError):  # an op oneDNN cannot run here (e.g. int64 tensors)
-            ranges = channel_ranges(model.exe, model.program, feeds, inputs)
+        feeds = ({k: v for k, v in f.items() if k in model.feed_names} for f in feeds)
+        ranges = channel_ranges(model.exe, model.program, feeds, inputs)
         targets = [op for op in targets if op.type != "depthwise_conv2d"
                    or channel_spread(ranges[op.input("Input")[0]]) >= min_spread]
         for op in targets:

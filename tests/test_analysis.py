@@ -55,10 +55,11 @@ EVAL_IMAGES = 80  # lean: the first 80 of the 200 val images (the full config st
 
 
 def _analysis_config(tmp_path, extra="", eval_images=EVAL_IMAGES):
-    """The demo analysis config, lean: FastEvalDataset the first 8 val images, EvalDataset the
-    first eval_images (split into search and held-out images as the full one is)."""
+    """The demo analysis config, lean: FastEvalDataset the first 4 val images (each ranking trial
+    evaluates them), EvalDataset the first eval_images (split into search and held-out images as
+    the full one is)."""
     val = DEMO_DATA / "annotations/instances_val.json"
-    fast = write_subset(val, tmp_path / "fast.json", 8)
+    fast = write_subset(val, tmp_path / "fast.json", 4)
     lean = write_subset(val, tmp_path / "eval.json", eval_images)
     return write_config(tmp_path, f"""_BASE_: ['@DEMO@/picodet_s_analysis.yaml']
 save_dir: {tmp_path / 'ana'}
@@ -139,7 +140,8 @@ def test_analysis_ranks_searches_verifies_held_out_and_reuses_its_cache(tmp_path
                  "weight_distribution.png", "analysis.md", "distribution_stats.json"):
         assert (ana / name).is_file(), name
     analyzed = load_config(next(ana.glob("*_analyzed_ptq.yaml")))
-    assert analyzed.skip_tensor_list == target["skip"]
+    # the config's own skip_tensor_list (the lean one) kept, the target's layers added
+    assert analyzed.skip_tensor_list == list(dict.fromkeys(load_config(cfg_path).skip_tensor_list + target["skip"]))
     assert analyzed.ptq == load_config(cfg_path).ptq
     assert (ana / "target_quant_model" / "model.pdmodel").is_file()
 

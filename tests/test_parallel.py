@@ -2,7 +2,7 @@
 by address; ray.init with 2 CPUs): the same ranking, proxy and target as the serial run; a worker
 killed mid-run loses no finished trial; an interrupted parallel run resumes from its cache; the
 PTQ recipe search. Lean: 18 of the demo PicoDet-s' 98 layers are quantized (the others in
-skip_tensor_list), 8 FastEval and 16 Eval images, 2 calibration batches."""
+skip_tensor_list), 4 FastEval and 16 Eval images, 2 calibration batches."""
 import json
 import os
 import signal
@@ -39,7 +39,7 @@ def ray_cluster():
 
 
 def _config(tmp_path: Path) -> Path:
-    fast = write_subset(DEMO_DATA / "annotations/instances_val.json", tmp_path / "fast.json", 8)
+    fast = write_subset(DEMO_DATA / "annotations/instances_val.json", tmp_path / "fast.json", 4)
     full = write_subset(DEMO_DATA / "annotations/instances_val.json", tmp_path / "full.json", 16)
     datasets = "".join(f"""{key}:
   !COCODataSet
