@@ -186,8 +186,8 @@ def graph_costs(fp32_export: Path, int8_export: Path, threads: int, feed: dict[s
     costs = []
     for export, profile in zip(exports, alternated_profiles("openvino", exports, threads, feed, runs)):
         conv = sum(attribute(profile, convolutions(export), with_quantize=False).values())
-        total = sum(us for _, us, *_ in profile)
-        kinds = [kind[0] if kind else "" for _, _, *kind in profile]
+        total = sum(us for _, us, _ in profile)
+        kinds = [kind for _, _, kind in profile]  # median_profile: (names, µs, runtime node type)
         costs.append(GraphCost(conv / 1000.0, (total - conv) / 1000.0, {k: kinds.count(k) for k in COUNTED_NODES}))
     if not costs[0].conv_ms or not costs[1].conv_ms:
         raise RuntimeError(f"no convolution found in the OpenVINO profile of {fp32_export} or {int8_export}")
