@@ -138,3 +138,92 @@ def test_status_says_where_a_run_stands():
     assert zoo.status({"train": train}) == "training: 3 of 10 epochs in 12.5 CPU min, mAP 5.1 during training"
     assert zoo.status({"train": train, "export": {"error": "ValueError: x"}}) == "export failed: ValueError: x"
     assert zoo.status({"train": {"reused": "demo/models/x"}, "measure": {"done": True}}) == "measured"
+
+
+class _Tensor:
+    def __init__(self, name: str, shape: tuple[int, ...]):
+        self.name, self.shape = name, shape
+
+
+def test_backbone_state_matched_by_tensor_name_and_shape():
+    import numpy as np
+    import pytest
+
+    from ptqdet.demo.backbone import BackboneMismatch, match_state_dict
+
+    shared = _Tensor("conv2d_9.w_0", (6, 4, 1, 1))
+    state = {"backbone.conv.weight": _Tensor("conv2d_0.w_0", (8, 3, 3, 3)),
+             "backbone.bn._mean": _Tensor("batch_norm2d_0.w_1", (8,)),
+             "head.cls.weight": shared, "head.cls_list.0.weight": shared,  # one parameter under two keys
+             "head.scale": _Tensor("scale_0.w_0", (1,))}  # folded into the export: not there
+    exported = {"conv2d_0.w_0": np.ones((8, 3, 3, 3)), "batch_norm2d_0.w_1": np.full(8, 2.0),
+                "conv2d_9.w_0": np.zeros((6, 4, 1, 1))}
+    out = match_state_dict(state, exported)
+    assert sorted(out) == ["backbone.bn._mean", "backbone.conv.weight"] and out["backbone.bn._mean"][0] == 2.0
+    with pytest.raises(BackboneMismatch, match="shape"):  # built with other widths than the export
+        match_state_dict({**state, "backbone.bn._mean": _Tensor("batch_norm2d_0.w_1", (16,))}, exported)
+    with pytest.raises(BackboneMismatch, match="not in the export"):  # names shifted by an earlier model
+        match_state_dict({**state, "backbone.conv.weight": _Tensor("conv2d_1.w_0", (8, 3, 3, 3))}, exported)
+    with pytest.raises(BackboneMismatch, match="two tensors"):
+        match_state_dict({**state, "head.other": _Tensor("conv2d_9.w_0", (6, 4, 1, 1))}, exported)
+
+
+def test_backbone_recovered_from_the_demo_picodet_export(tmp_path):
+    """The real recovery (a child process, as ptqdet.zoo runs it): every LCNet key found, the
+    values the export's."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import paddle
+
+    from ptqdet.demo.backbone import export_tensors
+
+    out = tmp_path / "lcnet.pdparams"
+    subprocess.run([sys.executable, "-m", "ptqdet.demo.backbone", "lcnet_x0_75", "--out", str(out)], check=True,
+                   capture_output=True)
+    state = paddle.load(str(out))
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["backbone_keys"] == len(state) > 100 and all(k.startswith("backbone.") for k in state)
+    exported = export_tensors(Path("demo/models/picodet_s_shapes"))
+    means = [k for k in state if k.endswith("._mean")]
+    assert means and all(any(np.array_equal(state[k].numpy(), v) for v in exported.values()) for k in means[:3])
+
+
+def test_strided_lcnet_tells_fpn_its_strides():
+    import paddle
+
+    from ptqdet.demo.backbone import register_ppdet_backbones
+
+    register_ppdet_backbones()
+    from ptqdet.demo import backbone
+
+    net = backbone.StridedLCNet(scale=0.75, feature_maps=[3, 4, 5])
+    shapes = net.out_shape
+    outs = net({"image": paddle.zeros([1, 3, 160, 160])})
+    assert [s.stride for s in shapes] == [8, 16, 32] == [160 // o.shape[-1] for o in outs]
+    assert [s.channels for s in shapes] == [o.shape[1] for o in outs]
+
+
+def test_pretrained_backbone_in_train_key_and_configs(tmp_path, monkeypatch):
+    from ppdet.core.workspace import load_config
+
+    from ptqdet.config import _reset_ppdet_workspace
+    from ptqdet.demo import backbone
+
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("model.pdmodel", "model.pdiparams"):
+        (export / name).write_bytes(b"1")
+    monkeypatch.setitem(backbone.SOURCES, "fake", backbone.Source("fake", str(export), "c.yml", "Fake"))
+    arch = _arch(tmp_path, "epoch: 4\n")
+    with_backbone = zoo.ZooArch("m", "M", source_config=arch.source_config, backbone="fake")
+    key = zoo.train_key(with_backbone, "d")
+    assert key != zoo.train_key(arch, "d")
+    (export / "model.pdiparams").write_bytes(b"2")  # the demo model retrained: train again
+    assert zoo.train_key(with_backbone, "d") != key
+    for a in zoo.ZOO:
+        if a.backbone:
+            _reset_ppdet_workspace()
+            cfg = load_config(str(a.train_config))
+            assert Path(cfg.pretrain_weights) == backbone.stable_path(a.backbone), a.name

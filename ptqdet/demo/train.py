@@ -29,8 +29,10 @@ def load_train_config(config: Path, name: str, save_dir: Path, epochs: int | Non
     from ppdet.utils.check import check_config
 
     from ..config import _reset_ppdet_workspace
+    from .backbone import register_ppdet_backbones
 
     _reset_ppdet_workspace()
+    register_ppdet_backbones()
     paddle.set_device("cpu")
     paddle.seed(0)
     cfg = load_config(str(config))
@@ -108,7 +110,8 @@ def _add_callbacks(trainer, callbacks: list) -> None:
 
 def train(cfg, run_dir: Path, resume: Path | None = None,
           on_step: Callable[[dict], None] | None = None, validate: bool = True) -> dict[str, Any]:
-    """Trainer.train on cfg (checkpoints in run_dir), resuming from `resume`; writes and returns
+    """Trainer.train on cfg (checkpoints in run_dir), resuming from `resume` (else starting from
+    cfg.pretrain_weights when set, as PaddleDetection's tools/train.py does); writes and returns
     run_dir/train_time.json (wall time of this run, epochs, batch size, iterations per epoch)."""
     from ppdet.engine import Trainer
 
@@ -120,6 +123,8 @@ def train(cfg, run_dir: Path, resume: Path | None = None,
     _add_callbacks(trainer, callbacks)
     if resume:
         trainer.resume_weights(str(resume))
+    elif cfg.get("pretrain_weights"):  # as PaddleDetection's tools/train.py: a fresh run starts from them
+        trainer.load_weights(str(cfg.pretrain_weights))
     start = time.time()
     trainer.train(validate=validate)
     previous = json.loads((run_dir / "train_time.json").read_text()) if (run_dir / "train_time.json").is_file() else {}
