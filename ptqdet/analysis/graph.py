@@ -13,11 +13,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..files import ModelFiles
-from ..paddle_static import ACT_QUANT_PREFIXES, DEQUANT_PREFIXES, WEIGHT_SLOTS, load_static_model, static_mode
+from ..paddle_static import (
+    ACT_QUANT_PREFIXES,
+    DEQUANT_PREFIXES,
+    WEIGHT_SLOTS,
+    ProgramRunner,
+    load_static_model,
+    static_mode,
+)
+
+RUNNERS_KEPT = 4  # (program, fetch) runners kept: each holds its executor's memory
 
 
 @dataclass
@@ -47,6 +57,7 @@ class QuantGraph:
             self.layers = self._find_layers()
             self._load_fp32_weights(fp32_files)
         self.pre_nms = self._pre_nms_vars()
+        self._runners: list[tuple[Any, tuple[str, ...], ProgramRunner]] = []  # the last few, newest last
 
     def _find_layers(self) -> dict[str, Layer]:
         ops = self.program.global_block().ops
@@ -124,13 +135,16 @@ class QuantGraph:
         return program
 
     def run(self, program, feed: dict[str, np.ndarray], fetch: list[str] | None = None) -> list[np.ndarray]:
-        import paddle
-
-        fetch_list = fetch if fetch is not None else self.fetch_targets
-        with static_mode(), paddle.static.scope_guard(self.scope):
-            out = self.exe.run(program, feed={k: feed[k] for k in self.feed_names}, fetch_list=fetch_list,
-                               return_numpy=False, scope=self.scope)
-        return [np.array(o) for o in out]
+        """`program`'s outputs (fetch: variable names; default the model's outputs) for one feed.
+        The runners of the last few (program, fetch) pairs are kept: a trial runs its program on
+        every batch, and each program is new to the executor only once."""
+        fetch_names = tuple(fetch if fetch is not None else [t.name for t in self.fetch_targets])
+        runner = next((r for p, f, r in self._runners if p is program and f == fetch_names), None)
+        if runner is None:
+            with static_mode():
+                runner = ProgramRunner(program, self.feed_names, list(fetch_names), self.place, self.scope)
+            self._runners = [*self._runners[-(RUNNERS_KEPT - 1):], (program, fetch_names, runner)]
+        return runner.run(feed)
 
     def save(self, program, out_dir: Path) -> None:
         """Save a variant as an inference model (weights of reverted layers in float)."""
