@@ -585,6 +585,18 @@ class ArchRun:
         self.compare("onnxruntime_int8", runner, lambda feed: runner._infer_batch(runner._feed(feed)))  # noqa: SLF001
 
 
+def claim(claim_dir: Path, name: str) -> bool:
+    """Take `name` for this process: True once, for the first process that asks in `claim_dir`
+    (a file created exclusively), False for every other. Runs sharing the folder split the
+    architectures by how long each takes instead of by a fixed half."""
+    claim_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(claim_dir / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def run_arch(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False,
              progress: Callable[[str], None] | None = None, threads: int = 1) -> dict[str, Any]:
     """Every stage of one architecture; its row of docs/results/models.json."""

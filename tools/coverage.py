@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"exports and per-architecture work folders (default {coverage.CACHE_DIR})")
     parser.add_argument("--refresh", action="store_true", help="export again even when the cached export is current")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of every runtime (default 1)")
+    parser.add_argument("--claim_dir", type=Path, default=None,
+                        help="share the architectures with other runs given the same folder: each run takes the "
+                        "next one no run has taken yet (in --archs order), so runs side by side split the work")
     args = parser.parse_args(argv)
 
     os.chdir(ROOT)
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     archs = [coverage.ARCH_BY_NAME[n] for n in args.archs] if args.archs else list(coverage.ARCHS)
     rows = []
     for arch in archs:
+        if args.claim_dir is not None and not coverage.claim(args.claim_dir, arch.name):
+            continue
         with tqdm(total=len(coverage.STAGES), desc=f"{arch.name:<24}", unit="stage", leave=True) as bar:
             def progress(stage: str, bar=bar) -> None:
                 bar.set_postfix_str(stage)
