@@ -86,6 +86,9 @@ ZOO: tuple[ZooArch, ...] = (
     ZooArch("gfl_r18", f"GFL (FPN; backbone: {LCNET})", backbone="lcnet_x0_75",
             note="1.1 s per iteration at 160 px on one thread (a random ResNet-18-vd took 2.0 s and fit 4 epochs "
             "in 45 minutes)"),
+    ZooArch("centernet_mbv3_small", f"CenterNet (CenterNetDLAFPN, stride 4; backbone: {LCNET})",
+            backbone="lcnet_x0_75", note="trained on images stretched to 160 px in RGB as the zoo evaluates "
+            "them (PaddleDetection's CenterNet reader warps with the aspect ratio kept and swaps to BGR)"),
     ZooArch("retinanet_r18", f"RetinaNet (FPN, anchors at half size; backbone: {LCNET})", backbone="lcnet_x0_75",
             note="the coverage model (random weights) fails Paddle 2.6's PTQ on ops it only observes"),
 )
