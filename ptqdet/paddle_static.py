@@ -162,15 +162,15 @@ def load_static_model(files: ModelFiles, exe: Any) -> tuple[Any, list[str], list
 
 
 class ProgramRunner:
-    """One static program run again and again on a scope, through one StandaloneExecutor built
-    on a C++ copy of its desc with feed and fetch ops added. Executor.run prepares every new
+    """One static program (its desc) run again and again on a scope, through one StandaloneExecutor
+    built on a C++ copy of the desc with feed and fetch ops added. Executor.run prepares every new
     program in Python (clones, an inplace pass: a few tenths of a second each), which is what
     each trial program of the analysis is; the outputs are the same (the same kernels run)."""
 
-    def __init__(self, program: Any, feed_names: list[str], fetch_names: list[str], place: Any, scope: Any):
+    def __init__(self, program_desc: Any, feed_names: list[str], fetch_names: list[str], place: Any, scope: Any):
         from paddle.base import core
 
-        desc = core.ProgramDesc(program.desc)
+        desc = core.ProgramDesc(program_desc)  # a copy: the caller's desc is not changed
         block = desc.block(0)
         for i in reversed(range(block.op_size())):  # a loaded inference program has its own: ours replace them
             if block.op(i).type() in ("feed", "fetch", "fetch_v2"):
@@ -179,13 +179,13 @@ class ProgramRunner:
         block.var(b"fetch").set_type(core.VarDesc.VarType.FETCH_LIST)
         for var in (b"feed", b"fetch"):
             block.var(var).set_persistable(True)
+        self.dtypes = {name: block.find_var(name.encode()).dtype() for name in feed_names}
         for col, name in reversed(list(enumerate(feed_names))):  # prepended: the first ends up first
             self._set_op(block._prepend_op(), "feed", "feed", name, col)
         for col, name in enumerate(fetch_names):
             self._set_op(block.append_op(), "fetch_v2", name, "fetch", col)
             block.op(block.op_size() - 1)._set_attr("deepcopy", True)
         self.feed_names = list(feed_names)
-        self.dtypes = {name: program.global_block().var(name).dtype for name in feed_names}
         self.place, self.scope = place, scope
         exe_place = core.Place()
         exe_place.set_place(place)

@@ -17,7 +17,7 @@ def test_program_runner_computes_what_executor_run_computes():
         assert ops[0].type == "feed" and ops[-1].type == "fetch"  # the loaded program's own: replaced
         inner = next(op.output_arg_names[0] for op in ops if op.type == "conv2d")
         fetch_names = [v.name for v in model.fetch_vars] + [inner]
-        runner = ProgramRunner(model.program, model.feed_names, fetch_names, model.place, model.scope)
+        runner = ProgramRunner(model.program.desc, model.feed_names, fetch_names, model.place, model.scope)
         outputs = []
         for feed in feeds:
             expected = model.exe.run(model.program, feed=feed, fetch_list=fetch_names, scope=model.scope)

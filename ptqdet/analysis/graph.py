@@ -7,7 +7,7 @@ PTQ runs once (all layers quantized) and is saved in paddleslim's fake-quant for
 Putting a layer back to float is a rewiring of that program: the conv reads x again, uses
 the FP32 weights (kept in the scope under `<weight>@fp32`), and its consumers read y
 instead of y.dequantized. Every other layer keeps the scales of the one calibration, so a
-trial model costs a program clone, not a calibration.
+trial model costs a copy of the program's desc, not a calibration.
 """
 from __future__ import annotations
 
@@ -101,48 +101,64 @@ class QuantGraph:
 
     def variant(self, reverted: set[str] | list[str]):
         """A program with the given layers (weight names) back in float."""
+        import paddle
+
+        with static_mode():  # programs are static; other stages may have left dygraph on
+            return paddle.static.Program.parse_from_string(self.variant_desc(reverted).serialize_to_string())
+
+    def runner(self, reverted: set[str] | list[str], fetch: list[str] | None = None) -> ProgramRunner:
+        """A runner of the program with the given layers back in float (fetch: variable names,
+        default the model's outputs). Each trial builds one: no Python program is made."""
+        with static_mode():
+            return ProgramRunner(self.variant_desc(reverted), self.feed_names, self._fetch_names(fetch), self.place,
+                                 self.scope)
+
+    def variant_desc(self, reverted: set[str] | list[str]):
+        """A copy of the program's desc with the reverted layers reading float inputs and FP32 weights
+        (their dequantize ops removed): edited in C++, which a Python clone of the program is not."""
+        from paddle.base import core
+
         reverted = set(reverted)
         unknown = reverted - set(self.layers)
         if unknown:
             raise KeyError(f"not quantized layers: {sorted(unknown)}")
-        with static_mode():  # programs are static; other stages may have left dygraph on
-            return self._rewired(self.program.clone(for_test=True), reverted)
-
-    def _rewired(self, program, reverted: set[str]):
-        """`program` (a clone) with the reverted layers reading float inputs and FP32 weights."""
-        block = program.global_block()
+        desc = core.ProgramDesc(self.program.desc)
+        block = desc.block(0)
         remove = []
         renames: dict[str, str] = {}
-        for idx, op in enumerate(block.ops):
-            if op.type in WEIGHT_SLOTS:
-                act_slot, w_slot = WEIGHT_SLOTS[op.type]
+        for idx in range(block.op_size()):
+            op = block.op(idx)
+            if op.type() in WEIGHT_SLOTS:
+                act_slot, w_slot = WEIGHT_SLOTS[op.type()]
                 weight = op.input(w_slot)[0]
                 if weight in reverted:
                     act = op.input(act_slot)[0]
                     op._rename_input(act, self.float_of.get(act, act))
                     op._rename_input(weight, f"{weight}@fp32")
-                    out = op.output_arg_names[0]
+                    out = op.output_arg_names()[0]
                     renames[self.dequant_of[out]] = out
-            elif op.type.startswith(DEQUANT_PREFIXES) and op.output("Out")[0] in renames:
+            elif op.type().startswith(DEQUANT_PREFIXES) and op.output("Out")[0] in renames:
                 remove.append(idx)
-        for op in block.ops:
-            for old, new in renames.items():
-                if old in op.input_arg_names:
-                    op._rename_input(old, new)
+        for idx in range(block.op_size()):
+            op = block.op(idx)
+            for old in set(op.input_arg_names()) & set(renames):
+                op._rename_input(old, renames[old])
         for idx in reversed(remove):
-            block._remove_op(idx)
-        program._sync_with_cpp()
-        return program
+            block._remove_op(idx, idx + 1)
+        return desc
+
+    def _fetch_names(self, fetch: list[str] | None) -> list[str]:
+        return list(fetch) if fetch is not None else [t.name for t in self.fetch_targets]
 
     def run(self, program, feed: dict[str, np.ndarray], fetch: list[str] | None = None) -> list[np.ndarray]:
         """`program`'s outputs (fetch: variable names; default the model's outputs) for one feed.
-        The runners of the last few (program, fetch) pairs are kept: a trial runs its program on
-        every batch, and each program is new to the executor only once."""
-        fetch_names = tuple(fetch if fetch is not None else [t.name for t in self.fetch_targets])
+        The runners of the last few (program, fetch) pairs are kept: a program run on every batch
+        is new to the executor only once."""
+        fetch_names = tuple(self._fetch_names(fetch))
         runner = next((r for p, f, r in self._runners if p is program and f == fetch_names), None)
         if runner is None:
             with static_mode():
-                runner = ProgramRunner(program, self.feed_names, list(fetch_names), self.place, self.scope)
+                runner = ProgramRunner(program.desc, self.feed_names, list(fetch_names), self.place, self.scope)
             self._runners = [*self._runners[-(RUNNERS_KEPT - 1):], (program, fetch_names, runner)]
         return runner.run(feed)
 

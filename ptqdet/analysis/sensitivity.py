@@ -25,16 +25,14 @@ class Evaluator:
     def evaluate_with_float(self, layers: list[str] | set[str]) -> float:
         """mAP of the calibrated model with `layers` (weight names) put back to float: none is
         the all-INT8 model, all of graph.layers the FP32 model."""
-        program = self.graph.variant(layers)
-        runner = FunctionRunner(lambda feed: self.graph.run(program, feed))
+        runner = FunctionRunner(self.graph.runner(layers).run)
         return evaluate(runner, self.cfg, source=self.source, batches=self.batches, progress=False).map
 
     def detections_with_float(self, layers: list[str] | set[str], start: int, stop: int
                               ) -> list[dict[str, np.ndarray]]:
         """The detections of batches[start:stop] with `layers` in float: one part of an
         evaluation split over workers (map_of_detections scores the parts together)."""
-        program = self.graph.variant(layers)
-        runner = FunctionRunner(lambda feed: self.graph.run(program, feed))
+        runner = FunctionRunner(self.graph.runner(layers).run)
         return [detect(runner, self.cfg, batch) for batch in self.batches[start:stop]]
 
     def map_of_detections(self, detections: list[dict[str, np.ndarray]]) -> float:
@@ -66,14 +64,14 @@ def proxy_ranking(graph: QuantGraph, feeds: list[dict[str, np.ndarray]], layers:
     """
     fetch = graph.pre_nms  # None: the model outputs are already pre-NMS (PP-YOLOE)
     all_layers = list(graph.layers)
-    fp32_program = graph.variant(all_layers)
-    reference = [graph.run(fp32_program, f, fetch) for f in feeds]
-    int8_program = graph.variant([])
-    base = float(np.mean([sqnr_db(r, graph.run(int8_program, f, fetch)) for r, f in zip(reference, feeds)]))
+    fp32 = graph.runner(all_layers, fetch)
+    reference = [fp32.run(f) for f in feeds]
+    int8 = graph.runner([], fetch)
+    base = float(np.mean([sqnr_db(r, int8.run(f)) for r, f in zip(reference, feeds)]))
 
     def damage(name: str) -> float:
-        program = graph.variant([name] if mode == "revert" else [n for n in all_layers if n != name])
-        value = float(np.mean([sqnr_db(r, graph.run(program, f, fetch)) for r, f in zip(reference, feeds)]))
+        runner = graph.runner([name] if mode == "revert" else [n for n in all_layers if n != name], fetch)
+        value = float(np.mean([sqnr_db(r, runner.run(f)) for r, f in zip(reference, feeds)]))
         # damage in dB: how much SQNR this layer costs
         return value - base if mode == "revert" else 100.0 - min(value, 100.0)
 
