@@ -483,11 +483,28 @@ def status(results: dict[str, Any]) -> str:
     return ("training: " if not train.get("done") else "trained, not measured yet: ") + trained
 
 
-def collect_rows(archs: tuple[ZooArch, ...] | list[ZooArch] = ZOO, root: Path = ZOO_DIR) -> dict[str, dict[str, Any]]:
-    """arch -> zoo_row of every arch (its trained fields once measured, its status always)."""
+def current_results(arch: ZooArch, results: dict[str, Any], key: str) -> dict[str, Any]:
+    """The steps of `results` recorded under the keys arch's configs give today (train key `key`):
+    a record of an earlier config (another backbone, schedule, recipe) is dropped, not shown."""
+    out: dict[str, Any] = {}
+    for step in STEPS:
+        if step not in results:
+            continue
+        current = step_key(arch, step, key, out)
+        if current is None or results[step].get("key") != current:
+            break
+        out[step] = results[step]
+    return out
+
+
+def collect_rows(archs: tuple[ZooArch, ...] | list[ZooArch] = ZOO, root: Path = ZOO_DIR,
+                 data_digest: str | None = None) -> dict[str, dict[str, Any]]:
+    """arch -> zoo_row of every arch (its trained fields once measured, its status always), from
+    the records of its current configs only."""
     out = {}
+    digest = data_digest or dataset_digest()
     for arch in archs:
-        results = read_results(arch, root)
+        results = current_results(arch, read_results(arch, root), train_key(arch, digest))
         row = zoo_row(arch, results, header=results.get("measure", {}).get("header"))
         row["zoo"]["analysis"] = results.get("analysis")
         out[arch.name] = row

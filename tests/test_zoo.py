@@ -227,3 +227,16 @@ def test_pretrained_backbone_in_train_key_and_configs(tmp_path, monkeypatch):
             _reset_ppdet_workspace()
             cfg = load_config(str(a.train_config))
             assert Path(cfg.pretrain_weights) == backbone.stable_path(a.backbone), a.name
+
+
+def test_rows_show_only_records_of_the_current_configs():
+    arch = zoo.ZooArch("ppyolo_tiny", "P")
+    results = {"train": {"key": "k", "done": True, "weights": "w/3", "epochs_done": 4}}
+    results["export"] = {"key": zoo.step_key(arch, "export", "k", results), "done": True}
+    results["measure"] = {"key": zoo.step_key(arch, "measure", "k", results), "done": True, "rows": []}
+    assert zoo.current_results(arch, results, "k") == results
+    assert zoo.current_results(arch, results, "other") == {}  # trained with another config: not its row
+    stale = {**results, "measure": {**results["measure"], "key": "old"}}
+    assert sorted(zoo.current_results(arch, stale, "k")) == ["export", "train"]
+    running = {"train": {"key": "k", "done": False, "epochs_done": 1}, "measure": results["measure"]}
+    assert zoo.current_results(arch, running, "k") == {"train": running["train"]}
