@@ -3,7 +3,7 @@ import json
 import numpy as np
 from pycocotools.coco import COCO
 
-from ptqdet.demo.shapes import CLASSES, generate, is_complete, render_image
+from ptqdet.demo.shapes import CLASSES, generate, is_complete, main, render_image
 
 
 def test_same_seed_gives_identical_annotation_files(tmp_path):
@@ -28,6 +28,13 @@ def test_annotations_are_valid_coco_and_match_images(tmp_path):
             assert x + w <= img["width"] + 1e-6 and y + h <= img["height"] + 1e-6
     assert is_complete(tmp_path, {"val": 30})
     assert not is_complete(tmp_path, {"val": 31})
+
+
+def test_splits_option_makes_only_those_splits(tmp_path):
+    """`make data-eval` (what the tests read): val and calib, no training image."""
+    assert main(["--out", str(tmp_path), "--splits", "val", "calib", "--val", "4", "--calib", "2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations", "calib", "val"]
+    assert is_complete(tmp_path, {"val": 4, "calib": 2}) and not is_complete(tmp_path, {"train": 1})
 
 
 def test_object_sizes_are_varied_with_some_small():

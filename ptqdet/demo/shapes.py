@@ -213,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     for split, n in DEFAULT_SPLITS.items():
         parser.add_argument(f"--{split}", type=int, default=n, help=f"number of {split} images (default {n})")
+    parser.add_argument("--splits", nargs="+", choices=list(DEFAULT_SPLITS), default=list(DEFAULT_SPLITS),
+                        help="the splits to make (default: all). The tests and ptqdet's configs read val and "
+                        "calib only; train is for training (tools/train_demo.py, make zoo)")
     parser.add_argument("--force", action="store_true", help="regenerate even if the dataset is already complete")
     args = parser.parse_args(argv)
-    splits = {s: getattr(args, s) for s in DEFAULT_SPLITS}
+    splits = {s: getattr(args, s) for s in args.splits}
     if not args.force and is_complete(args.out, splits):
         print(f"{args.out}: complete, nothing to do (use --force to regenerate)")
         return 0
