@@ -180,7 +180,10 @@ def run_paddle_ptq(files: ModelFiles, out_dir: Path, loader, settings: PTQSettin
                   activation_quantize_type=settings.activation_quantize_type,
                   weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
                   skip_tensor_list=list(skip_tensor_list) or None)
-    with static_mode(), paddle_bars(progress), fast_ir_graph():
+    # a scope of its own: paddleslim calibrates in the global scope, where a model quantized earlier
+    # in the same process left variables of the same names (conv2d_0.w_0, ...); what PTQ then did
+    # (and how it failed on YOLOF) depended on which models came before
+    with static_mode(), paddle_bars(progress), fast_ir_graph(), paddle.static.scope_guard(paddle.static.Scope()):
         executor = paddle.static.Executor(paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace())
         if settings.reconstruction == "none":
             with hard_adaround():

@@ -26,12 +26,12 @@ def _chdir_and_data():
     os.chdir(ROOT)
     from filelock import FileLock
 
-    from ptqdet.demo.shapes import generate, is_complete
+    from ptqdet.demo.shapes import EVAL_SPLITS, generate, is_complete
 
     DEMO_DATA.parent.mkdir(exist_ok=True)
     with FileLock(DEMO_DATA.parent / ".shapes.lock"):  # two xdist workers: one generates, one waits
-        if not is_complete(DEMO_DATA):
-            generate(DEMO_DATA, progress=False)
+        if not is_complete(DEMO_DATA, EVAL_SPLITS):  # what the tests read (make data-eval): no training image
+            generate(DEMO_DATA, EVAL_SPLITS, progress=False)
     yield
 
 

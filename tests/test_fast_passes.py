@@ -24,7 +24,13 @@ def test_fast_ir_graph_ptq_computes_what_paddles_passes_compute(tmp_path, monkey
     ptq = dataclasses.replace(cfg.ptq, batch_size=2, batch_nums=1, equalize_depthwise=False, onnx_format=onnx_format)
     cfg = dataclasses.replace(cfg, ptq=ptq)
     assert quantize_module.fast_ir_graph is fast_ir_graph  # what PTQ runs under
+    import paddle
+
+    stale = paddle.static.global_scope().var("conv2d_0.w_0")  # a variable of the same name, as an earlier
+    stale.get_tensor()  # model in this process leaves behind: PTQ calibrates in a scope of its own
     quantize_module.quantize(cfg, tmp_path / "fast", progress=False)
+    assert not paddle.static.global_scope().find_var("conv2d_0.w_0").get_tensor()._is_initialized()
+    assert paddle.static.global_scope().find_var("conv2d_1.w_0") is None
     monkeypatch.setattr(quantize_module, "fast_ir_graph", contextlib.nullcontext)
     quantize_module.quantize(cfg, tmp_path / "plain", progress=False)
 

@@ -25,6 +25,8 @@ from ..report import atomic_write_text
 CLASSES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "cross", "ring")
 IMAGE_SIZES: tuple[tuple[int, int], ...] = ((320, 320), (384, 288), (288, 384), (352, 352), (416, 320))
 DEFAULT_SPLITS: dict[str, int] = {"train": 2400, "val": 200, "calib": 64}
+# what ptqdet's demo configs and the tests read (calibration and evaluation); train is for training
+EVAL_SPLITS: dict[str, int] = {s: DEFAULT_SPLITS[s] for s in ("val", "calib")}
 FAST_VAL_IMAGES = 40
 
 
@@ -214,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for split, n in DEFAULT_SPLITS.items():
         parser.add_argument(f"--{split}", type=int, default=n, help=f"number of {split} images (default {n})")
     parser.add_argument("--splits", nargs="+", choices=list(DEFAULT_SPLITS), default=list(DEFAULT_SPLITS),
-                        help="the splits to make (default: all). The tests and ptqdet's configs read val and "
-                        "calib only; train is for training (tools/train_demo.py, make zoo)")
+                        help=f"the splits to make (default: all). The tests and ptqdet's configs read "
+                        f"{' and '.join(EVAL_SPLITS)} only; train is for training (tools/train_demo.py, make zoo)")
     parser.add_argument("--force", action="store_true", help="regenerate even if the dataset is already complete")
     args = parser.parse_args(argv)
     splits = {s: getattr(args, s) for s in args.splits}
