@@ -11,10 +11,13 @@ PYTEST_ARGS ?=
 # Two pytest-xdist workers (one per core); tests/conftest.py groups the tests (a file, or the files
 # that share a Ray cluster or dataset/coco_mini, on one worker) and orders the groups longest first.
 XDIST ?= -n 2 --dist loadgroup --no-loadscope-reorder
-# Packages go in with uv (the same versions as pip resolves, in a third of the time: CI builds both
-# venvs from nothing); pip does it where uv cannot be had or fails.
+# Packages go in with uv (the same versions as pip resolves, faster: CI builds both venvs from
+# nothing); pip does it where uv cannot be had or fails. Compiled to bytecode at install, as pip
+# does: where PYTHONDONTWRITEBYTECODE is set (CI), every process would otherwise compile Paddle
+# anew on import (about 6 s each).
 UV := uv==0.13.9
-INSTALL = $(1)/bin/python -m uv pip install -q --python $(1)/bin/python $(2) || $(1)/bin/python -m pip install -q $(2)
+INSTALL = $(1)/bin/python -m uv pip install -q --compile-bytecode --python $(1)/bin/python $(2) \
+	|| $(1)/bin/python -m pip install -q $(2)
 
 .PHONY: venv data data-eval lint demo test test-fast clean-outputs images bench throughput coverage coco-mini real-model nncf-venv zoo
 
