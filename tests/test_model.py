@@ -84,3 +84,31 @@ def test_committed_models_find_the_objects(config):
                 found += any(int(r[0]) == int(cls) and _iou(r[2:], box) >= 0.5 for r in rows)
     assert total > 20
     assert found / total >= 0.8, f"{found}/{total} objects found"
+
+
+def test_a_weight_two_matmuls_share_is_not_rescaled_per_use(tmp_path):
+    """GFL's distribution projection: one weight, one matmul per FPN level, each scaled by its
+    stride. Paddle Inference's matmul_v2_scale_fuse_pass folds each scale into the shared weight,
+    once per use; ptqdet's predictor computes what the program computes."""
+    import numpy as np
+    import paddle
+
+    from ptqdet.paddle_static import static_mode
+
+    with static_mode():
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("image", [1, 4, 8], "float32")
+            weight = paddle.create_parameter([8, 1], "float32", name="project")
+            outs = [paddle.scale(paddle.matmul(x, weight), scale=s) for s in (8.0, 16.0)]
+            out = paddle.concat(outs, axis=1)
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            exe.run(startup)
+            feed = {"image": np.random.default_rng(0).random((1, 4, 8), dtype=np.float32)}
+            expected = exe.run(main, feed=feed, fetch_list=[out])[0]
+            paddle.static.save_inference_model(str(tmp_path / "model"), [x], [out], exe, program=main)
+    for mkldnn in (False, True):
+        got = open_backend("paddle", tmp_path, BackendOptions(mkldnn=mkldnn)).run(feed)[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
