@@ -70,7 +70,10 @@ ZOO: tuple[ZooArch, ...] = (
             exclude_nms=True),
     ZooArch("yolox_nano", f"YOLOX (nano neck and head; backbone: {LCNET})", backbone="lcnet_x0_75",
             note="trained on ImageNet-normalized images as the zoo evaluates them (an earlier run on a random "
-            "CSPDarkNet-nano with PaddleDetection's raw 0-255 YOLOX input scored 0.0 on the normalized val images)"),
+            "CSPDarkNet-nano with PaddleDetection's raw 0-255 YOLOX input scored 0.0 on the normalized val "
+            "images); with the pretrained backbone and normalized input its mAP after the first epoch is still "
+            "about 0, so the input was not the cause (or not the only one): stopped there, "
+            "`tools/zoo.py --archs yolox_nano` resumes it"),
     ZooArch("ssdlite_mbv3_small", "SSDLite (MobileNetV3-small)",
             note="1.5 s per iteration (batch 16) at 160 px; mAP 0.1 after each of its first 3 epochs (base_lr 0.1 at "
             "batch 16, 8x PaddleDetection's rate per image, whose own schedule is 1700 epochs): stopped there to "
