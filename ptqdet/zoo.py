@@ -88,13 +88,10 @@ ZOO: tuple[ZooArch, ...] = (
             "(a random ResNet-18 with FPN 256 and input padded to 256 took 10 s per iteration); its 3-epoch "
             "schedule ends below the 20 bar with the mAP still rising each epoch: a longer one is the next step"),
     ZooArch("gfl_r18", f"GFL (FPN; backbone: {LCNET})", backbone="lcnet_x0_75",
-            note="its FP32 mAP reads 0 because of a Paddle Inference bug, not the model: matmul_v2_scale_fuse_pass "
-            "folds each level's `* stride` into the distribution projection that GFLHead's five levels share, so "
-            "the shared weight is scaled once per level and every box is off by the product of the strides "
-            "(deleting that pass, or OpenVINO FP32 on the same export, gives the mAP of its training curve); the "
-            "fake-quant graph escapes the fusion. INT8 also loses more than a point here, and the analysis, "
-            "which needs the FP32 reference, is not run until Paddle Inference's FP32 is fixed in ptqdet "
-            "(config.delete_pass('matmul_v2_scale_fuse_pass'))"),
+            note="measured again after ptqdet's Paddle predictors stopped running matmul_v2_scale_fuse_pass (it "
+            "rescaled the distribution projection GFLHead's five levels share once per level: FP32 read 0); with "
+            "every convolution INT8 it loses more than a point, and the analysis needs more than 5% of its layers "
+            "in float to come within one"),
     ZooArch("centernet_mbv3_small", f"CenterNet (CenterNetDLAFPN, stride 4; backbone: {LCNET})",
             backbone="lcnet_x0_75", note="trained on images stretched to 160 px in RGB as the zoo evaluates "
             "them (PaddleDetection's CenterNet reader warps with the aspect ratio kept and swaps to BGR)"),
