@@ -21,6 +21,7 @@ from .paddle_static import (
     WEIGHT_DEQUANT_PREFIXES,
     atomic_dir,
     fast_ir_graph,
+    loaded_program,
     replace_dir,
     static_mode,
     weight_slot,
@@ -148,11 +149,30 @@ def ptq_error(exc: BaseException) -> ConfigError | None:
                        "RetinaNet and TOOD exports): deploy this model in FP32")
 
 
-def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings,
-                          skip_tensor_list: list[str], device: str = "cpu", progress: bool = True) -> None:
-    """run_paddle_ptq, with a failure inside Paddle's PTQ turned into one line (ptq_error)."""
+def calibrate(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, settings: PTQSettings,
+              skip_tensor_list: list[str], device: str = "cpu", progress: bool = True, keep_fp32: bool = False
+              ) -> bool:
+    """Write the INT8 model of files to out_dir, with a failure inside Paddle's PTQ turned into
+    one line (ptq_error). On CPU with a maxima algorithm (ptqdet.calibration.supports) the
+    statistics come from one pass of the FP32 model; otherwise (or where the model's
+    activations cannot be reduced in the graph) from paddleslim's own sampling, after the
+    recovery step's own pass. Returns whether the recovered FP32 model (PTQ.equalize_depthwise)
+    is in fp32_dir (always written on paddleslim's path; on the one-pass path when keep_fp32)."""
+    from .calibration import StatisticsUnsupported, supports
+
     try:
-        run_paddle_ptq(files, out_dir, loader, settings, skip_tensor_list, device, progress)
+        if device == "cpu" and supports(settings):
+            try:
+                return one_pass_ptq(files, out_dir, fp32_dir, loader, settings, skip_tensor_list, progress, keep_fp32)
+            except StatisticsUnsupported:
+                shutil.rmtree(fp32_dir, ignore_errors=True)  # paddleslim's sampling below, from the start
+        source, maxima = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
+        run_paddle_ptq(source, out_dir, loader, settings, skip_tensor_list, device, progress)
+        if maxima:  # equalized inputs: no clipping, whatever the calibration algorithm
+            from .recovery import set_activation_maxima
+
+            set_activation_maxima(ModelFiles(out_dir, *SAVED_FILES), maxima)
+        return source.model_dir == fp32_dir
     except ConfigError:
         raise
     except Exception as exc:
@@ -160,6 +180,36 @@ def run_quant_post_static(files: ModelFiles, out_dir: Path, loader, settings: PT
         if error is None:
             raise
         raise error from exc
+
+
+def one_pass_ptq(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, settings: PTQSettings,
+                 skip_tensor_list: list[str], progress: bool = True, keep_fp32: bool = False) -> bool:
+    """PTQ (and PTQ.equalize_depthwise) from one forward pass of the FP32 model
+    (ptqdet.calibration); raises StatisticsUnsupported before writing anything where the
+    activations cannot be reduced in the graph. Returns whether fp32_dir was written."""
+    from .calibration import collect_statistics, post_training_quantization, quantize_from_statistics
+    from .recovery import equalization_targets, equalize_program, save_equalized
+
+    equalize = bool(settings.equalize_depthwise)
+    with loaded_program(files) as model, paddle_bars(progress), fast_ir_graph():
+        ptq = post_training_quantization(model, loader, settings, skip_tensor_list,
+                                         program=model.program.clone() if equalize else None)
+        targets = equalization_targets(model.program.global_block(), settings.equalize_strength, skip_tensor_list,
+                                       settings.equalize_conv_strength) if equalize else []
+        stats = collect_statistics(model.program, model.scope, model.place, model.feed_names, loader,
+                                   sorted(ptq._quantized_act_var_name),
+                                   list(dict.fromkeys(op.input("Input")[0] for op in targets)), progress)
+        maxima: dict[str, float] = {}
+        if equalize:
+            maxima = equalize_program(model, stats.channel_max, settings.equalize_strength, skip_tensor_list,
+                                      settings.equalize_conv_strength, settings.equalize_min_spread).input_max
+            if keep_fp32:
+                save_equalized(model, fp32_dir)
+                if (files.model_dir / "infer_cfg.yml").is_file():
+                    shutil.copy2(files.model_dir / "infer_cfg.yml", fp32_dir / "infer_cfg.yml")
+            ptq = post_training_quantization(model, loader, settings, skip_tensor_list)
+        quantize_from_statistics(ptq, stats, maxima, out_dir, SAVED_FILES)
+    return equalize and keep_fp32
 
 
 def run_paddle_ptq(files: ModelFiles, out_dir: Path, loader, settings: PTQSettings,
@@ -230,16 +280,12 @@ def quantize_files(cfg: PTQDetConfig, files: ModelFiles, save_dir: Path, setting
     with atomic_dir(save_dir, create=False) as tmp_dir:
         fp32_dir = tmp_dir.with_name(f"{tmp_dir.name}{RECOVERED_SUFFIX}")
         try:
-            source, maxima = recover_fp32(files, fp32_dir, loader, settings, skip_tensor_list)
-            run_quant_post_static(source, tmp_dir, loader, settings, skip_tensor_list, device, progress)
-            if maxima:  # equalized inputs: no clipping, whatever the calibration algorithm
-                from .recovery import set_activation_maxima
-
-                set_activation_maxima(ModelFiles(tmp_dir, *SAVED_FILES), maxima)
+            recovered = calibrate(files, tmp_dir, fp32_dir, loader, settings, skip_tensor_list, device, progress,
+                                  keep_fp32=recovered_dir is not None)
             infer_cfg = files.model_dir / "infer_cfg.yml"
             if infer_cfg.is_file():
                 shutil.copy2(infer_cfg, tmp_dir / "infer_cfg.yml")
-            if recovered_dir is not None and source.model_dir == fp32_dir:
+            if recovered_dir is not None and recovered:
                 Path(recovered_dir).parent.mkdir(parents=True, exist_ok=True)
                 replace_dir(fp32_dir, Path(recovered_dir))
         finally:

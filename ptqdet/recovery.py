@@ -36,17 +36,16 @@ class EqualizationResult:
 
 def channel_ranges(executor, program, feeds: Iterable[dict[str, np.ndarray]],
                    names: list[str]) -> dict[str, np.ndarray]:
-    """Max |x| per channel (axis 1) of each named variable over the fed batches."""
-    from .signals import check_interrupted
+    """Max |x| per channel (axis 1) of each named variable over the fed batches (the program
+    run in the current scope)."""
+    import paddle
 
-    ranges: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        check_interrupted()  # a signal's exception swallowed by a library stops the loop all the same
-        values = executor.run(program, feed=feed, fetch_list=names, return_numpy=True)
-        for name, value in zip(names, values):
-            per_channel = np.abs(value).max(axis=tuple(i for i in range(value.ndim) if i != 1))
-            ranges[name] = per_channel if name not in ranges else np.maximum(ranges[name], per_channel)
-    return ranges
+    from .calibration import collect_statistics
+
+    feeds = list(feeds)
+    feed_names = list(feeds[0]) if feeds else []
+    return collect_statistics(program, paddle.static.global_scope(), executor.place, feed_names, feeds,
+                              channel_vars=names).channel_max
 
 
 def channel_spread(ranges: np.ndarray) -> float:
@@ -65,6 +64,32 @@ def equalization_scales(ranges: np.ndarray, strength: float = 1.0, floor: float 
     return np.power(ratio, strength).astype(np.float32)
 
 
+def equalization_targets(block, strength: float = 1.0, skip: Iterable[str] = (),
+                         conv_strength: float = 0.0) -> list:
+    """The convolutions whose inputs equalization changes: every depthwise one (strength > 0)
+    and, with conv_strength > 0, every ordinary one (groups 1), but those whose filter is in skip."""
+    skip = set(skip)
+    strengths = {"depthwise_conv2d": strength, "conv2d": conv_strength}
+    return [op for op in block.ops
+            if strengths.get(op.type, 0) > 0 and op.input("Filter")[0] not in skip
+            and (op.type == "depthwise_conv2d" or op.attr("groups") == 1)]
+
+
+def equalize_program(model, ranges: dict[str, np.ndarray], strength: float = 1.0, skip: Iterable[str] = (),
+                     conv_strength: float = 0.0, min_spread: float = 1.0) -> EqualizationResult:
+    """Equalize a loaded model (ptqdet.paddle_static.LoadedProgram) in place, from the per-channel
+    ranges of its convolution inputs (ranges[input name], e.g. channel_ranges on the calibration
+    batches); see equalize_depthwise_inputs."""
+    block = model.program.global_block()
+    strengths = {"depthwise_conv2d": strength, "conv2d": conv_strength}
+    targets = [op for op in equalization_targets(block, strength, skip, conv_strength)
+               if op.type != "depthwise_conv2d" or channel_spread(ranges[op.input("Input")[0]]) >= min_spread]
+    result = EqualizationResult()
+    for op in targets:
+        _equalize_one(block, model.scope, model.place, op, ranges[op.input("Input")[0]], strengths[op.type], result)
+    return result
+
+
 def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict[str, np.ndarray]],
                               strength: float = 1.0, skip: Iterable[str] = (), conv_strength: float = 0.0,
                               min_spread: float = 1.0) -> EqualizationResult:
@@ -74,32 +99,24 @@ def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict
     whose filters take s_c on input channel c, at that strength (their per-output-channel weight
     steps do see it: a partial migration, as SmoothQuant's). Depthwise layers whose input channels
     spread less than min_spread (channel_spread) stay as they are. Returns the equalized layers."""
-    import paddle
-
     from .paddle_static import loaded_program
 
-    skip = set(skip)
-    result = EqualizationResult()
     with loaded_program(files) as model:
-        block = model.program.global_block()
-        strengths = {"depthwise_conv2d": strength, "conv2d": conv_strength}
-        targets = [op for op in block.ops
-                   if strengths.get(op.type, 0) > 0 and op.input("Filter")[0] not in skip
-                   and (op.type == "depthwise_conv2d" or op.attr("groups") == 1)]
+        targets = equalization_targets(model.program.global_block(), strength, skip, conv_strength)
         inputs = list(dict.fromkeys(op.input("Input")[0] for op in targets))
-        feeds = ({k: v for k, v in f.items() if k in model.feed_names} for f in feeds)
+        feeds = [{k: v for k, v in f.items() if k in model.feed_names} for f in feeds]
         ranges = channel_ranges(model.exe, model.program, feeds, inputs)
-        targets = [op for op in targets if op.type != "depthwise_conv2d"
-                   or channel_spread(ranges[op.input("Input")[0]]) >= min_spread]
-        for op in targets:
-            _equalize_one(block, model.scope, model.place, op, ranges[op.input("Input")[0]], strengths[op.type],
-                          result)
-        paddle.static.save_inference_model(str(Path(out_dir) / "model"), [block.var(n) for n in model.feed_names],
-                                           _fetch_targets(block, model.fetch_vars), model.exe, program=model.program)
+        result = equalize_program(model, ranges, strength, skip, conv_strength, min_spread)
+        save_equalized(model, out_dir)
     info = files.model_dir / "infer_cfg.yml"
     if info.is_file():
         shutil.copy2(info, Path(out_dir) / "infer_cfg.yml")
     return result
+
+
+def save_equalized(model, out_dir: Path) -> None:
+    """Save a loaded model that equalize_program changed (its own outputs fetched, see _fetch_targets)."""
+    model.save(Path(out_dir), _fetch_targets(model.program.global_block(), model.fetch_vars))
 
 
 def _fetch_targets(block, fetches: list) -> list:

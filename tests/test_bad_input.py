@@ -548,9 +548,11 @@ def _raised_in(path: str, function: str, exc: Exception) -> Exception:
     raise AssertionError("not raised")
 
 
-def test_a_failure_inside_paddles_ptq_becomes_one_line_and_exit_2(tmp_path, monkeypatch, capfd, pico_cfg):
+@pytest.mark.parametrize("path, args", [("one_pass_ptq", []), ("run_paddle_ptq", ["--algo", "hist"])])
+def test_a_failure_inside_paddles_ptq_becomes_one_line_and_exit_2(tmp_path, monkeypatch, capfd, pico_cfg, path, args):
     """post_quant.py on an export Paddle's PTQ fails on (RetinaNet, YOLOF, TOOD): one line naming
-    Paddle's PTQ and its function, exit 2, no traceback; a failure elsewhere is not disguised."""
+    Paddle's PTQ and its function, exit 2, no traceback, on the one-pass path (avg, abs_max) and
+    on paddleslim's own sampling (the other algorithms); a failure elsewhere is not disguised."""
     import ptqdet.quantize
     from ptqdet.quantize import PADDLE_PTQ_FILE, ptq_error
 
@@ -564,9 +566,9 @@ def test_a_failure_inside_paddles_ptq_becomes_one_line_and_exit_2(tmp_path, monk
     def fails_inside(*args, **kwargs):
         raise inside
 
-    monkeypatch.setattr(ptqdet.quantize, "run_paddle_ptq", fails_inside)
+    monkeypatch.setattr(ptqdet.quantize, path, fails_inside)
     code, _, err = run_script("post_quant.py", ["--config_path", str(DEMO_CONFIGS / "picodet_s_ptq.yaml"),
-                                                "--save_dir", str(tmp_path / "out"), "--quiet"], capfd)
+                                                "--save_dir", str(tmp_path / "out"), "--quiet", *args], capfd)
     assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
     assert err.startswith("error: Paddle 2.6's post-training quantization (_update_program) failed")
     assert not (tmp_path / "out").exists()

@@ -5,8 +5,9 @@ the recovery step's `.<save_dir>.tmp<pid>.fp32`); save_dir is absent, or as it w
 analysis keeps the cache it completed before the signal.
 
 The point of each signal is found by watching the script's progress output (its bars on
-stderr): "loading calibration images" (data and model loaded and checked), "Sampling stage"
-(paddleslim's calibration; the recovered FP32 model is in its temporary folder by then),
+stderr): "loading calibration images" (data and model loaded and checked), "calibrating"
+(the one forward pass of ptqdet.calibration; the analysis writes its recovered FP32 model
+to a temporary folder after it),
 "Adding quant activation op" (quant ops inserted, the model about to be saved).
 """
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _check_ending(code: int, seconds: float, err: str, signum: int) -> None:
     print(f"{name}: stopped in {seconds:.2f} s")
 
 
-POST_QUANT_POINTS = {"loading": "loading calibration images", "calibration": "Sampling stage",
+POST_QUANT_POINTS = {"loading": "loading calibration images", "calibration": "calibrating",
                      "saving": "Adding quant activation op"}
 
 
@@ -146,7 +147,7 @@ def test_post_quant_stops_cleanly(tmp_path, data, neighbour, point, signum):
     assert _snapshot(save_dir) == before
 
 
-ANALYSIS_POINTS = {"reference": "eval FP32", "calibration": "Sampling stage", "ranking": "mAP (revert one)"}
+ANALYSIS_POINTS = {"reference": "eval FP32", "calibration": "calibrating", "ranking": "mAP (revert one)"}
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

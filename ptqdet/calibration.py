@@ -1,0 +1,175 @@
+"""Calibration in one forward pass of the FP32 model.
+
+paddleslim's calibration (quant_post_static) runs the model on each batch with every sampled
+activation made persistable, and reads each activation back into numpy to take its max |x|
+(`abs_max`) or the mean over the batch of each image's max |x| (`avg`). With depthwise
+equalization (ptqdet.recovery) the model ran once more before that, for the channel ranges of
+the depthwise inputs. Here one pass gives all of it: the reductions are ops appended to a copy
+of the program (|x|, then the max over the axes not kept), so only the reduced values leave
+Paddle, run by one executor on the same kernels as before.
+
+The equalized model's statistics are read off the original model: its activations are the
+original's (up to float rounding) except the equalized depthwise inputs, whose maxima the
+equalization knows exactly (they are set to those, as the two-pass path does after
+calibration). paddleslim then inserts its quantize/dequantize ops from these statistics as it
+does from its own (`_update_program` and the rest of `PostTrainingQuantization.quantize`). The
+algorithms that keep more than maxima (hist, KL, mse, ...), AdaRound, bias correction and the
+reconstruction methods keep paddleslim's own sampling (`supports`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FAST_ALGOS = ("abs_max", "avg")
+FLOAT_TYPES = ("float32", "float64", "float16")
+
+
+class StatisticsUnsupported(Exception):
+    """This model's activations cannot be reduced in the graph (the caller falls back to paddleslim)."""
+
+
+@dataclass
+class ActivationStats:
+    """Per variable: each batch's per-image max |x| (axis 0 is the image), and the per-channel
+    (axis 1) max |x| over every batch."""
+
+    sample_max: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    channel_max: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def threshold(self, name: str, algo: str) -> float | None:
+        """paddleslim's activation threshold for `algo` from these statistics (None: the
+        variable was empty in every batch, which paddleslim leaves without a threshold)."""
+        per_batch = [m for m in self.sample_max[name] if m.size]
+        if not per_batch:
+            return None
+        if algo == "abs_max":
+            return max(float(np.max(m)) for m in per_batch)
+        # avg: paddleslim's _sample_avg takes float(np.mean(...)) per batch, then the mean of those
+        return np.array([float(np.mean(m)) for m in per_batch]).mean()
+
+    def empty(self) -> set[str]:
+        """Variables that were empty in some batch (paddleslim's _zero_size_var_names)."""
+        return {name for name, batches in self.sample_max.items() if any(m.size == 0 for m in batches)}
+
+
+def supports(settings: Any) -> bool:
+    """Whether PTQ with these PTQSettings can calibrate from one pass of maxima."""
+    return (settings.algo in FAST_ALGOS and settings.round_type == "round" and settings.reconstruction == "none"
+            and not settings.bias_correction)
+
+
+def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[str],
+                       feeds: Iterable[dict[str, np.ndarray]], sample_vars: Iterable[str] = (),
+                       channel_vars: Iterable[str] = (), progress: bool = False) -> ActivationStats:
+    """Run `program` (not changed: a copy gets the reductions) on each feed and return the
+    per-image maxima of sample_vars and the per-channel maxima of channel_vars.
+    Raises StatisticsUnsupported for a variable that is not a float tensor of the main block
+    with the axes its statistic needs."""
+    import paddle
+
+    from .paddle_static import ProgramRunner
+    from .signals import check_interrupted
+
+    stats_program = program.clone(for_test=True)
+    block = stats_program.global_block()
+    plan: list[tuple[str, str]] = []
+    fetch: list[str] = []
+    absolute: dict[str, Any] = {}
+    with paddle.static.program_guard(stats_program):
+        for kind, names in (("sample", sample_vars), ("channel", channel_vars)):
+            for name in names:
+                if not block.has_var(name):
+                    raise StatisticsUnsupported(f"{name} is not a variable of the main block")
+                var = block.var(name)
+                ndim = len(var.shape)
+                if kind == "channel" and (str(var.dtype).split(".")[-1] not in FLOAT_TYPES or ndim < 2):
+                    raise StatisticsUnsupported(f"{name}: {var.dtype}, {ndim} axes, has no channels")
+                if kind == "sample" and ndim == 0:
+                    raise StatisticsUnsupported(f"{name} is 0-D: no image axis")
+                if kind == "sample" and (str(var.dtype).split(".")[-1] not in FLOAT_TYPES or ndim == 1):
+                    plan.append(("raw", name))  # small (counts, per-image scalars): reduced in numpy
+                    fetch.append(name)
+                    continue
+                if name not in absolute:
+                    absolute[name] = paddle.abs(var)
+                axes = list(range(1, ndim)) if kind == "sample" else [a for a in range(ndim) if a != 1]
+                plan.append((kind, name))
+                fetch.append(paddle.max(absolute[name], axis=axes).name)
+    runner = ProgramRunner(stats_program.desc, feed_names, fetch, place, scope)
+    stats = ActivationStats({name: [] for kind, name in plan if kind != "channel"}, {})
+    feeds = list(feeds)
+    if progress:
+        from tqdm import tqdm
+
+        feeds = tqdm(feeds, desc="calibrating", unit="batch")
+    for feed in feeds:
+        check_interrupted()  # a signal's exception swallowed by a library stops the loop all the same
+        try:
+            values = runner.run({k: feed[k] for k in feed_names})
+        except (RuntimeError, ValueError) as exc:  # e.g. a reduction over an empty tensor
+            raise StatisticsUnsupported(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+        for (kind, name), value in zip(plan, values):
+            if kind == "raw":  # as paddleslim's _sample_avg reads it
+                stats.sample_max[name].append(np.max(np.abs(value.reshape(value.shape[0], -1)), axis=1)
+                                              if value.size else np.zeros(0, np.float32))
+            elif kind == "sample":
+                stats.sample_max[name].append(value)
+            else:
+                stats.channel_max[name] = value if name not in stats.channel_max else np.maximum(
+                    stats.channel_max[name], value)
+    return stats
+
+
+def post_training_quantization(model: Any, loader: Any, settings: Any, skip_tensor_list: list[str],
+                               program: Any = None) -> Any:
+    """paddle's PostTrainingQuantization with the arguments quant_post_static gives it, on the
+    loaded model's program (or `program`, e.g. a copy that collecting its variables may mark)
+    and scope, its quantized variables collected."""
+    from paddle.static.quantization import PostTrainingQuantization
+
+    ptq = PostTrainingQuantization(
+        executor=model.exe, scope=model.scope, model_dir=None, data_loader=loader, batch_size=settings.batch_size,
+        batch_nums=settings.batch_nums, algo=settings.algo, round_type=settings.round_type,
+        hist_percent=settings.hist_percent, bias_correction=settings.bias_correction,
+        quantizable_op_type=list(settings.quantizable_op_type), is_full_quantize=settings.is_full_quantize,
+        activation_quantize_type=settings.activation_quantize_type,
+        weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
+        skip_tensor_list=list(skip_tensor_list) or None, optimize_model=False)
+    ptq._program = model.program if program is None else program
+    ptq._feed_list, ptq._fetch_list = list(model.feed_names), list(model.fetch_vars)
+    ptq._collect_target_varnames()
+    return ptq
+
+
+def quantize_from_statistics(ptq: Any, stats: ActivationStats, maxima: dict[str, float], out_dir: Path,
+                             filenames: tuple[str, str]) -> None:
+    """The rest of PostTrainingQuantization.quantize (round_type round) with the activation
+    thresholds taken from `stats` (and `maxima`, exact ones that win), then its save."""
+    from paddle.static.quantization import utils
+
+    activations = ptq._quantized_act_var_name
+    ptq._quantized_act_var_name = set()
+    try:
+        ptq._sampling()  # with no activation to read: the weights' thresholds, as paddleslim takes them
+    finally:
+        ptq._quantized_act_var_name = activations
+    ptq._zero_size_var_names |= stats.empty() & activations
+    for name in activations:
+        if name in maxima:
+            ptq._quantized_threshold[name] = maxima[name]
+        elif name in stats.sample_max:
+            threshold = stats.threshold(name, ptq._algo)
+            if threshold is not None:
+                ptq._quantized_threshold[name] = threshold
+    ptq._update_program()
+    if not ptq.FLAG:
+        ptq._save_output_threshold()
+    if any(t in ptq.quant_config.activation_quant_operation_types for t in ptq._dynamic_quantize_op_type):
+        ptq._collect_dynamic_quantize_op_threshold(ptq._dynamic_quantize_op_type)
+    utils.move_persistable_var_to_global_block(ptq._program)
+    ptq.save_quantized_model(str(out_dir), model_filename=filenames[0], params_filename=filenames[1])

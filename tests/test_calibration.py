@@ -1,0 +1,126 @@
+"""ptqdet.calibration: PTQ's statistics from one forward pass of the FP32 model, reduced in the
+graph, write the model paddleslim's own sampling writes."""
+import dataclasses
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import DEMO_CONFIGS
+from ptqdet.config import load_config
+
+
+def _tiny_program():
+    import paddle
+
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup):
+        x = paddle.static.data("x", [-1, 3, 4, 5], "float32")
+        y = paddle.nn.functional.relu(x) * 2.0 - 1.0
+        total = paddle.sum(y)  # 0-D
+        count = paddle.cast(paddle.sum(paddle.cast(x > 0, "int32"), axis=[1, 2, 3]), "int32")  # [N] int32
+    return main, startup, x, y, total, count
+
+
+def test_statistics_are_numpys_maxima_per_image_and_per_channel():
+    import paddle
+
+    from ptqdet.calibration import ActivationStats, StatisticsUnsupported, collect_statistics
+    from ptqdet.paddle_static import static_mode
+
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((n, 3, 4, 5)).astype(np.float32)} for n in (2, 3)]
+    with static_mode(), paddle.static.scope_guard(paddle.static.Scope()):
+        main, startup, x, y, total, count = _tiny_program()
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(startup)
+        stats = collect_statistics(main, paddle.static.global_scope(), exe.place, ["x"], feeds,
+                                   sample_vars=[y.name, count.name], channel_vars=[x.name])
+        with pytest.raises(StatisticsUnsupported, match="0-D"):
+            collect_statistics(main, paddle.static.global_scope(), exe.place, ["x"], feeds, sample_vars=[total.name])
+        with pytest.raises(StatisticsUnsupported, match="channels"):
+            collect_statistics(main, paddle.static.global_scope(), exe.place, ["x"], feeds, channel_vars=[count.name])
+    ys = [np.maximum(f["x"], 0) * 2.0 - 1.0 for f in feeds]
+    for batch, y_np in zip(stats.sample_max[y.name], ys):
+        np.testing.assert_array_equal(batch, np.abs(y_np).reshape(len(y_np), -1).max(1))
+    for batch, f in zip(stats.sample_max[count.name], feeds):  # an int tensor: reduced in numpy
+        np.testing.assert_array_equal(batch, (f["x"] > 0).reshape(len(f["x"]), -1).sum(1))
+    np.testing.assert_array_equal(stats.channel_max[x.name],
+                                  np.maximum(*(np.abs(f["x"]).max(axis=(0, 2, 3)) for f in feeds)))
+    # paddleslim's thresholds: abs_max the largest, avg the mean over batches of each batch's mean
+    assert stats.threshold(y.name, "abs_max") == max(float(np.abs(v).max()) for v in ys)
+    per_batch = [float(np.mean(np.abs(v).reshape(len(v), -1).max(1))) for v in ys]
+    assert stats.threshold(y.name, "avg") == np.array(per_batch).mean()
+    assert ActivationStats({"e": [np.zeros(0, np.float32)]}).threshold("e", "avg") is None
+
+
+def _cfg(**ptq):
+    cfg = load_config(DEMO_CONFIGS / "picodet_s_ptq.yaml")
+    return dataclasses.replace(cfg, ptq=dataclasses.replace(cfg.ptq, batch_size=2, batch_nums=3, onnx_format=True,
+                                                            **ptq))
+
+
+def _read(model_dir):
+    """The quantized model's op types and every persistable tensor by name."""
+    from ptqdet.files import ModelFiles
+    from ptqdet.paddle_static import loaded_program
+
+    with loaded_program(ModelFiles(model_dir, "model.pdmodel", "model.pdiparams")) as model:
+        ops = Counter(op.type for op in model.program.global_block().ops if op.type not in ("feed", "fetch", "scale"))
+        tensors = {v.name: np.array(model.scope.find_var(v.name).get_tensor()) for v in model.program.list_vars()
+                   if v.persistable and v.name not in ("feed", "fetch")}
+    return ops, tensors
+
+
+def _quantize_both(cfg, tmp_path, monkeypatch):
+    """The one-pass model (run_paddle_ptq must not be reached; one run per batch) and paddleslim's."""
+    from ptqdet import calibration
+    from ptqdet import quantize as quantize_module
+    from ptqdet.paddle_static import ProgramRunner
+
+    runs = []
+    real_run = ProgramRunner.run
+    monkeypatch.setattr(ProgramRunner, "run", lambda self, feed: runs.append(1) or real_run(self, feed))
+
+    def not_paddleslim(*args, **kwargs):
+        raise AssertionError("the one-pass path fell back to paddleslim's sampling")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(quantize_module, "run_paddle_ptq", not_paddleslim)
+        one = quantize_module.quantize(cfg, tmp_path / "one_pass", progress=False)
+    assert len(runs) == cfg.ptq.batch_nums  # one forward per calibration batch, equalization included
+    monkeypatch.setattr(calibration, "supports", lambda settings: False)
+    two = quantize_module.quantize(cfg, tmp_path / "paddleslim", progress=False)
+    assert one.quantized_layers == two.quantized_layers and len(one.quantized_layers) == 98
+    return _read(tmp_path / "one_pass"), _read(tmp_path / "paddleslim")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["avg", "abs_max"])
+def test_one_pass_writes_paddleslims_model_exactly(tmp_path, monkeypatch, algo):
+    """Without equalization both passes read the same activations: every weight and every scale
+    is bit-identical."""
+    (ops, tensors), (ops_ref, tensors_ref) = _quantize_both(_cfg(algo=algo, equalize_depthwise=False), tmp_path,
+                                                           monkeypatch)
+    assert ops == ops_ref and ops["quantize_linear"] > 98
+    assert tensors.keys() == tensors_ref.keys()
+    for name, value in tensors.items():
+        assert np.array_equal(value, tensors_ref[name]), name
+
+
+@pytest.mark.slow
+def test_one_pass_with_equalization_matches_two_passes_to_float_rounding(tmp_path, monkeypatch):
+    """With equalization paddleslim calibrated the equalized model in a second pass; the one pass
+    reads the original's activations: the same weights (the same channel ranges), the equalized
+    inputs' scales their exact maxima in both, the others equal up to float rounding."""
+    (ops, tensors), (ops_ref, tensors_ref) = _quantize_both(_cfg(algo="avg"), tmp_path, monkeypatch)
+    assert ops == ops_ref and ops["elementwise_mul"] >= 20  # the equalizing multiplies
+    assert tensors.keys() == tensors_ref.keys()
+    rounding = []
+    for name, value in tensors.items():
+        if ".dw_eq." in name or not name.endswith("@scale"):
+            assert np.array_equal(value, tensors_ref[name]), name
+        elif not np.array_equal(value, tensors_ref[name]):
+            np.testing.assert_allclose(value, tensors_ref[name], rtol=1e-5, err_msg=name)
+            rounding.append(name)
+    assert len(rounding) < len([n for n in tensors if n.endswith("@scale")]) // 2
