@@ -89,14 +89,15 @@ ZOO: tuple[ZooArch, ...] = (
             "schedule ends below the 20 bar with the mAP still rising each epoch: a longer one is the next step"),
     ZooArch("gfl_r18", f"GFL (FPN; backbone: {LCNET})", backbone="lcnet_x0_75",
             note="measured again after ptqdet's Paddle predictors stopped running matmul_v2_scale_fuse_pass (it "
-            "rescaled the distribution projection GFLHead's five levels share once per level: FP32 read 0); with "
-            "every convolution INT8 it loses more than a point, and the analysis needs more than 5% of its layers "
-            "in float to come within one"),
+            "rescaled the distribution projection GFLHead's five levels share once per level: FP32 read 0); "
+            "without depthwise equalization (the zoo's recipe since) every convolution in INT8 lost more than a "
+            "point, and the analysis needed more than 5% of its layers in float to come within one"),
     ZooArch("centernet_mbv3_small", f"CenterNet (CenterNetDLAFPN, stride 4; backbone: {LCNET})",
             backbone="lcnet_x0_75", note="trained on images stretched to 160 px in RGB as the zoo evaluates "
             "them (PaddleDetection's CenterNet reader warps with the aspect ratio kept and swaps to BGR)"),
     ZooArch("retinanet_r18", f"RetinaNet (FPN, anchors at half size; backbone: {LCNET})", backbone="lcnet_x0_75",
-            note="the coverage model (random weights) fails Paddle 2.6's PTQ on ops it only observes"),
+            note="the coverage model (random weights) fails Paddle 2.6's PTQ on ops it only observes; the trained "
+            "export stops at the ONNX export (paddle2onnx: unsupported operators), before any INT8 runtime"),
 )
 ZOO_BY_NAME = {a.name: a for a in ZOO}
 
