@@ -204,9 +204,7 @@ def one_pass_ptq(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, setti
             maxima = equalize_program(model, stats.channel_max, settings.equalize_strength, skip_tensor_list,
                                       settings.equalize_conv_strength, settings.equalize_min_spread).input_max
             if keep_fp32:
-                save_equalized(model, fp32_dir)
-                if (files.model_dir / "infer_cfg.yml").is_file():
-                    shutil.copy2(files.model_dir / "infer_cfg.yml", fp32_dir / "infer_cfg.yml")
+                save_equalized(model, fp32_dir, files)
             ptq = post_training_quantization(model, loader, settings, skip_tensor_list)
         quantize_from_statistics(ptq, stats, maxima, out_dir, SAVED_FILES)
     return equalize and keep_fp32

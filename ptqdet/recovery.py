@@ -107,16 +107,17 @@ def equalize_depthwise_inputs(files: ModelFiles, out_dir: Path, feeds: list[dict
         feeds = [{k: v for k, v in f.items() if k in model.feed_names} for f in feeds]
         ranges = channel_ranges(model.exe, model.program, feeds, inputs)
         result = equalize_program(model, ranges, strength, skip, conv_strength, min_spread)
-        save_equalized(model, out_dir)
-    info = files.model_dir / "infer_cfg.yml"
-    if info.is_file():
-        shutil.copy2(info, Path(out_dir) / "infer_cfg.yml")
+        save_equalized(model, out_dir, files)
     return result
 
 
-def save_equalized(model, out_dir: Path) -> None:
-    """Save a loaded model that equalize_program changed (its own outputs fetched, see _fetch_targets)."""
+def save_equalized(model, out_dir: Path, files: ModelFiles) -> None:
+    """Save a loaded model that equalize_program changed (its own outputs fetched, see
+    _fetch_targets), with the infer_cfg.yml of the model it was loaded from (files), if any."""
     model.save(Path(out_dir), _fetch_targets(model.program.global_block(), model.fetch_vars))
+    info = files.model_dir / "infer_cfg.yml"
+    if info.is_file():
+        shutil.copy2(info, Path(out_dir) / "infer_cfg.yml")
 
 
 def _fetch_targets(block, fetches: list) -> list:
