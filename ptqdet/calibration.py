@@ -141,7 +141,8 @@ def post_training_quantization(model: Any, loader: Any, settings: Any, skip_tens
         weight_quantize_type=settings.weight_quantize_type, onnx_format=settings.onnx_format,
         skip_tensor_list=list(skip_tensor_list) or None, optimize_model=False)
     ptq._program = model.program if program is None else program
-    ptq._feed_list, ptq._fetch_list = list(model.feed_names), list(model.fetch_vars)
+    block = ptq._program.global_block()
+    ptq._feed_list, ptq._fetch_list = list(model.feed_names), [block.var(v.name) for v in model.fetch_vars]
     ptq._collect_target_varnames()
     return ptq
 

@@ -203,9 +203,10 @@ def one_pass_ptq(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, setti
         if equalize:
             maxima = equalize_program(model, stats.channel_max, settings.equalize_strength, skip_tensor_list,
                                       settings.equalize_conv_strength, settings.equalize_min_spread).input_max
+            equalized = model.program.clone()  # saving appends its output ops to the program it saves
             if keep_fp32:
                 save_equalized(model, fp32_dir, files)
-            ptq = post_training_quantization(model, loader, settings, skip_tensor_list)
+            ptq = post_training_quantization(model, loader, settings, skip_tensor_list, program=equalized)
         quantize_from_statistics(ptq, stats, maxima, out_dir, SAVED_FILES)
     return equalize and keep_fp32
 

@@ -124,3 +124,26 @@ def test_one_pass_with_equalization_matches_two_passes_to_float_rounding(tmp_pat
             np.testing.assert_allclose(value, tensors_ref[name], rtol=1e-5, err_msg=name)
             rounding.append(name)
     assert len(rounding) < len([n for n in tensors if n.endswith("@scale")]) // 2
+
+
+@pytest.mark.slow
+def test_keeping_the_recovered_model_leaves_the_int8_model_as_it_is(tmp_path):
+    """The analysis keeps the equalized FP32 model (recovered_dir): saving it must not change the
+    program the INT8 model is made from (Paddle's save appends its output ops to the program)."""
+    from ptqdet.files import resolve_model_files
+    from ptqdet.program import read_program
+    from ptqdet.quantize import quantize_files
+
+    cfg = _cfg(algo="avg")
+    files = resolve_model_files(cfg.model_dir)
+    quantize_files(cfg, files, tmp_path / "kept", cfg.ptq, [], progress=False, recovered_dir=tmp_path / "recovered")
+    quantize_files(cfg, files, tmp_path / "alone", cfg.ptq, [], progress=False)
+    (ops, tensors), (ops_alone, tensors_alone) = _read(tmp_path / "kept"), _read(tmp_path / "alone")
+    assert ops == ops_alone and tensors.keys() == tensors_alone.keys()
+    for name, value in tensors.items():
+        assert np.array_equal(value, tensors_alone[name]), name
+    recovered = Counter(op.type for op in read_program(resolve_model_files(tmp_path / "recovered")).ops)
+    original = Counter(op.type for op in read_program(files).ops)
+    assert recovered["elementwise_mul"] - original["elementwise_mul"] == ops["elementwise_mul"] - original[
+        "elementwise_mul"] > 0  # the equalizing multiplies, in both
+    assert recovered["scale"] == original["scale"] and "quantize_linear" not in recovered
