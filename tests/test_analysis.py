@@ -43,9 +43,10 @@ def test_revert_all_equals_fp32_and_revert_none_equals_int8(tmp_path, pico_cfg):
     # Not bit-exact: Paddle Inference fuses ops (conv+bn...) the trial executor runs one by one,
     # and a fake-quant's rounding turns those last-bit float differences into a few flipped
     # INT8 steps. Measured on the 40 FastEval images: 0.0003 mAP apart with the 11.9-mAP demo
-    # PicoDet-s, 0.0019 with the 52.7-mAP one. The analysis verifies its final model on Paddle
-    # Inference for this reason.
-    assert trial.evaluate_with_float([]) == pytest.approx(int8, abs=5e-3)
+    # PicoDet-s, 0.0019 with the 52.7-mAP one, 0.0050 with its one-pass calibration (steps 1e-7
+    # apart: which values flip is chance, findings.md); FP32 and INT8 are 0.03 apart. The
+    # analysis verifies its final model on Paddle Inference for this reason.
+    assert trial.evaluate_with_float([]) == pytest.approx(int8, abs=1e-2)
     program = graph.variant(["conv2d_1.w_0"])
     removed = len(graph.program.global_block().ops) - len(program.global_block().ops)
     assert removed == 1  # that layer's dequantize op is gone, nothing else
