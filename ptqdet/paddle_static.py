@@ -167,8 +167,7 @@ class ProgramRunner:
     program in Python (clones, an inplace pass: a few tenths of a second each), which is what
     each trial program of the analysis is; the outputs are the same (the same kernels run)."""
 
-    def __init__(self, program_desc: Any, feed_names: list[str], fetch_names: list[str], place: Any, scope: Any,
-                 copy_fetches: bool = True):
+    def __init__(self, program_desc: Any, feed_names: list[str], fetch_names: list[str], place: Any, scope: Any):
         from paddle.base import core
 
         desc = core.ProgramDesc(program_desc)  # a copy: the caller's desc is not changed
@@ -185,7 +184,7 @@ class ProgramRunner:
             self._set_op(block._prepend_op(), "feed", "feed", name, col)
         for col, name in enumerate(fetch_names):
             self._set_op(block.append_op(), "fetch_v2", name, "fetch", col)
-            block.op(block.op_size() - 1)._set_attr("deepcopy", copy_fetches)
+            block.op(block.op_size() - 1)._set_attr("deepcopy", True)
         self.feed_names = list(feed_names)
         self.place, self.scope = place, scope
         exe_place = core.Place()

@@ -64,12 +64,17 @@ def equalization_scales(ranges: np.ndarray, strength: float = 1.0, floor: float 
     return np.power(ratio, strength).astype(np.float32)
 
 
+def _strengths(strength: float, conv_strength: float) -> dict[str, float]:
+    """The equalization strength per convolution type."""
+    return {"depthwise_conv2d": strength, "conv2d": conv_strength}
+
+
 def equalization_targets(block, strength: float = 1.0, skip: Iterable[str] = (),
                          conv_strength: float = 0.0) -> list:
     """The convolutions whose inputs equalization changes: every depthwise one (strength > 0)
     and, with conv_strength > 0, every ordinary one (groups 1), but those whose filter is in skip."""
     skip = set(skip)
-    strengths = {"depthwise_conv2d": strength, "conv2d": conv_strength}
+    strengths = _strengths(strength, conv_strength)
     return [op for op in block.ops
             if strengths.get(op.type, 0) > 0 and op.input("Filter")[0] not in skip
             and (op.type == "depthwise_conv2d" or op.attr("groups") == 1)]
@@ -81,7 +86,7 @@ def equalize_program(model, ranges: dict[str, np.ndarray], strength: float = 1.0
     ranges of its convolution inputs (ranges[input name], e.g. channel_ranges on the calibration
     batches); see equalize_depthwise_inputs."""
     block = model.program.global_block()
-    strengths = {"depthwise_conv2d": strength, "conv2d": conv_strength}
+    strengths = _strengths(strength, conv_strength)
     targets = [op for op in equalization_targets(block, strength, skip, conv_strength)
                if op.type != "depthwise_conv2d" or channel_spread(ranges[op.input("Input")[0]]) >= min_spread]
     result = EqualizationResult()
