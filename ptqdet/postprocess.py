@@ -34,7 +34,11 @@ def to_detections(outputs: list[np.ndarray], nms_outside: bool, nms: NMSSettings
                              f"and scores [B, C, M]; got shapes {[o.shape for o in outputs]}")
         bbox, num = multiclass_nms(outputs[0], outputs[1], nms)
         return {"bbox": bbox, "bbox_num": num}
-    if outputs[0].ndim != 2 or outputs[0].shape[-1] != 6:
+    bbox = outputs[0]
+    if bbox.ndim == 3 and bbox.shape[1:] == (1, 6):
+        # TTFNet's TTFBox decode: paddle2onnx keeps the axis Paddle's gather drops ([N, 1, 6])
+        bbox = bbox[:, 0]
+    if bbox.ndim != 2 or bbox.shape[-1] != 6:
         raise ValueError(f"expected NMS output bbox [N, 6] and bbox_num [B]; got shapes {[o.shape for o in outputs]} "
                          "(a model exported without NMS needs arch: PPYOLOE)")
-    return {"bbox": outputs[0], "bbox_num": outputs[1].astype(np.int32)}
+    return {"bbox": bbox, "bbox_num": outputs[1].astype(np.int32)}

@@ -98,6 +98,8 @@ ZOO: tuple[ZooArch, ...] = (
     ZooArch("centernet_mbv3_small", f"CenterNet (CenterNetDLAFPN, stride 4; backbone: {LCNET})",
             backbone="lcnet_x0_75", note="trained on images stretched to 160 px in RGB as the zoo evaluates "
             "them (PaddleDetection's CenterNet reader warps with the aspect ratio kept and swaps to BGR)"),
+    ZooArch("pafnet_lite", f"PAFNet-lite (TTFNet family: TTFFPN lite, TTFHead; backbone: {LCNET})",
+            backbone="lcnet_x0_75"),
     ZooArch("retinanet_r18", f"RetinaNet (FPN, anchors at half size; backbone: {LCNET})", backbone="lcnet_x0_75",
             note="the coverage model (random weights) fails Paddle 2.6's PTQ on ops it only observes; trained 3 "
             "epochs it stays near 1 mAP, and its export stops at the ONNX export (paddle2onnx: unsupported "

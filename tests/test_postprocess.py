@@ -30,3 +30,10 @@ def test_wrong_output_shapes_are_explained():
         to_detections([np.zeros((5, 6))], nms_outside=True, nms=NMSSettings())
     with pytest.raises(ValueError, match="arch: PPYOLOE"):
         to_detections([np.zeros((1, 10, 4)), np.zeros((1, 3, 10))], nms_outside=False, nms=NMSSettings())
+
+
+def test_ttfnet_onnx_bbox_with_a_kept_axis_reads_as_rows():
+    rows = np.arange(12, dtype=np.float32).reshape(2, 6)
+    det = to_detections([rows[:, None, :], np.array([2])], nms_outside=False, nms=NMSSettings())
+    assert det["bbox"].shape == (2, 6) and np.array_equal(det["bbox"], rows)
+    assert det["bbox_num"].dtype == np.int32
