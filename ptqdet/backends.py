@@ -110,6 +110,17 @@ class OnnxRuntimeBackend(OnnxRunner):
     def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(self._session.run(self.output_names, feed))
 
+    def add_outputs(self, names: list[str]) -> None:
+        """Also return these tensors of the ONNX graph (by name), after the model's outputs."""
+        import onnx
+
+        ort = require("onnxruntime", "onnxruntime")
+        model = onnx.load(str(self.export.onnx_path))
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+        self._session = ort.InferenceSession(model.SerializeToString(), self._session.get_session_options(),
+                                             providers=["CPUExecutionProvider"])
+        self.output_names += list(names)
+
 
 class OpenVINOBackend(OnnxRunner):
     """Compiled once per input shape set (static shapes: OpenVINO's fast path)."""
@@ -154,6 +165,12 @@ class OpenVINOBackend(OnnxRunner):
         node.output(0).get_tensor().set_names({"multiclass_nms.bbox"})
         node.output(2).get_tensor().set_names({"multiclass_nms.bbox_num"})
         self._model.add_results([opset.result(node.output(0)), opset.result(node.output(2))])
+
+    def add_outputs(self, names: list[str]) -> None:
+        """Also return these tensors of the ONNX graph (by name), after the model's outputs."""
+        self._model.add_outputs(list(names))
+        self._compiled.clear()
+        self.output_names += list(names)
 
     def compile_for(self, feed: dict[str, np.ndarray], properties: dict[str, Any] | None = None) -> Any:
         """The model (with its NMS) compiled for the shapes of `feed`, with the runner's settings

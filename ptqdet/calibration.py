@@ -18,6 +18,7 @@ reconstruction methods keep paddleslim's own sampling (`supports`).
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,13 +68,74 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
                        feeds: Iterable[dict[str, np.ndarray]], sample_vars: Iterable[str] = (),
                        channel_vars: Iterable[str] = (), progress: bool = False) -> ActivationStats:
     """Run `program` (not changed: a copy gets the reductions) on each feed and return the
-    per-image maxima of sample_vars and the per-channel maxima of channel_vars.
-    Raises StatisticsUnsupported for a variable that is not a float tensor of the main block
-    with the axes its statistic needs."""
+    per-image maxima of sample_vars and the per-channel maxima of channel_vars. A sampled
+    variable inside a control-flow block is not read (recorded empty: paddleslim's zero-size
+    variables, left without a threshold); one that is 0-D counts as one image; one that is
+    empty in a batch (a post-process' boxes after a score filter: Paddle cannot reduce it) is
+    read out and reduced in numpy from that batch on.
+    Raises StatisticsUnsupported for a channel variable that is not a float tensor of the main
+    block with two or more axes, or a batch the program still cannot run."""
+    from .signals import check_interrupted
+
+    sample_vars, channel_vars = list(sample_vars), list(channel_vars)
+    read_out: set[str] = set()
+    runner, plan = _statistics_runner(program, scope, place, feed_names, sample_vars, channel_vars, read_out)
+    stats = ActivationStats({name: [] for kind, name in plan if kind != "channel"}, {})
+    feeds = list(feeds)
+    if progress:
+        from tqdm import tqdm
+
+        feeds = tqdm(feeds, desc="calibrating", unit="batch")
+    failed: list[str] = []
+    fresh_executor = False  # a new executor for each batch
+    for feed in feeds:
+        check_interrupted()  # a signal's exception swallowed by a library stops the loop all the same
+        feed = {k: feed[k] for k in feed_names}
+        if fresh_executor:
+            runner, plan = _statistics_runner(program, scope, place, feed_names, sample_vars, channel_vars, read_out)
+        try:
+            values = runner.run(feed)
+        except (RuntimeError, ValueError) as exc:
+            runner, plan = _statistics_runner(program, scope, place, feed_names, sample_vars, channel_vars, read_out)
+            try:  # Paddle 2.6's executor cannot run a program with tensor arrays (RetinaNet's post-process,
+                values = runner.run(feed)  # its boxes found per level) twice: "Tensor holds no memory"
+                fresh_executor = True
+            except (RuntimeError, ValueError):  # e.g. a reduction over an empty tensor
+                empty = _empty_variables(program, scope, place, feed_names, feed,
+                                         [name for kind, name in plan if kind in ("sample", "channel")])
+                if empty is None:  # the model itself cannot run this batch in Paddle's executor
+                    failed.append(_first_error_line(exc))
+                    continue
+                if not empty or empty & set(channel_vars):
+                    raise StatisticsUnsupported(_first_error_line(exc)) from exc
+                read_out |= empty
+                runner, plan = _statistics_runner(program, scope, place, feed_names, sample_vars, channel_vars,
+                                                  read_out)
+                values = runner.run(feed)
+        _record(stats, [entry for entry in plan if entry[0] != "unread"], values)
+    if failed:
+        if len(failed) == len(feeds):
+            raise StatisticsUnsupported(f"no calibration batch runs in Paddle's executor: {failed[0]}")
+        print(f"warning: calibrated on {len(feeds) - len(failed)} of {len(feeds)} batches: Paddle's executor cannot "
+              f"run the model on the others ({failed[0]}; paddleslim's calibration stops there)", file=sys.stderr)
+    return stats
+
+
+def _first_error_line(exc: BaseException) -> str:
+    """The line of a Paddle error that names it (its messages start with the user-code trace)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "Error" in line.split(":")[0]]
+    return f"{type(exc).__name__}: {(named or lines or [''])[0][:200]}"
+
+
+def _statistics_runner(program: Any, scope: Any, place: Any, feed_names: list[str], sample_vars: list[str],
+                       channel_vars: list[str], read_out: set[str]) -> tuple[Any, list[tuple[str, str]]]:
+    """A ProgramRunner of a copy of `program` with the |x| + max reductions appended, and its
+    plan: (kind, variable) per statistic, kind sample / channel (reduced in the graph), raw
+    (fetched whole, reduced in numpy) or unread (not in the main block: not fetched)."""
     import paddle
 
     from .paddle_static import ProgramRunner
-    from .signals import check_interrupted
 
     stats_program = program.clone(for_test=True)
     block = stats_program.global_block()
@@ -84,15 +146,17 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
         for kind, names in (("sample", sample_vars), ("channel", channel_vars)):
             for name in names:
                 if not block.has_var(name):
-                    raise StatisticsUnsupported(f"{name} is not a variable of the main block")
+                    if kind == "channel":
+                        raise StatisticsUnsupported(f"{name} is not a variable of the main block")
+                    plan.append(("unread", name))  # inside a control-flow block: no statistic, as an empty one
+                    continue
                 var = block.var(name)
                 ndim = len(var.shape)
                 if kind == "channel" and (str(var.dtype).split(".")[-1] not in FLOAT_TYPES or ndim < 2):
                     raise StatisticsUnsupported(f"{name}: {var.dtype}, {ndim} axes, has no channels")
-                if kind == "sample" and ndim == 0:
-                    raise StatisticsUnsupported(f"{name} is 0-D: no image axis")
-                if kind == "sample" and (str(var.dtype).split(".")[-1] not in FLOAT_TYPES or ndim == 1):
-                    plan.append(("raw", name))  # small (counts, per-image scalars): reduced in numpy
+                if kind == "sample" and (str(var.dtype).split(".")[-1] not in FLOAT_TYPES or ndim <= 1
+                                         or name in read_out):
+                    plan.append(("raw", name))  # small (counts, per-image scalars, boxes): reduced in numpy
                     fetch.append(name)
                     continue
                 if name not in absolute:
@@ -100,29 +164,35 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
                 axes = list(range(1, ndim)) if kind == "sample" else [a for a in range(ndim) if a != 1]
                 plan.append((kind, name))
                 fetch.append(paddle.max(absolute[name], axis=axes).name)
-    runner = ProgramRunner(stats_program.desc, feed_names, fetch, place, scope)
-    stats = ActivationStats({name: [] for kind, name in plan if kind != "channel"}, {})
-    feeds = list(feeds)
-    if progress:
-        from tqdm import tqdm
+    return ProgramRunner(stats_program.desc, feed_names, fetch, place, scope), plan
 
-        feeds = tqdm(feeds, desc="calibrating", unit="batch")
-    for feed in feeds:
-        check_interrupted()  # a signal's exception swallowed by a library stops the loop all the same
-        try:
-            values = runner.run({k: feed[k] for k in feed_names})
-        except (RuntimeError, ValueError) as exc:  # e.g. a reduction over an empty tensor
-            raise StatisticsUnsupported(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
-        for (kind, name), value in zip(plan, values):
-            if kind == "raw":  # as paddleslim's _sample_avg reads it
-                stats.sample_max[name].append(np.max(np.abs(value.reshape(value.shape[0], -1)), axis=1)
-                                              if value.size else np.zeros(0, np.float32))
-            elif kind == "sample":
-                stats.sample_max[name].append(value)
-            else:
-                stats.channel_max[name] = value if name not in stats.channel_max else np.maximum(
-                    stats.channel_max[name], value)
-    return stats
+
+def _empty_variables(program: Any, scope: Any, place: Any, feed_names: list[str], feed: dict[str, np.ndarray],
+                     names: list[str]) -> set[str] | None:
+    """Which of `names` the program computes empty for this feed (None: it cannot run it)."""
+    from .paddle_static import ProgramRunner
+
+    names = list(dict.fromkeys(names))
+    try:
+        values = ProgramRunner(program.desc, feed_names, names, place, scope).run(feed)
+    except (RuntimeError, ValueError):
+        return None
+    return {name for name, value in zip(names, values) if value.size == 0}
+
+
+def _record(stats: ActivationStats, fetched: list[tuple[str, str]], values: list[np.ndarray]) -> None:
+    for name in stats.sample_max.keys() - {name for _, name in fetched}:
+        stats.sample_max[name].append(np.zeros(0, np.float32))
+    for (kind, name), value in zip(fetched, values):
+        if kind == "raw":  # as paddleslim's _sample_avg reads it; a 0-D value (shape arithmetic) as one image
+            value = np.atleast_1d(value)
+            stats.sample_max[name].append(np.max(np.abs(value.reshape(value.shape[0], -1)), axis=1)
+                                          if value.size else np.zeros(0, np.float32))
+        elif kind == "sample":
+            stats.sample_max[name].append(value)
+        else:
+            stats.channel_max[name] = value if name not in stats.channel_max else np.maximum(
+                stats.channel_max[name], value)
 
 
 def post_training_quantization(model: Any, loader: Any, settings: Any, skip_tensor_list: list[str],

@@ -142,12 +142,7 @@ def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpI
             block = loaded.program.global_block()
             layers = strip_qdq(loaded.program, loaded.scope, loaded.place) if strip else []
             fetch_names = [v.name for v in loaded.fetch_vars]
-            # save_inference_model names its fetch scale ops save_infer_model/scale_<i>: free
-            # those names (the old fetch ops are pruned anyway)
-            renamed = {}
-            for var_name in [v for v in block.vars if v.startswith("save_infer_model/")]:
-                renamed[var_name] = f"orig_{var_name.replace('/', '_')}"
-                block._rename_var(var_name, renamed[var_name])  # noqa: SLF001
+            renamed = _free_fetch_names(block)
             nms = None
             if has_nms:
                 nms_ops = [op for op in block.ops if op.type in NMS_OP_TYPES]
@@ -166,6 +161,31 @@ def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpI
     return ModelFiles(out_dir, "model.pdmodel", "model.pdiparams"), nms, layers
 
 
+def _free_fetch_names(block: Any) -> dict[str, str]:
+    """save_inference_model names its fetch scale ops save_infer_model/scale_<i>: free those
+    names in a loaded model's block (its old fetch ops are pruned anyway); returns old -> new."""
+    renamed = {}
+    for var_name in [v for v in block.vars if v.startswith("save_infer_model/")]:
+        renamed[var_name] = f"orig_{var_name.replace('/', '_')}"
+        block._rename_var(var_name, renamed[var_name])  # noqa: SLF001
+    return renamed
+
+
+def cut_program(files: ModelFiles, out_dir: Path, fetch_names: list[str]) -> ModelFiles:
+    """The model with `fetch_names` (variables of its program) as its outputs and the inputs
+    they need as its inputs, saved in out_dir."""
+    with loaded_program(files) as loaded:
+        block = loaded.program.global_block()
+        renamed = _free_fetch_names(block)
+        fetch = [renamed.get(name, name) for name in fetch_names]
+        needed = set(fetch)
+        for op in reversed(block.ops):
+            if needed & set(op.output_arg_names):
+                needed.update(op.input_arg_names)
+        loaded.save(out_dir, [block.var(name) for name in fetch], [n for n in loaded.feed_names if n in needed])
+    return ModelFiles(out_dir, "model.pdmodel", "model.pdiparams")
+
+
 def _paddle2onnx_version() -> str:
     try:
         import paddle2onnx
@@ -178,6 +198,11 @@ def _paddle2onnx_version() -> str:
 def _last_error(text: str) -> str:
     """The line of paddle2onnx's output that says what went wrong."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    unsupported = [line.split("including", 1)[1].strip(" ,") for line in lines
+                   if "not supported yet" in line and "including" in line]
+    if unsupported:  # "Oops, there are some operators not supported yet, including while,write_to_array,"
+        ops = ", ".join(op for op in unsupported[-1].split(",") if op)
+        return f"operators paddle2onnx cannot convert: {ops}"[:400]
     for marker in ("Require", "Error", "error", "Cannot", "Failed", "failed", "abort"):
         hits = [line for line in lines if marker in line]
         if hits:

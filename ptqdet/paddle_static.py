@@ -221,12 +221,14 @@ class LoadedProgram:
     exe: Any
     place: Any
 
-    def save(self, out_dir: Path, fetch_vars: list[Any] | None = None) -> None:
-        """save_inference_model to out_dir/model.pdmodel + .pdiparams (default: the loaded fetch vars)."""
+    def save(self, out_dir: Path, fetch_vars: list[Any] | None = None, feed_names: list[str] | None = None) -> None:
+        """save_inference_model to out_dir/model.pdmodel + .pdiparams (default: the loaded fetch
+        vars and feeds)."""
         import paddle
 
         block = self.program.global_block()
-        paddle.static.save_inference_model(str(Path(out_dir) / "model"), [block.var(n) for n in self.feed_names],
+        feed_names = self.feed_names if feed_names is None else feed_names
+        paddle.static.save_inference_model(str(Path(out_dir) / "model"), [block.var(n) for n in feed_names],
                                            self.fetch_vars if fetch_vars is None else fetch_vars, self.exe,
                                            program=self.program)
 

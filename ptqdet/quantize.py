@@ -129,9 +129,10 @@ PADDLE_PTQ_FILE = "paddle/static/quantization/post_training_quantization.py"
 
 
 def ptq_error(exc: BaseException) -> ConfigError | None:
-    """Paddle's post-training quantization failed inside (RetinaNet, YOLOF and TOOD exports make it
-    fail on ops it only observes): one line naming where and what to try; None when the failure
-    did not arise in Paddle's PTQ (a bug elsewhere: let it show)."""
+    """Paddle's post-training quantization failed inside (a TOOD export makes it fail on ops it
+    only observes, as RetinaNet's and YOLOF's did before ptqdet calibrated them itself): one line
+    naming where and what to try; None when the failure did not arise in Paddle's PTQ (a bug
+    elsewhere: let it show)."""
     import traceback
 
     text = "".join(traceback.format_exception(exc))
@@ -146,7 +147,7 @@ def ptq_error(exc: BaseException) -> ConfigError | None:
     detail = re.sub(r"Cannot find \S+ in scope", "Cannot find a sampled variable in scope", error_detail(exc))
     return ConfigError(f"{where} failed on this export ({type(exc).__name__}: {detail[:300]}) on ops it only "
                        "observes; another PTQ.algo does not help (abs_max, avg, hist and mse fail alike on the "
-                       "RetinaNet and TOOD exports): deploy this model in FP32")
+                       "TOOD export): deploy this model in FP32")
 
 
 def calibrate(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, settings: PTQSettings,

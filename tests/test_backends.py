@@ -47,6 +47,15 @@ def test_missing_paddle2onnx_is_named(monkeypatch, tmp_path):
     assert not (tmp_path / "onnx").exists()
 
 
+def test_paddle2onnx_unsupported_operators_are_named():
+    from ptqdet.export import _last_error
+
+    log = ("[Paddle2ONNX] DenseTensorArray is not supported.\n[Paddle2ONNX] Oops, there are some operators not "
+           "supported yet, including lod_array_length,while,write_to_array,\n[ERROR] Due to the unsupported "
+           "operators, the conversion is aborted.\nFatalError: `Process abort signal` is detected")
+    assert _last_error(log) == "operators paddle2onnx cannot convert: lod_array_length, while, write_to_array"
+
+
 def test_unknown_backend_and_wrong_model_kind(tmp_path):
     with pytest.raises(ConfigError, match="unknown backend 'tensorrt'"):
         open_backend("tensorrt", MODELS / "picodet_s_shapes")

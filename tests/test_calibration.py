@@ -19,7 +19,9 @@ def _tiny_program():
         y = paddle.nn.functional.relu(x) * 2.0 - 1.0
         total = paddle.sum(y)  # 0-D
         count = paddle.cast(paddle.sum(paddle.cast(x > 0, "int32"), axis=[1, 2, 3]), "int32")  # [N] int32
-    return main, startup, x, y, total, count
+        flat = paddle.reshape(x, [-1, 1])
+        kept = paddle.gather(flat, paddle.nonzero(flat > 2.5)[:, 0])  # [K, 1]: boxes past a score filter
+    return main, startup, x, y, total, count, kept
 
 
 def test_statistics_are_numpys_maxima_per_image_and_per_channel():
@@ -31,13 +33,12 @@ def test_statistics_are_numpys_maxima_per_image_and_per_channel():
     rng = np.random.default_rng(0)
     feeds = [{"x": rng.standard_normal((n, 3, 4, 5)).astype(np.float32)} for n in (2, 3)]
     with static_mode(), paddle.static.scope_guard(paddle.static.Scope()):
-        main, startup, x, y, total, count = _tiny_program()
+        main, startup, x, y, total, count, kept = _tiny_program()
         exe = paddle.static.Executor(paddle.CPUPlace())
         exe.run(startup)
         stats = collect_statistics(main, paddle.static.global_scope(), exe.place, ["x"], feeds,
-                                   sample_vars=[y.name, count.name], channel_vars=[x.name])
-        with pytest.raises(StatisticsUnsupported, match="0-D"):
-            collect_statistics(main, paddle.static.global_scope(), exe.place, ["x"], feeds, sample_vars=[total.name])
+                                   sample_vars=[y.name, count.name, total.name, kept.name, "in_a_sub_block"],
+                                   channel_vars=[x.name])
         with pytest.raises(StatisticsUnsupported, match="channels"):
             collect_statistics(main, paddle.static.global_scope(), exe.place, ["x"], feeds, channel_vars=[count.name])
     ys = [np.maximum(f["x"], 0) * 2.0 - 1.0 for f in feeds]
@@ -45,6 +46,15 @@ def test_statistics_are_numpys_maxima_per_image_and_per_channel():
         np.testing.assert_array_equal(batch, np.abs(y_np).reshape(len(y_np), -1).max(1))
     for batch, f in zip(stats.sample_max[count.name], feeds):  # an int tensor: reduced in numpy
         np.testing.assert_array_equal(batch, (f["x"] > 0).reshape(len(f["x"]), -1).sum(1))
+    for batch, f in zip(stats.sample_max[total.name], feeds):  # 0-D (shape arithmetic): one image
+        np.testing.assert_allclose(batch, [abs((np.maximum(f["x"], 0) * 2.0 - 1.0).sum())], rtol=1e-5)
+    # empty in some batch (Paddle cannot reduce it): read out and reduced in numpy; paddleslim's zero-size
+    kept_np = [f["x"][f["x"] > 2.5] for f in feeds]
+    assert [v.size for v in kept_np].count(0) >= 1 and any(v.size for v in kept_np), "the feeds must test both"
+    for batch, v in zip(stats.sample_max[kept.name], kept_np):
+        np.testing.assert_array_equal(batch, np.abs(v))
+    assert kept.name in stats.empty() and "in_a_sub_block" in stats.empty()
+    assert stats.threshold("in_a_sub_block", "abs_max") is None
     np.testing.assert_array_equal(stats.channel_max[x.name],
                                   np.maximum(*(np.abs(f["x"]).max(axis=(0, 2, 3)) for f in feeds)))
     # paddleslim's thresholds: abs_max the largest, avg the mean over batches of each batch's mean
