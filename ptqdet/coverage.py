@@ -690,10 +690,10 @@ TRAINED_FIELDS = ("fp32_map", "int8_map_sim", "int8_map_openvino", "float_layers
 
 def write_results(rows: list[dict[str, Any]], path: Path = RESULTS_JSON, merge: bool = True) -> Path:
     """rows into docs/results/models.json (in ARCHS order; merge: keep other archs' rows)."""
-    old = json.loads(path.read_text()) if merge and path.is_file() else []
-    by_name = {r["arch"]: r for r in old}
+    old = {r["arch"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
+    by_name = dict(old) if merge else {}
     for row in rows:  # a trained model's fields (ptqdet.zoo) outlive a coverage run of its architecture
-        kept = {k: v for k, v in by_name.get(row["arch"], {}).items() if k in TRAINED_FIELDS and row.get(k) is None}
+        kept = {k: v for k, v in old.get(row["arch"], {}).items() if k in TRAINED_FIELDS and row.get(k) is None}
         by_name[row["arch"]] = {**row, **kept}
     order = [a.name for a in ARCHS]
     ordered = sorted(by_name.values(), key=lambda r: order.index(r["arch"]) if r["arch"] in order else len(order))

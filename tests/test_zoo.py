@@ -88,6 +88,18 @@ def test_zoo_row_merge_and_table():
     json.dumps(merged)  # models.json stays JSON
 
 
+def test_a_full_coverage_run_keeps_the_trained_fields(tmp_path):
+    """tools/coverage.py without --archs drops the rows of architectures it did not run, never
+    the zoo's measurements of those it did."""
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps([{"arch": "gfl_r18", "stages": {"ptq": "ok"}, "fp32_map": 0.38, "zoo": {"x": 1}},
+                                {"arch": "gone", "stages": {}}]))
+    coverage.write_results([{"arch": "gfl_r18", "stages": {"ptq": "no"}, "fp32_map": None}], path, merge=False)
+    rows = json.loads(path.read_text())
+    assert [r["arch"] for r in rows] == ["gfl_r18"]
+    assert rows[0]["stages"] == {"ptq": "no"} and rows[0]["fp32_map"] == 0.38 and rows[0]["zoo"] == {"x": 1}
+
+
 def test_analysis_only_when_int8_loses_more_than_a_point():
     assert not zoo.needs_analysis(_measure())
     assert zoo.needs_analysis(_measure(ov=0.285))
