@@ -681,6 +681,11 @@ def run_arch(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False,
 
 # ---------------------------------------------------------------------------- matrix and docs
 
+def distinct_models(arch_names: list[str]) -> set[str]:
+    """The model configs behind these rows (PicoDet with and without NMS is one model)."""
+    return {ARCH_BY_NAME[n].model_config.stem for n in arch_names if n in ARCH_BY_NAME}
+
+
 def passes(row: dict[str, Any], stages: tuple[str, ...]) -> bool:
     return all(row["stages"].get(s) == "ok" for s in stages)
 
@@ -872,10 +877,12 @@ row, QDQ form, 4 calibration images, 16 evaluation images). A stage is "ok", or 
 one line a user gets (below), or "-" when a stage it needs failed. An INT8 runtime is "ok" only
 when it agrees with the simulated INT8 model (Paddle Inference, fake-quant ops on FP32 kernels):
 its detections scored against the simulated model's (COCO mAP >= {MIN_AGREEMENT_MAP} over >= {MIN_BOXES}
-boxes) or, where a random model detects fewer boxes or its nearly tied scores let NMS keep
-other boxes, its raw outputs before NMS (cosine similarity >= {MIN_COSINE}).
+boxes) or, where a random model detects fewer boxes, its raw outputs before NMS (cosine
+similarity >= {MIN_COSINE}; for a model without an NMS op, the maps of its head's last convolutions).
 
-{len(through)} of {len(rows)} architectures run through PTQ, simulated INT8 and OpenVINO INT8.
+{len(through)} of {len(rows)} rows run through PTQ, simulated INT8 and OpenVINO INT8: \
+{len(distinct_models(through))} distinct models of {len(distinct_models([r["arch"] for r in rows]))} (the other rows \
+export or quantize one of them another way).
 
 {chr(10).join(_matrix_table(rows))}
 
