@@ -72,6 +72,7 @@ PTQ_DEFAULTS: dict[str, Any] = {
     "equalize_min_spread": 1.0,
     "reconstruction": "none",
     "recon_epochs": 20,
+    "calibration_kernels": "plain",
 }
 PTQ_ALGOS = ("KL", "hist", "avg", "mse", "emd", "abs_max", "min_max", "ptf")
 WEIGHT_TYPES = ("abs_max", "channel_wise_abs_max")
@@ -80,10 +81,13 @@ ROUND_TYPES = ("round", "adaround")
 # paddleslim quant_recon_static: none, AdaRound (layer-wise), BRECQ (region-wise), QDrop (region-wise
 # with activation quantization dropped at random while the rounding is learned)
 RECONSTRUCTIONS = ("none", "adaround", "brecq", "qdrop")
+# the kernels of ptqdet's one-pass calibration (ptqdet.calibration): the convolutions on oneDNN,
+# or every op on Paddle's plain kernels (bit-identical to paddleslim's own sampling)
+CALIBRATION_KERNELS = ("onednn", "plain")
 
 # PTQ keys ptqdet applies itself (ptqdet.recovery, quant_recon_static), not paddleslim's PTQ
 RECOVERY_KEYS = ("equalize_depthwise", "equalize_strength", "equalize_conv_strength", "equalize_min_spread",
-                 "reconstruction", "recon_epochs")
+                 "reconstruction", "recon_epochs", "calibration_kernels")
 
 # arch values whose exports have no NMS: ptqdet applies the NMS: settings after the model
 NMS_OUTSIDE_ARCHS = ("PPYOLOE", "PPYOLOE+", "PP-YOLOE", "YOLOE")
@@ -117,6 +121,7 @@ class PTQSettings:
     equalize_min_spread: float = PTQ_DEFAULTS["equalize_min_spread"]
     reconstruction: str = PTQ_DEFAULTS["reconstruction"]
     recon_epochs: int = PTQ_DEFAULTS["recon_epochs"]
+    calibration_kernels: str = PTQ_DEFAULTS["calibration_kernels"]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -355,6 +360,9 @@ def _ptq_settings(path: Path, raw: dict) -> PTQSettings:
     if settings.reconstruction != "none" and settings.round_type == "adaround":
         raise ConfigError(f"{path}: PTQ.round_type adaround and PTQ.reconstruction {settings.reconstruction!r} "
                           "both learn the rounding: choose one")
+    if settings.calibration_kernels not in CALIBRATION_KERNELS:
+        raise ConfigError(f"{path}: PTQ.calibration_kernels must be one of {', '.join(CALIBRATION_KERNELS)}, "
+                          f"got {settings.calibration_kernels!r}")
     if not isinstance(settings.quantizable_op_type, list) or not settings.quantizable_op_type:
         raise ConfigError(f"{path}: PTQ.quantizable_op_type must be a non-empty list of op types")
     return settings

@@ -32,6 +32,10 @@ PTQ_KEY_DOCS: dict[str, str] = {
                            "requantization in the runtime",
     "reconstruction": "recovery: none, adaround, brecq or qdrop (paddleslim quant_recon_static)",
     "recon_epochs": "recovery: reconstruction epochs",
+    "calibration_kernels": "the one-pass calibration of algo avg and abs_max (docs/recovery.md): plain runs every op "
+                           "on Paddle's plain kernels (bit-identical to paddleslim's own sampling), onednn its "
+                           "convolutions on oneDNN kernels (faster; the maxima rounded otherwise, which moves mAP "
+                           "by chance: docs/results/findings.md)",
 }
 
 HEADER = """# Config reference

@@ -199,7 +199,8 @@ def one_pass_ptq(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, setti
                                        settings.equalize_conv_strength) if equalize else []
         stats = collect_statistics(model.program, model.scope, model.place, model.feed_names, loader,
                                    sorted(ptq._quantized_act_var_name),
-                                   list(dict.fromkeys(op.input("Input")[0] for op in targets)), progress)
+                                   list(dict.fromkeys(op.input("Input")[0] for op in targets)), progress,
+                                   onednn=settings.calibration_kernels == "onednn")
         maxima: dict[str, float] = {}
         if equalize:
             maxima = equalize_program(model, stats.channel_max, settings.equalize_strength, skip_tensor_list,

@@ -157,3 +157,43 @@ def test_keeping_the_recovered_model_leaves_the_int8_model_as_it_is(tmp_path):
     assert recovered["elementwise_mul"] - original["elementwise_mul"] == ops["elementwise_mul"] - original[
         "elementwise_mul"] > 0  # the equalizing multiplies, in both
     assert recovered["scale"] == original["scale"] and "quantize_linear" not in recovered
+
+
+@pytest.mark.slow
+def test_onednn_calibration_reads_the_plain_kernels_maxima_to_rounding():
+    """PTQ.calibration_kernels onednn: the convolutions on oneDNN kernels give the same maxima up
+    to their other rounding (not bit for bit), every other op still on the plain kernels."""
+    import paddle
+
+    from ptqdet.calibration import _statistics_runner, collect_statistics, post_training_quantization
+    from ptqdet.data import calibration_loader
+    from ptqdet.files import resolve_model_files
+    from ptqdet.paddle_static import loaded_program
+
+    cfg = _cfg(algo="avg")
+    loader = calibration_loader(cfg, 2, 2, progress=False)
+    with loaded_program(resolve_model_files(cfg.model_dir)) as model:
+        names = sorted(post_training_quantization(model, loader, cfg.ptq, [])._quantized_act_var_name)
+        stats = {onednn: collect_statistics(model.program, model.scope, model.place, model.feed_names, loader,
+                                            names, onednn=onednn) for onednn in (False, True)}
+        runner, _ = _statistics_runner(model.program, model.scope, model.place, model.feed_names, names, [], set(),
+                                       onednn=True)
+    block = runner._desc.block(0)
+    ops = [block.op(i) for i in range(block.op_size())]
+    marked = {op.type() for op in ops if op.has_attr("use_mkldnn") and op.attr("use_mkldnn")}
+    assert paddle.base.core.is_compiled_with_mkldnn() and marked == {"conv2d", "depthwise_conv2d"}
+    differ = 0
+    for name in names:
+        plain, onednn = stats[False].threshold(name, "avg"), stats[True].threshold(name, "avg")
+        assert onednn == pytest.approx(plain, rel=1e-3), name
+        differ += onednn != plain
+    assert differ > 0  # other kernels indeed ran
+
+
+def test_calibration_kernels_is_checked(tmp_path):
+    from ptqdet.config import ConfigError
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"_BASE_: ['{DEMO_CONFIGS / 'picodet_s_ptq.yaml'}']\nPTQ:\n  calibration_kernels: gpu\n")
+    with pytest.raises(ConfigError, match="PTQ.calibration_kernels must be one of onednn, plain, got 'gpu'"):
+        load_config(config)
