@@ -76,9 +76,10 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
     empty in a batch (a post-process' boxes after a score filter: Paddle cannot reduce it) is
     read out and reduced in numpy from that batch on. `onednn`: the convolutions run on Paddle's
     oneDNN kernels (about twice as fast as its plain ones; other rounding: the maxima move by
-    about 1e-4 of themselves), the reductions on its plain ones.
+    about 1e-4 of themselves), the reductions on its plain ones. A batch the model itself cannot
+    run in Paddle's executor is left out with a warning (paddleslim's sampling stops there).
     Raises StatisticsUnsupported for a channel variable that is not a float tensor of the main
-    block with two or more axes, or a batch the program still cannot run."""
+    block with two or more axes or is empty, or when no batch runs."""
     from .signals import check_interrupted
 
     sample_vars, channel_vars = list(sample_vars), list(channel_vars)
