@@ -82,51 +82,72 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
     block with two or more axes or is empty, or when no batch runs."""
     from .signals import check_interrupted
 
-    sample_vars, channel_vars = list(sample_vars), list(channel_vars)
-    read_out: set[str] = set()
-
-    def statistics_runner() -> tuple[Any, list[tuple[str, str]]]:
-        return _statistics_runner(program, scope, place, feed_names, sample_vars, channel_vars, read_out, onednn)
-
-    runner, plan = statistics_runner()
-    stats = ActivationStats({name: [] for kind, name in plan if kind != "channel"}, {})
+    run = _StatisticsRun(program, scope, place, list(feed_names), list(sample_vars), list(channel_vars), onednn)
+    stats = ActivationStats({name: [] for kind, name in run.plan if kind != "channel"}, {})
     feeds = list(feeds)
     if progress:
         from tqdm import tqdm
 
         feeds = tqdm(feeds, desc="calibrating", unit="batch")
     failed: list[str] = []
-    fresh_executor = False  # a new executor for each batch
     for feed in feeds:
         check_interrupted()  # a signal's exception swallowed by a library stops the loop all the same
-        feed = {k: feed[k] for k in feed_names}
-        if fresh_executor:
-            runner, plan = statistics_runner()
         try:
-            values = runner.run(feed)
-        except (RuntimeError, ValueError) as exc:
-            runner, plan = statistics_runner()
-            try:  # Paddle 2.6's executor cannot run a program with tensor arrays (RetinaNet's post-process,
-                values = runner.run(feed)  # its boxes found per level) twice: "Tensor holds no memory"
-                fresh_executor = True
-            except (RuntimeError, ValueError):  # e.g. a reduction over an empty tensor
-                empty = _empty_variables(program, scope, place, feed_names, feed,
-                                         [name for kind, name in plan if kind in ("sample", "channel")])
-                if empty is None:  # the model itself cannot run this batch in Paddle's executor
-                    failed.append(_first_error_line(exc))
-                    continue
-                if not empty or empty & set(channel_vars):
-                    raise StatisticsUnsupported(_first_error_line(exc)) from exc
-                read_out |= empty
-                runner, plan = statistics_runner()
-                values = runner.run(feed)
-        _record(stats, [entry for entry in plan if entry[0] != "unread"], values)
+            values = run.batch({k: feed[k] for k in feed_names})
+        except _BatchFailed as exc:
+            failed.append(str(exc))
+            continue
+        _record(stats, [entry for entry in run.plan if entry[0] != "unread"], values)
     if failed:
         if len(failed) == len(feeds):
             raise StatisticsUnsupported(f"no calibration batch runs in Paddle's executor: {failed[0]}")
         print(f"warning: calibrated on {len(feeds) - len(failed)} of {len(feeds)} batches: Paddle's executor cannot "
               f"run the model on the others ({failed[0]}; paddleslim's calibration stops there)", file=sys.stderr)
     return stats
+
+
+class _BatchFailed(Exception):
+    """The model itself cannot run this batch in Paddle's executor."""
+
+
+class _StatisticsRun:
+    """The statistics program (_statistics_runner) run batch by batch, rebuilt where a batch
+    needs it: a fresh executor for every batch once one cannot run twice, numpy reductions for
+    the variables a batch left empty."""
+
+    def __init__(self, program: Any, scope: Any, place: Any, feed_names: list[str], sample_vars: list[str],
+                 channel_vars: list[str], onednn: bool):
+        self.program, self.scope, self.place, self.feed_names = program, scope, place, feed_names
+        self.sample_vars, self.channel_vars, self.onednn = sample_vars, channel_vars, onednn
+        self.read_out: set[str] = set()
+        self.fresh_executor = False
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        self.runner, self.plan = _statistics_runner(self.program, self.scope, self.place, self.feed_names,
+                                                    self.sample_vars, self.channel_vars, self.read_out, self.onednn)
+
+    def batch(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.fresh_executor:
+            self.rebuild()
+        try:
+            return self.runner.run(feed)
+        except (RuntimeError, ValueError) as exc:
+            self.rebuild()
+            try:  # Paddle 2.6's executor cannot run a program with tensor arrays (RetinaNet's post-process,
+                values = self.runner.run(feed)  # its boxes found per level) twice: "Tensor holds no memory"
+                self.fresh_executor = True
+                return values
+            except (RuntimeError, ValueError):  # e.g. a reduction over an empty tensor
+                empty = _empty_variables(self.program, self.scope, self.place, self.feed_names, feed,
+                                         [name for kind, name in self.plan if kind in ("sample", "channel")])
+                if empty is None:
+                    raise _BatchFailed(_first_error_line(exc)) from exc
+                if not empty or empty & set(self.channel_vars):
+                    raise StatisticsUnsupported(_first_error_line(exc)) from exc
+                self.read_out |= empty
+                self.rebuild()
+                return self.runner.run(feed)
 
 
 def _first_error_line(exc: BaseException) -> str:
