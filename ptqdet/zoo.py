@@ -99,7 +99,10 @@ ZOO: tuple[ZooArch, ...] = (
             backbone="lcnet_x0_75", note="trained on images stretched to 160 px in RGB as the zoo evaluates "
             "them (PaddleDetection's CenterNet reader warps with the aspect ratio kept and swaps to BGR)"),
     ZooArch("pafnet_lite", f"PAFNet-lite (TTFNet family: TTFFPN lite, TTFHead; backbone: {LCNET})",
-            backbone="lcnet_x0_75"),
+            backbone="lcnet_x0_75",
+            note="TTFFPN reads four backbone levels (LCNet's strides 4-32); 7 epochs, one image at a time in "
+            "evaluation (TTFBox decodes only a batch's first image); on a 5-epoch schedule it read 2.3 and 6.1 mAP "
+            "after two epochs, so it got two more, which took it past the 45-minute budget on one thread"),
     ZooArch("retinanet_r18", f"RetinaNet (FPN, anchors at half size; backbone: {LCNET})", backbone="lcnet_x0_75",
             note="the coverage model (random weights) fails Paddle 2.6's PTQ on ops it only observes; trained 3 "
             "epochs it stays near 1 mAP, and its export stops at the ONNX export (paddle2onnx: unsupported "
