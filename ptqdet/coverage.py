@@ -39,7 +39,7 @@ CONFIG_DIR = Path("configs/coverage")
 CACHE_DIR = Path("outputs/coverage")
 RESULTS_JSON = Path("docs/results/models.json")
 MODELS_MD = Path("docs/models.md")
-EXPORT_RECIPE = 3  # bump when the way models are built or exported changes (cache key)
+EXPORT_RECIPE = 4  # bump when the way models are built or exported changes (cache key)
 
 MIN_AGREEMENT_MAP = 0.9
 MIN_BOXES = 50
@@ -54,6 +54,7 @@ class Arch:
     family: str  # one-stage anchor-free, anchor-based, two-stage, transformer...
     config: str | None = None  # model config stem when shared (PicoDet with and without NMS)
     exclude_nms: bool = False
+    untie: bool = False  # spread the random model's tied scores before the export (untie_scores)
 
     @property
     def model_config(self) -> Path:
@@ -71,8 +72,8 @@ ARCHS: tuple[Arch, ...] = (
     Arch("picodet_s", "PicoDet-s (LCNet x0.35)", "anchor-free"),
     Arch("picodet_s_exclude_nms", "PicoDet-s, exclude_nms export", "anchor-free", config="picodet_s",
          exclude_nms=True),
-    Arch("yolov3_mbv3", "YOLOv3 (MobileNetV3-large x0.5)", "anchor-based"),
-    Arch("ppyolo_tiny", "PP-YOLO-tiny (MobileNetV3 x0.5)", "anchor-based"),
+    Arch("yolov3_mbv3", "YOLOv3 (MobileNetV3-large x0.5)", "anchor-based", untie=True),
+    Arch("ppyolo_tiny", "PP-YOLO-tiny (MobileNetV3 x0.5)", "anchor-based", untie=True),
     Arch("yolox_nano", "YOLOX-nano", "anchor-free"),
     Arch("fcos_r18", "FCOS (ResNet-18, FPN)", "anchor-free"),
     Arch("gfl_r18", "GFL (ResNet-18-vd, FPN)", "anchor-free"),
@@ -206,6 +207,32 @@ def export_model(arch: Arch, cache_dir: Path = CACHE_DIR, refresh: bool = False)
     return out
 
 
+UNTIE_WEIGHT_SCALE = 10.0
+UNTIE_BIAS_STD = 1.0
+
+
+def untie_scores(model: Any) -> int:
+    """Spread a random model's scores: every convolution with a bias (the heads' prediction
+    convolutions; the others feed a BatchNorm) gets its weights x UNTIE_WEIGHT_SCALE and
+    N(0, UNTIE_BIAS_STD) added to its bias (seeded). At PaddleDetection's initialisation a YOLO
+    head (no score prior) scores thousands of boxes alike (~0.25 everywhere), and which of them
+    NMS keeps is a tie-break no runtime comparison can judge. Heads with a score prior (FCOS,
+    GFL, TTFNet, ...: every score ~0.01) detect nothing and are compared on their raw outputs;
+    spread, their box regressions degenerate, so they are left as built (Arch.untie). Returns how
+    many convolutions it changed."""
+    import paddle
+
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _, layer in model.named_sublayers():
+        if isinstance(layer, paddle.nn.Conv2D) and layer.bias is not None:
+            weight, bias = layer.weight.numpy(), layer.bias.numpy()
+            layer.weight.set_value((weight * UNTIE_WEIGHT_SCALE).astype(weight.dtype))
+            layer.bias.set_value((bias + rng.normal(0.0, UNTIE_BIAS_STD, bias.shape)).astype(bias.dtype))
+            changed += 1
+    return changed
+
+
 def _ppdet_export(arch: Arch, tmp: Path) -> Path:
     """Trainer(cfg, mode='test').export(...), as tools/export_model.py; the folder it wrote."""
     os.environ.setdefault("ENABLE_FALL_BACK", "False")  # ppdet 2.6 export on paddle 2.6 needs it
@@ -227,7 +254,10 @@ def _ppdet_export(arch: Arch, tmp: Path) -> Path:
             if arch.exclude_nms:  # tools/export_model.py -o exclude_nms=True trt=True (PP-YOLOE's
                 # switch) export.nms=False (PicoDet's)
                 merge_config({"exclude_nms": True, "trt": True, "export": {"nms": False}})
-            Trainer(cfg, mode="test").export(str(tmp))
+            exporter = Trainer(cfg, mode="test")
+            if arch.untie:
+                untie_scores(exporter.model)
+            exporter.export(str(tmp))
     except Exception as exc:  # noqa: BLE001 - any failure of the exporter is the stage's result
         raise export_error(exc) from exc
     finally:
@@ -735,11 +765,15 @@ NOTES = """## Notes on the exports
   the simulated model's (at least 50 boxes); a random model that detects fewer is compared on
   its raw outputs before NMS instead (cosine >= 0.99). CenterNet and PAFNet have no NMS op (a
   top-k decodes their head's maps): their raw outputs are the maps of the head's last
-  convolutions. A random model that detects many boxes at nearly tied scores (YOLOv3,
-  PP-YOLO-tiny, CenterNet) must still agree box for box, where NMS or top-k turns tiny INT8
-  differences into other boxes: such a row says "no" with its raw outputs' cosine beside. The
-  trained zoo (below) compares the runtimes on models that detect something (CenterNet,
-  PP-YOLO-tiny among them).
+  convolutions. At PaddleDetection's initialisation a random model scores thousands of boxes
+  alike (YOLOv3: about 0.25 everywhere), and which of them NMS or a top-k keeps is a tie-break
+  that says nothing of the runtime; so before the export of the YOLO heads (YOLOv3,
+  PP-YOLO-tiny: no score prior) every convolution with a bias (the heads' predictions) gets its
+  weights x10 and a N(0, 1) bias shift (seeded: `ptqdet.coverage.untie_scores`). Heads with a
+  score prior detect nothing at initialisation and are compared on their raw outputs; spread
+  the same way, their box regressions degenerate and their detections disagree on every
+  runtime. A row that says "no" has its raw outputs' cosine beside (CenterNet: 0.995 on
+  OpenVINO, its 1600 boxes at tied scores).
 """
 
 

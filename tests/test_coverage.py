@@ -52,6 +52,26 @@ def coverage_rows(tmp_path_factory) -> dict[str, dict]:
     return rows
 
 
+def test_untie_scores_spreads_only_the_prediction_convolutions():
+    """The coverage models' prediction convolutions (those with a bias) get larger, seeded random
+    weights and biases; a convolution feeding a BatchNorm (no bias) is left as built."""
+    import numpy as np
+    import paddle
+
+    with paddle.base.dygraph.guard():
+        paddle.seed(0)
+        model = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3, bias_attr=False), paddle.nn.BatchNorm2D(4),
+                                     paddle.nn.Conv2D(4, 5, 1))
+        before = [p.numpy().copy() for p in model.parameters()]
+        assert coverage.untie_scores(model) == 1
+        after = {id(p): p.numpy() for p in model.parameters()}
+        backbone, head = model[0], model[2]
+        np.testing.assert_array_equal(after[id(backbone.weight)], before[0])
+        np.testing.assert_allclose(after[id(head.weight)], before[-2] * coverage.UNTIE_WEIGHT_SCALE, rtol=1e-6)
+        shift = after[id(head.bias)] - before[-1]
+        assert np.all(shift != 0) and np.abs(shift).max() < 5 * coverage.UNTIE_BIAS_STD
+
+
 def test_claims_split_the_architectures(tmp_path):
     assert set(SLOWEST) <= set(coverage.ARCH_BY_NAME)
     taken = [[n for n in ("a", "b", "c") if coverage.claim(tmp_path / "claims", n)] for _ in range(2)]
@@ -91,7 +111,7 @@ def test_totals(coverage_rows):
     assert len(coverage_rows) >= 12
     through = [n for n, r in coverage_rows.items() if coverage.passes(r, ("ptq", "int8_sim", "openvino_int8"))]
     assert len(through) >= 10, through
-    assert len(coverage.distinct_models(through)) >= 7, through  # PicoDet with and without NMS: one model
+    assert len(coverage.distinct_models(through)) >= 9, through  # PicoDet with and without NMS: one model
     assert any(coverage.ARCH_BY_NAME[n].family == "transformer" for n in through)
 
 
