@@ -129,13 +129,13 @@ class _StatisticsRun:
 
     def batch(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.fresh_executor:
-            self.rebuild()
+            self.runner = self.runner.fresh()
         try:
             return self.runner.run(feed)
         except (RuntimeError, ValueError) as exc:
-            self.rebuild()
-            try:  # Paddle 2.6's executor cannot run a program with tensor arrays (RetinaNet's post-process,
-                values = self.runner.run(feed)  # its boxes found per level) twice: "Tensor holds no memory"
+            self.runner = self.runner.fresh()
+            try:  # a program with tensor arrays (RetinaNet's post-process, its boxes found per level)
+                values = self.runner.run(feed)
                 self.fresh_executor = True
                 return values
             except (RuntimeError, ValueError):  # e.g. a reduction over an empty tensor

@@ -469,36 +469,35 @@ def head_outputs(files) -> list[Head]:
     """The outputs of the model's last convolutions (no convolution after them), bias added: the
     maps a post-process without an NMS op decodes (CenterNet's and TTFNet's heatmap and box maps,
     read by a top-k), in program order."""
-    from .paddle_static import loaded_program
+    from .program import read_ops
 
-    with loaded_program(files) as loaded:
-        ops = loaded.program.global_block().ops
-        consumers: dict[str, list[Any]] = {}
-        for op in ops:
-            for name in op.input_arg_names:
-                consumers.setdefault(name, []).append(op)
+    ops = read_ops(files)
+    consumers: dict[str, list[Any]] = {}
+    for op in ops:
+        for name in (n for names in op.inputs.values() for n in names):
+            consumers.setdefault(name, []).append(op)
 
-        def feeds_a_convolution(name: str) -> bool:
-            seen, stack = {name}, [name]
-            while stack:
-                for op in consumers.get(stack.pop(), []):
-                    if op.type in CONV_TYPES:
-                        return True
-                    fresh = [out for out in op.output_arg_names if out not in seen]
-                    seen.update(fresh)
-                    stack.extend(fresh)
-            return False
+    def feeds_a_convolution(name: str) -> bool:
+        seen, stack = {name}, [name]
+        while stack:
+            for op in consumers.get(stack.pop(), []):
+                if op.type in CONV_TYPES:
+                    return True
+                fresh = [out for names in op.outputs.values() for out in names if out not in seen]
+                seen.update(fresh)
+                stack.extend(fresh)
+        return False
 
-        def biased(name: str) -> str:  # through the fake quantization PTQ puts on an observed op's input
-            users = consumers.get(name, [])
-            if len(users) == 1 and users[0].type in ("quantize_linear", "dequantize_linear"):
-                return biased(users[0].output("Y")[0])
-            if len(users) == 1 and users[0].type == "elementwise_add":  # the bias (a reshaped parameter)
-                return users[0].output("Out")[0]
-            return name
+    def biased(name: str) -> str:  # through the fake quantization PTQ puts on an observed op's input
+        users = consumers.get(name, [])
+        if len(users) == 1 and users[0].type in ("quantize_linear", "dequantize_linear"):
+            return biased(users[0].outputs["Y"][0])
+        if len(users) == 1 and users[0].type == "elementwise_add":  # the bias (a reshaped parameter)
+            return users[0].outputs["Out"][0]
+        return name
 
-        return [Head(biased(op.output("Output")[0]), op.output("Output")[0]) for op in ops
-                if op.type in CONV_TYPES and not feeds_a_convolution(op.output("Output")[0])]
+    return [Head(biased(op.outputs["Output"][0]), op.outputs["Output"][0]) for op in ops
+            if op.type in CONV_TYPES and not feeds_a_convolution(op.outputs["Output"][0])]
 
 
 def _paddle_heads(files, heads: list[Head], options, work: Path, name: str):

@@ -185,12 +185,17 @@ class ProgramRunner:
         for col, name in enumerate(fetch_names):
             self._set_op(block.append_op(), "fetch_v2", name, "fetch", col)
             block.op(block.op_size() - 1)._set_attr("deepcopy", True)
-        self.feed_names = list(feed_names)
+        self.feed_names, self.fetch_names = list(feed_names), list(fetch_names)
         self.place, self.scope = place, scope
         exe_place = core.Place()
         exe_place.set_place(place)
         self._desc = desc  # the executor refers to it
         self._exe = core.StandaloneExecutor(exe_place, core.Plan([core.Job("default")], {"default": desc}), scope)
+
+    def fresh(self) -> ProgramRunner:
+        """A runner of the same program on a new executor (Paddle 2.6's executor cannot run a
+        program with tensor arrays twice: "Tensor holds no memory")."""
+        return ProgramRunner(self._desc, self.feed_names, self.fetch_names, self.place, self.scope)
 
     @staticmethod
     def _set_op(op: Any, op_type: str, source: str, target: str, col: int) -> None:
