@@ -122,6 +122,28 @@ class OnnxRuntimeBackend(OnnxRunner):
         self.output_names += list(names)
 
 
+# OpenVINO's MulticlassNms (2026.4 CPU) sorts its boxes before keep_top_k with a comparator that
+# takes scores closer than 1e-6 as equal only when that orders them by class: no strict weak
+# order, and std::sort then writes out of bounds (heap corruption, a crash) when many boxes of
+# several classes score within 1e-6 of each other (saturated scores at 1.0). On a grid of 2^-19
+# (exact in float32) two scores are equal or differ by more than 1e-6, and the order is strict.
+OPENVINO_NMS_SCORE_GRID = 2.0 ** 19
+
+
+def openvino_nms(boxes: Any, scores: Any, nms: NMSSettings) -> Any:
+    """MulticlassNms-9 on boxes [B, M, 4] and scores [B, C, M] (OpenVINO outputs), as the Paddle
+    model's multiclass_nms3: its outputs 0 (bbox [N, 6]: class, score, x1, y1, x2, y2) and 2
+    (bbox_num [B]); the scores snapped to OPENVINO_NMS_SCORE_GRID first."""
+    opset = importlib.import_module("openvino.opset9")  # openvino >= 2025 (openvino.runtime is gone)
+    grid = opset.constant(np.float32(OPENVINO_NMS_SCORE_GRID))
+    snapped = opset.divide(opset.round(opset.multiply(scores, grid), "half_to_even"), grid)
+    return opset.multiclass_nms(boxes, snapped, sort_result_type="classid", sort_result_across_batch=False,
+                                output_type="i32", iou_threshold=nms.nms_threshold,
+                                score_threshold=nms.score_threshold, nms_top_k=nms.nms_top_k,
+                                keep_top_k=nms.keep_top_k, background_class=nms.background_label, nms_eta=1.0,
+                                normalized=True)
+
+
 class OpenVINOBackend(OnnxRunner):
     """Compiled once per input shape set (static shapes: OpenVINO's fast path)."""
 
@@ -155,11 +177,7 @@ class OpenVINOBackend(OnnxRunner):
         if len(results) < 2:
             raise ConfigError(f"{self.export.onnx_path}: an export cut before NMS must output boxes and scores; "
                               f"it has {len(results)} output(s)")
-        boxes, scores = results[0].input_value(0), results[1].input_value(0)
-        node = opset.multiclass_nms(boxes, scores, sort_result_type="classid", sort_result_across_batch=False,
-                                    output_type="i32", iou_threshold=nms.nms_threshold,
-                                    score_threshold=nms.score_threshold, nms_top_k=nms.nms_top_k,
-                                    keep_top_k=nms.keep_top_k, background_class=-1, nms_eta=1.0, normalized=True)
+        node = openvino_nms(results[0].input_value(0), results[1].input_value(0), nms)
         for result in results:
             self._model.remove_result(result)
         node.output(0).get_tensor().set_names({"multiclass_nms.bbox"})

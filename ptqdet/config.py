@@ -137,6 +137,7 @@ class NMSSettings:
     nms_threshold: float = NMS_DEFAULTS["nms_threshold"]
     nms_top_k: int = NMS_DEFAULTS["nms_top_k"]
     keep_top_k: int = NMS_DEFAULTS["keep_top_k"]
+    background_label: int = -1  # a class the NMS drops (SSD's); from the model's own NMS op, not a config key
 
 
 @dataclass

@@ -111,36 +111,41 @@ def is_onnx_export(path: str | Path) -> bool:
 def _nms_settings(attrs: dict[str, Any], op_type: str, num_classes: int | None = None) -> NMSSettings:
     """The NMS ptqdet.postprocess.multiclass_nms can reproduce; refuse others clearly.
     num_classes: the scores' class count; a background_label outside [0, num_classes) (YOLOv3 and
-    PP-YOLO exports set it to num_classes) drops no class, as -1 does."""
+    PP-YOLO exports set it to num_classes) drops no class, as -1 does; one inside (SSD's
+    background score) is dropped, as Paddle's op does."""
     if op_type != "multiclass_nms3":
         raise ExportError(f"cannot move {op_type} out of the model: only multiclass_nms3 is supported")
-    background = attrs.get("background_label", -1)
+    background = int(attrs.get("background_label", -1))
     if num_classes is not None and num_classes > 0 and not 0 <= background < num_classes:
         background = -1
-    if not attrs.get("normalized", True) or background != -1 or attrs.get("nms_eta", 1.0) != 1.0:
+    if not attrs.get("normalized", True) or background < -1 or attrs.get("nms_eta", 1.0) != 1.0:
         raise ExportError(f"the model's NMS has normalized={attrs.get('normalized')}, background_label="
                           f"{attrs.get('background_label')}, nms_eta={attrs.get('nms_eta')}; ptqdet's NMS "
-                          "supports normalized=True, background_label=-1, nms_eta=1.0 only: evaluate and deploy this "
+                          "supports normalized=True, nms_eta=1.0 only: evaluate and deploy this "
                           "model on Paddle Inference (--backend paddle), which runs its NMS inside")
     # the attributes are float32: round away the float32 noise (0.025 reads 0.02500000037)
     return NMSSettings(score_threshold=round(float(attrs["score_threshold"]), 6),
                        nms_threshold=round(float(attrs["nms_threshold"]), 6),
-                       nms_top_k=int(attrs["nms_top_k"]), keep_top_k=int(attrs["keep_top_k"]))
+                       nms_top_k=int(attrs["nms_top_k"]), keep_top_k=int(attrs["keep_top_k"]),
+                       background_label=background)
 
 
 def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpInfo] | None = None
                     ) -> tuple[ModelFiles, NMSSettings | None, list[QuantizedLayer]]:
-    """The Paddle model paddle2onnx converts: cut before its NMS op (if it has one) and, with
-    `strip`, turned into its float program (ptqdet.qdq.strip_qdq, which also returns the
-    quantized layers). The model as it is when neither applies; otherwise saved in out_dir.
+    """The Paddle model paddle2onnx converts: cut before its NMS op (if it has one), its prior
+    boxes folded (fold_prior_boxes) and, with `strip`, turned into its float program
+    (ptqdet.qdq.strip_qdq, which also returns the quantized layers). The model as it is when
+    none applies; otherwise saved in out_dir.
     `ops`: the model's ops, if already read."""
-    has_nms = any(op.type in NMS_OP_TYPES for op in (read_ops(files) if ops is None else ops))
-    if not has_nms and not strip:
+    ops = read_ops(files) if ops is None else ops
+    has_nms = any(op.type in NMS_OP_TYPES for op in ops)
+    if not has_nms and not strip and not any(op.type == "prior_box" for op in ops):
         return files, None, []
     try:
         with loaded_program(files) as loaded:
             block = loaded.program.global_block()
             layers = strip_qdq(loaded.program, loaded.scope, loaded.place) if strip else []
+            fold_prior_boxes(loaded)
             fetch_names = [v.name for v in loaded.fetch_vars]
             renamed = _free_fetch_names(block)
             nms = None
@@ -159,6 +164,36 @@ def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpI
     except QDQExportError as exc:
         raise ExportError(f"{files.model_dir}: {exc}") from exc
     return ModelFiles(out_dir, "model.pdmodel", "model.pdiparams"), nms, layers
+
+
+def fold_prior_boxes(loaded: Any) -> int:
+    """Replace the program's prior_box ops (SSD's anchors; paddle2onnx cannot convert them) by
+    their outputs as parameters: they depend only on the input size, which must then be fixed
+    in the export. Returns how many ops it folded."""
+    import numpy as np
+    from paddle.base.data_feeder import convert_dtype
+
+    block = loaded.program.global_block()
+    indices = [i for i, op in enumerate(block.ops) if op.type == "prior_box"]
+    if not indices:
+        return 0
+    feed = {}
+    for name in loaded.feed_names:
+        var = block.var(name)
+        shape = [1 if i == 0 and d < 0 else d for i, d in enumerate(var.shape)]
+        if any(d < 0 for d in shape):
+            raise ExportError(f"the model's prior_box ops (SSD anchors) are written into the ONNX model for one "
+                              f"input size, and its input {name} has shape {list(var.shape)}: export it from "
+                              "PaddleDetection with a fixed TestReader image_shape")
+        feed[name] = np.ones(shape, dtype=convert_dtype(var.dtype))
+    outputs = [name for i in indices for name in block.ops[i].output_arg_names]
+    values = loaded.exe.run(loaded.program, feed=feed, fetch_list=outputs, return_numpy=True)
+    for i in reversed(indices):
+        block._remove_op(i)  # noqa: SLF001
+    for name, value in zip(outputs, values):
+        block.var(name).persistable = True
+        loaded.scope.var(name).get_tensor().set(np.asarray(value), loaded.place)
+    return len(indices)
 
 
 def _free_fetch_names(block: Any) -> dict[str, str]:

@@ -21,7 +21,7 @@ def multiclass_nms(boxes: np.ndarray, scores: np.ndarray, nms: NMSSettings) -> t
         out, num, _ = ops.multiclass_nms(
             paddle.to_tensor(boxes.astype(np.float32)), paddle.to_tensor(scores.astype(np.float32)),
             score_threshold=nms.score_threshold, nms_top_k=nms.nms_top_k, keep_top_k=nms.keep_top_k,
-            nms_threshold=nms.nms_threshold, normalized=True, nms_eta=1.0, background_label=-1,
+            nms_threshold=nms.nms_threshold, normalized=True, nms_eta=1.0, background_label=nms.background_label,
             return_index=False, return_rois_num=True)
         return out.numpy().reshape(-1, 6), num.numpy().astype(np.int32)
 
