@@ -36,6 +36,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("depthwise in float", {"equalize_depthwise": False}, ("depthwise_conv2d",),
            "the old remedy: every depthwise convolution kept in float"),
     Recipe("equalize", {"equalize_depthwise": True}, (), "depthwise input equalization"),
+    Recipe("equalize, oneDNN calibration", {"equalize_depthwise": True, "calibration_kernels": "onednn"}, (),
+           "the same one-pass calibration with its convolutions on oneDNN kernels (faster PTQ)"),
     Recipe("equalize spread 3", {"equalize_depthwise": True, "equalize_min_spread": 3.0}, (),
            "only depthwise inputs whose channels spread 3x or more (fewer per-channel requantizations)"),
     Recipe("equalize spread 6", {"equalize_depthwise": True, "equalize_min_spread": 6.0}, ()),
