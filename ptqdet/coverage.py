@@ -622,7 +622,8 @@ class ArchRun:
         try:
             cut, nms, _ = prepare_program(self.int8_files, self.work / "sim_raw", strip=False)
             self.heads = head_outputs(self.int8_files) if nms is None else []
-        except ExportError:  # an NMS ptqdet cannot reproduce (normalized=False, nms_eta < 1): the whole model
+        except ExportError:  # an NMS ptqdet cannot reproduce (normalized=False, nms_eta < 1) or SSD anchors of
+            # a dynamic input size: the whole model
             cut, nms = self.int8_files, None
         runner = open_backend("paddle", cut, self.options(mkldnn=False))
         raw = runner.run

@@ -17,7 +17,7 @@ def test_nms_settings_keep_a_background_class_inside_the_scores():
         _nms_settings({**NMS_ATTRS, "normalized": False}, "multiclass_nms3", 7)
 
 
-def _save_prior_box_model(out_dir, image_shape) -> ModelFiles:
+def _save_prior_box_model(out_dir, image_shape) -> tuple[ModelFiles, dict, list]:
     """image -> conv -> prior_box (SSD's anchors) + the conv's mean: a model paddle2onnx cannot convert."""
     import paddle
 
