@@ -188,8 +188,9 @@ def fold_prior_boxes(loaded: Any) -> int:
         feed[name] = np.ones(shape, dtype=convert_dtype(var.dtype))
     outputs = [name for i in indices for name in block.ops[i].output_arg_names]
     values = loaded.exe.run(loaded.program, feed=feed, fetch_list=outputs, return_numpy=True)
+    block._sync_with_cpp()  # noqa: SLF001 - once, as ptqdet.qdq.strip_qdq
     for i in reversed(indices):
-        block._remove_op(i)  # noqa: SLF001
+        block._remove_op(i, sync=False)  # noqa: SLF001
     for name, value in zip(outputs, values):
         block.var(name).persistable = True
         loaded.scope.var(name).get_tensor().set(np.asarray(value), loaded.place)

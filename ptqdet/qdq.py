@@ -182,9 +182,10 @@ def strip_qdq(program: Any, scope: Any, place: Any) -> list[QuantizedLayer]:
         for name in op.input_arg_names:
             if name in found.source:
                 op._rename_input(name, found.source[name])  # noqa: SLF001 - the public API has no rename
+    block._sync_with_cpp()  # noqa: SLF001 - once: a removal that syncs re-reads the whole block (quadratic)
     for i in reversed(range(len(block.ops))):
         if block.ops[i].type in QDQ_OP_TYPES:
-            block._remove_op(i)  # noqa: SLF001
+            block._remove_op(i, sync=False)  # noqa: SLF001
     return layers
 
 
