@@ -39,7 +39,7 @@ CONFIG_DIR = Path("configs/coverage")
 CACHE_DIR = Path("outputs/coverage")
 RESULTS_JSON = Path("docs/results/models.json")
 MODELS_MD = Path("docs/models.md")
-EXPORT_RECIPE = 4  # bump when the way models are built or exported changes (cache key)
+EXPORT_RECIPE = 5  # bump when the way models are built or exported changes (cache key)
 
 MIN_AGREEMENT_MAP = 0.9
 MIN_BOXES = 50
@@ -212,8 +212,9 @@ UNTIE_BIAS_STD = 1.0
 
 
 def untie_scores(model: Any) -> int:
-    """Spread a random model's scores: every convolution with a bias (the heads' prediction
-    convolutions; the others feed a BatchNorm) gets its weights x UNTIE_WEIGHT_SCALE and
+    """Spread a random model's scores: every convolution with a bias outside the backbone (the
+    heads' prediction convolutions; the backbone's are MobileNetV3's squeeze-excitation ones, the
+    other convolutions feed a BatchNorm) gets its weights x UNTIE_WEIGHT_SCALE and
     N(0, UNTIE_BIAS_STD) added to its bias (seeded). At PaddleDetection's initialisation a YOLO
     head (no score prior) scores thousands of boxes alike (~0.25 everywhere), and which of them
     NMS keeps is a tie-break no runtime comparison can judge. Heads with a score prior (FCOS,
@@ -224,8 +225,8 @@ def untie_scores(model: Any) -> int:
 
     rng = np.random.default_rng(0)
     changed = 0
-    for _, layer in model.named_sublayers():
-        if isinstance(layer, paddle.nn.Conv2D) and layer.bias is not None:
+    for name, layer in model.named_sublayers():
+        if isinstance(layer, paddle.nn.Conv2D) and layer.bias is not None and name.split(".")[0] != "backbone":
             weight, bias = layer.weight.numpy(), layer.bias.numpy()
             layer.weight.set_value((weight * UNTIE_WEIGHT_SCALE).astype(weight.dtype))
             layer.bias.set_value((bias + rng.normal(0.0, UNTIE_BIAS_STD, bias.shape)).astype(bias.dtype))

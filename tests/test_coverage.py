@@ -72,6 +72,20 @@ def test_untie_scores_spreads_only_the_prediction_convolutions():
         assert np.all(shift != 0) and np.abs(shift).max() < 5 * coverage.UNTIE_BIAS_STD
 
 
+def test_untie_scores_leaves_the_backbone_as_built():
+    """A biased convolution in the backbone (MobileNetV3's squeeze-excitation) is not a prediction."""
+    import numpy as np
+    import paddle
+
+    with paddle.base.dygraph.guard():
+        paddle.seed(0)
+        model = paddle.nn.LayerDict({"backbone": paddle.nn.Conv2D(3, 4, 1), "head": paddle.nn.Conv2D(4, 5, 1)})
+        before = model["backbone"].weight.numpy().copy(), model["backbone"].bias.numpy().copy()
+        assert coverage.untie_scores(model) == 1
+        np.testing.assert_array_equal(model["backbone"].weight.numpy(), before[0])
+        np.testing.assert_array_equal(model["backbone"].bias.numpy(), before[1])
+
+
 def test_claims_split_the_architectures(tmp_path):
     assert set(SLOWEST) <= set(coverage.ARCH_BY_NAME)
     taken = [[n for n in ("a", "b", "c") if coverage.claim(tmp_path / "claims", n)] for _ in range(2)]
