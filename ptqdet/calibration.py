@@ -67,8 +67,8 @@ def supports(settings: Any) -> bool:
 
 def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[str],
                        feeds: Iterable[dict[str, np.ndarray]], sample_vars: Iterable[str] = (),
-                       channel_vars: Iterable[str] = (), progress: bool = False, onednn: bool = False
-                       ) -> ActivationStats:
+                       channel_vars: Iterable[str] = (), progress: bool = False, onednn: bool = False,
+                       threads: int = 1) -> ActivationStats:
     """Run `program` (not changed: a copy gets the reductions) on each feed and return the
     per-image maxima of sample_vars and the per-channel maxima of channel_vars. A sampled
     variable inside a control-flow block is not read (recorded empty: paddleslim's zero-size
@@ -85,10 +85,18 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
     run = _StatisticsRun(program, scope, place, list(feed_names), list(sample_vars), list(channel_vars), onednn)
     stats = ActivationStats({name: [] for kind, name in run.plan if kind != "channel"}, {})
     feeds = list(feeds)
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        feeds = tqdm(feeds, desc="calibrating", unit="batch")
+        bar = tqdm(total=len(feeds), desc="calibrating", unit="batch")
+    fetched = [entry for entry in run.plan if entry[0] != "unread"]
+    parallel = run.parallel([{k: feed[k] for k in feed_names} for feed in feeds], threads, bar) if threads > 1 else None
+    if parallel is not None:
+        for values in parallel:
+            _record(stats, fetched, values)
+        _close(bar)
+        return stats
     failed: list[str] = []
     for feed in feeds:
         check_interrupted()  # a signal's exception swallowed by a library stops the loop all the same
@@ -97,7 +105,10 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
         except _BatchFailed as exc:
             failed.append(str(exc))
             continue
-        _record(stats, [entry for entry in run.plan if entry[0] != "unread"], values)
+        _record(stats, fetched, values)
+        if bar is not None:
+            bar.update()
+    _close(bar)
     if failed:
         if len(failed) == len(feeds):
             raise StatisticsUnsupported(f"no calibration batch runs in Paddle's executor: {failed[0]}")
@@ -127,6 +138,37 @@ class _StatisticsRun:
         self.runner, self.plan = _statistics_runner(self.program, self.scope, self.place, self.feed_names,
                                                     self.sample_vars, self.channel_vars, self.read_out, self.onednn)
 
+    def parallel(self, feeds: list[dict[str, np.ndarray]], threads: int, bar: Any = None
+                 ) -> list[list[np.ndarray]] | None:
+        """Each batch's fetched values, the batches shared out among `threads` threads (each a
+        runner of the statistics program on a scope of its own, ProgramRunner.with_own_scope);
+        None when a batch
+        fails (the caller's serial loop then runs every batch with its fallbacks)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .signals import check_interrupted
+
+        threads = min(threads, len(feeds))
+        values: list[list[np.ndarray] | None] = [None] * len(feeds)
+
+        def work(first: int) -> None:
+            runner = self.runner.with_own_scope()
+            for i in range(first, len(feeds), threads):
+                check_interrupted()
+                values[i] = runner.run(feeds[i])
+                if bar is not None:
+                    bar.update()
+
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                for future in [pool.submit(work, first) for first in range(threads)]:
+                    future.result()
+        except (RuntimeError, ValueError):
+            if bar is not None:
+                bar.reset()
+            return None
+        return values
+
     def batch(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.fresh_executor:
             self.runner = self.runner.fresh()
@@ -148,6 +190,11 @@ class _StatisticsRun:
                 self.read_out |= empty
                 self.rebuild()
                 return self.runner.run(feed)
+
+
+def _close(bar: Any) -> None:
+    if bar is not None:
+        bar.close()
 
 
 def _first_error_line(exc: BaseException) -> str:
@@ -199,7 +246,28 @@ def _statistics_runner(program: Any, scope: Any, place: Any, feed_names: list[st
                 axes = list(range(1, ndim)) if kind == "sample" else [a for a in range(ndim) if a != 1]
                 plan.append((kind, name))
                 fetch.append(paddle.max(absolute[name], axis=axes).name)
+    _prune(stats_program, fetch)
     return ProgramRunner(stats_program.desc, feed_names, fetch, place, scope), plan
+
+
+def _prune(program: Any, fetch_names: list[str]) -> int:
+    """Remove the ops of a one-block program that no fetched variable needs (a detector's
+    decode and NMS after its last quantized layer); returns how many. A program with
+    control-flow blocks is left as it is."""
+    if program.num_blocks != 1:
+        return 0
+    block = program.global_block()
+    needed = set(fetch_names)
+    unneeded = []
+    for i in reversed(range(len(block.ops))):
+        op = block.ops[i]
+        if needed & set(op.output_arg_names):
+            needed.update(op.input_arg_names)
+        else:
+            unneeded.append(i)
+    for i in unneeded:  # descending
+        block._remove_op(i, sync=False)  # noqa: SLF001 - the block is in sync: ops only appended so far
+    return len(unneeded)
 
 
 def _empty_variables(program: Any, scope: Any, place: Any, feed_names: list[str], feed: dict[str, np.ndarray],
@@ -223,8 +291,8 @@ def _record(stats: ActivationStats, fetched: list[tuple[str, str]], values: list
             value = np.atleast_1d(value)
             stats.sample_max[name].append(np.max(np.abs(value.reshape(value.shape[0], -1)), axis=1)
                                           if value.size else np.zeros(0, np.float32))
-        elif kind == "sample":
-            stats.sample_max[name].append(value)
+        elif kind == "sample":  # Paddle's max over axes of size 1 may keep them: one value per image
+            stats.sample_max[name].append(value.reshape(-1))
         else:
             stats.channel_max[name] = value if name not in stats.channel_max else np.maximum(
                 stats.channel_max[name], value)

@@ -102,33 +102,79 @@ def _update_output_link(graph, old_output_node, new_output_node, op_node):
     _relink(old_output_node, new_output_node, op_node, "output")
 
 
+class _IndexedNodes(set):
+    """A set of graph nodes with an index by name (persistable names are unique); a copy shares
+    the index until either changes (the passes mostly read their copies)."""
+
+    def __init__(self, nodes: Any = ()):
+        super().__init__(nodes)
+        self.by_name = {node.name(): node for node in self}
+        self.shared = False
+
+    def _own_index(self) -> None:
+        if self.shared:
+            self.by_name, self.shared = dict(self.by_name), False
+
+    def add(self, node: Any) -> None:
+        self._own_index()
+        super().add(node)
+        self.by_name[node.name()] = node
+
+    def discard(self, node: Any) -> None:
+        self._own_index()
+        super().discard(node)
+        if self.by_name.get(node.name()) is node:
+            del self.by_name[node.name()]
+
+    def remove(self, node: Any) -> None:
+        if node not in self:
+            raise KeyError(node)
+        self.discard(node)
+
+    def copy(self) -> _IndexedNodes:
+        copied = _IndexedNodes.__new__(_IndexedNodes)
+        set.__init__(copied, self)
+        copied.by_name, copied.shared, self.shared = self.by_name, True, True
+        return copied
+
+
 @contextlib.contextmanager
 def fast_ir_graph() -> Iterator[None]:
     """Paddle's IrGraph without its quadratic checks, meanwhile: PTQ's passes (the QDQ inserts
     of AddQuantDequantForInferencePass, QuantizationTransformPassV2) link nodes through
     link_to/update_*_link, which first assert that each node is in a set of the whole graph
     built anew for every call, and look a scale up in all_persistable_nodes(), also rebuilt per
-    call. Here the links skip those asserts (the passes link only nodes they hold) and the
-    persistable nodes are read once per graph and kept as nodes are created; any removal reads
-    them again. The passes write the same program (tested)."""
+    call, by a scan of its names (_find_node_by_name). Here the links skip those asserts (the
+    passes link only nodes they hold) and the persistable nodes are read once per graph and kept,
+    with an index by name, as nodes are created; any removal reads them again. The passes write
+    the same program (tested)."""
     from paddle.base.framework import IrGraph
 
     saved = {name: getattr(IrGraph, name) for name in (
         "link_to", "update_input_link", "update_output_link", "all_persistable_nodes", "create_persistable_node",
-        "create_var_node_from_desc", "safe_remove_nodes")}
+        "create_var_node_from_desc", "safe_remove_nodes", "_find_node_by_name")}
 
-    def all_persistable_nodes(self):
+    def persistables(self) -> _IndexedNodes:
         cached = self.__dict__.get("_ptqdet_persistables")
         if cached is None:
-            cached = self.__dict__["_ptqdet_persistables"] = saved["all_persistable_nodes"](self)
-        return set(cached)
+            cached = self.__dict__["_ptqdet_persistables"] = _IndexedNodes(saved["all_persistable_nodes"](self))
+        return cached
+
+    def all_persistable_nodes(self):
+        return persistables(self).copy()
 
     def create_persistable_node(self, *args, **kwargs):
         node = saved["create_persistable_node"](self, *args, **kwargs)
-        cached = self.__dict__.get("_ptqdet_persistables")
-        if cached is not None:
-            cached.add(node)
+        if "_ptqdet_persistables" in self.__dict__:
+            persistables(self).add(node)
         return node
+
+    def find_node_by_name(self, nodes, node_name):
+        if isinstance(nodes, _IndexedNodes):
+            found = nodes.by_name.get(node_name)
+            assert found is not None, f"Cannot find the target node ({node_name})in the giving set."
+            return found
+        return saved["_find_node_by_name"](self, nodes, node_name)
 
     def forget(name):
         def method(self, *args, **kwargs):
@@ -139,7 +185,7 @@ def fast_ir_graph() -> Iterator[None]:
     patched = {"link_to": _link_to, "update_input_link": _update_input_link, "update_output_link": _update_output_link,
                "all_persistable_nodes": all_persistable_nodes, "create_persistable_node": create_persistable_node,
                "create_var_node_from_desc": forget("create_var_node_from_desc"),
-               "safe_remove_nodes": forget("safe_remove_nodes")}
+               "safe_remove_nodes": forget("safe_remove_nodes"), "_find_node_by_name": find_node_by_name}
     for name, method in patched.items():
         setattr(IrGraph, name, method)
     try:
@@ -191,6 +237,20 @@ class ProgramRunner:
         exe_place.set_place(place)
         self._desc = desc  # the executor refers to it
         self._exe = core.StandaloneExecutor(exe_place, core.Plan([core.Job("default")], {"default": desc}), scope)
+
+    def with_own_scope(self) -> ProgramRunner:
+        """A runner of the same program on its own executor and its own root scope, whose
+        parameters share their memory with this runner's: runners made so may run at once on
+        separate threads (an executor keeps its feed and fetch lists in its scope's root)."""
+        from paddle.base import core
+
+        scope = core.Scope()
+        for var in self._desc.block(0).all_vars():
+            if var.persistable() and var.type() == core.VarDesc.VarType.LOD_TENSOR:
+                found = self.scope.find_var(var.name())
+                if found is not None and found.get_tensor()._is_initialized():
+                    scope.var(var.name()).get_tensor()._share_data_with(found.get_tensor())
+        return ProgramRunner(self._desc, self.feed_names, self.fetch_names, self.place, scope)
 
     def fresh(self) -> ProgramRunner:
         """A runner of the same program on a new executor (Paddle 2.6's executor cannot run a

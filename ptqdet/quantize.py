@@ -189,6 +189,7 @@ def one_pass_ptq(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, setti
     (ptqdet.calibration); raises StatisticsUnsupported before writing anything where the
     activations cannot be reduced in the graph. Returns whether fp32_dir was written."""
     from .calibration import collect_statistics, post_training_quantization, quantize_from_statistics
+    from .model import default_threads
     from .recovery import equalization_targets, equalize_program, save_equalized
 
     equalize = bool(settings.equalize_depthwise)
@@ -200,7 +201,7 @@ def one_pass_ptq(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, setti
         stats = collect_statistics(model.program, model.scope, model.place, model.feed_names, loader,
                                    sorted(ptq._quantized_act_var_name),
                                    list(dict.fromkeys(op.input("Input")[0] for op in targets)), progress,
-                                   onednn=settings.calibration_kernels == "onednn")
+                                   onednn=settings.calibration_kernels == "onednn", threads=default_threads())
         maxima: dict[str, float] = {}
         if equalize:
             maxima = equalize_program(model, stats.channel_max, settings.equalize_strength, skip_tensor_list,

@@ -34,7 +34,8 @@ class ParallelOptions:
 
 def thread_env(threads: int) -> dict[str, str]:
     """A worker's environment: its thread budget, and Paddle's logging as analysis.py sets it."""
-    env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                           "PTQDET_THREADS")}
     return {**env, "GLOG_minloglevel": "2", "FLAGS_call_stack_level": "1"}
 
 

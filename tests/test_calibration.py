@@ -39,6 +39,9 @@ def test_statistics_are_numpys_maxima_per_image_and_per_channel():
         stats = collect_statistics(main, paddle.static.global_scope(), exe.place, ["x"], feeds,
                                    sample_vars=[y.name, count.name, total.name, kept.name, "in_a_sub_block"],
                                    channel_vars=[x.name])
+        threaded = collect_statistics(main, paddle.static.global_scope(), exe.place, ["x"], feeds,
+                                      sample_vars=[y.name, count.name, total.name, kept.name, "in_a_sub_block"],
+                                      channel_vars=[x.name], threads=2)
         with pytest.raises(StatisticsUnsupported, match="channels"):
             collect_statistics(main, paddle.static.global_scope(), exe.place, ["x"], feeds, channel_vars=[count.name])
     ys = [np.maximum(f["x"], 0) * 2.0 - 1.0 for f in feeds]
@@ -62,6 +65,27 @@ def test_statistics_are_numpys_maxima_per_image_and_per_channel():
     per_batch = [float(np.mean(np.abs(v).reshape(len(v), -1).max(1))) for v in ys]
     assert stats.threshold(y.name, "avg") == np.array(per_batch).mean()
     assert ActivationStats({"e": [np.zeros(0, np.float32)]}).threshold("e", "avg") is None
+    # two threads, each batch on one of them: the same statistics, batch for batch
+    assert threaded.sample_max.keys() == stats.sample_max.keys()
+    for name, batches in stats.sample_max.items():
+        assert all(np.array_equal(a, b) for a, b in zip(batches, threaded.sample_max[name], strict=True)), name
+    np.testing.assert_array_equal(threaded.channel_max[x.name], stats.channel_max[x.name])
+
+
+def test_statistics_program_runs_only_what_the_statistics_need():
+    import paddle
+
+    from ptqdet.calibration import _statistics_runner
+    from ptqdet.paddle_static import static_mode
+
+    with static_mode(), paddle.static.scope_guard(paddle.static.Scope()):
+        main, _, x, y, total, count, kept = _tiny_program()
+        runner, plan = _statistics_runner(main, paddle.static.global_scope(), paddle.CPUPlace(), ["x"], [y.name],
+                                          [], set())
+    block = runner._desc.block(0)
+    types = {block.op(i).type() for i in range(block.op_size())}
+    assert plan == [("sample", y.name)] and {"relu", "abs", "reduce_max"} <= types
+    assert not types & {"reduce_sum", "cast", "where_index", "gather"}  # total's, count's, kept's
 
 
 def _cfg(**ptq):
@@ -88,6 +112,7 @@ def _quantize_both(cfg, tmp_path, monkeypatch):
     from ptqdet import quantize as quantize_module
     from ptqdet.paddle_static import ProgramRunner
 
+    monkeypatch.setenv("PTQDET_THREADS", "2")  # the one-pass statistics on two threads: bit for bit all the same
     runs = []
     real_run = ProgramRunner.run
     monkeypatch.setattr(ProgramRunner, "run", lambda self, feed: runs.append(1) or real_run(self, feed))
