@@ -63,6 +63,12 @@ class OnnxRunner:
         # paddle2onnx may fix an input's batch dimension to 1 (PicoDet's scale_factor [1, 2]):
         # such a model is run image by image and its outputs concatenated
         self.batch1 = False
+        # a post-process with control flow, left in Paddle by the export (RetinaNet's per-image
+        # loop and its NMS): run on the model's outputs, on Paddle's plain FP32 kernels
+        self.post_process = None
+        if export.post_process_inputs:
+            self.post_process = Predictor(resolve_model_files(export.post_process_dir),
+                                          BackendOptions(threads=self.threads, mkldnn=False, int8=False))
 
     def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
@@ -82,6 +88,11 @@ class OnnxRunner:
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         outputs = self._infer_batch(self._feed(feed))
+        if self.post_process is not None:
+            names = self.export.post_process_inputs or []
+            count = len(self.export.output_names)
+            values = {**dict(zip(names[:count], outputs[:count])), **{n: feed[n] for n in names[count:]}}
+            return self.post_process.run(values)
         if self.nms_after is None:
             return outputs
         bbox, num = multiclass_nms(outputs[0], outputs[1], self.nms_after)
@@ -105,7 +116,8 @@ class OnnxRuntimeBackend(OnnxRunner):
         self._session = ort.InferenceSession(str(export.onnx_path), so, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.batch1 = any(i.shape and i.shape[0] == 1 for i in self._session.get_inputs())
-        self.mode = f"ONNX Runtime {ort.__version__} CPU" + (" (QDQ INT8)" if self.quantized else "")
+        self.mode = f"ONNX Runtime {ort.__version__} CPU" + (" (QDQ INT8)" if self.quantized else "") + \
+            (" + Paddle post-process" if self.post_process is not None else "")
 
     def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(self._session.run(self.output_names, feed))
@@ -167,7 +179,8 @@ class OpenVINOBackend(OnnxRunner):
         self._config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
                         "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": options.openvino_precision}
         self.mode = f"OpenVINO {self._ov.__version__.split('-')[0]} CPU {options.openvino_precision}" + \
-            (" (QDQ INT8)" if self.quantized else "") + (" + NMS" if nms_inside else "")
+            (" (QDQ INT8)" if self.quantized else "") + (" + NMS" if nms_inside else "") + \
+            (" + Paddle post-process" if self.post_process is not None else "")
 
     def _append_nms(self, nms: NMSSettings) -> None:
         """Replace the outputs (boxes [B, M, 4], scores [B, C, M]) by MulticlassNms-9 on them:

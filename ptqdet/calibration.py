@@ -90,11 +90,10 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
         from tqdm import tqdm
 
         bar = tqdm(total=len(feeds), desc="calibrating", unit="batch")
-    fetched = [entry for entry in run.plan if entry[0] != "unread"]
     parallel = run.parallel([{k: feed[k] for k in feed_names} for feed in feeds], threads, bar) if threads > 1 else None
     if parallel is not None:
         for values in parallel:
-            _record(stats, fetched, values)
+            _record(stats, run.fetched(), values)
         _close(bar)
         return stats
     failed: list[str] = []
@@ -105,7 +104,7 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
         except _BatchFailed as exc:
             failed.append(str(exc))
             continue
-        _record(stats, fetched, values)
+        _record(stats, run.fetched(), values)  # the plan of this batch's run (a batch may rebuild it)
         if bar is not None:
             bar.update()
     _close(bar)
@@ -137,6 +136,10 @@ class _StatisticsRun:
     def rebuild(self) -> None:
         self.runner, self.plan = _statistics_runner(self.program, self.scope, self.place, self.feed_names,
                                                     self.sample_vars, self.channel_vars, self.read_out, self.onednn)
+
+    def fetched(self) -> list[tuple[str, str]]:
+        """The plan's statistics that the runner fetches, in its fetch order."""
+        return [entry for entry in self.plan if entry[0] != "unread"]
 
     def parallel(self, feeds: list[dict[str, np.ndarray]], threads: int, bar: Any = None
                  ) -> list[list[np.ndarray]] | None:
@@ -291,8 +294,8 @@ def _record(stats: ActivationStats, fetched: list[tuple[str, str]], values: list
             value = np.atleast_1d(value)
             stats.sample_max[name].append(np.max(np.abs(value.reshape(value.shape[0], -1)), axis=1)
                                           if value.size else np.zeros(0, np.float32))
-        elif kind == "sample":  # Paddle's max over axes of size 1 may keep them: one value per image
-            stats.sample_max[name].append(value.reshape(-1))
+        elif kind == "sample":
+            stats.sample_max[name].append(value)
         else:
             stats.channel_max[name] = value if name not in stats.channel_max else np.maximum(
                 stats.channel_max[name], value)

@@ -501,12 +501,13 @@ def head_outputs(files) -> list[Head]:
             if op.type in CONV_TYPES and not feeds_a_convolution(op.outputs["Output"][0])]
 
 
-def _paddle_heads(files, heads: list[Head], options, work: Path, name: str):
-    """A Paddle Inference runner of `files` whose outputs are the head's maps."""
+def _paddle_outputs(files, outputs: list[str], options, work: Path, name: str):
+    """A Paddle Inference runner of `files` whose outputs are these variables (the head's maps,
+    or where the network hands over to a post-process with control flow)."""
     from .backends import open_backend
     from .export import cut_program
 
-    return open_backend("paddle", cut_program(files, work / name, [h.paddle for h in heads]), options)
+    return open_backend("paddle", cut_program(files, work / name, outputs), options)
 
 
 def _paddle_raw(files, options, work: Path, name: str):
@@ -514,8 +515,8 @@ def _paddle_raw(files, options, work: Path, name: str):
     from .backends import open_backend
     from .export import prepare_program
 
-    cut, nms, _ = prepare_program(files, work / name, strip=False)
-    return open_backend("paddle", cut, options) if nms is not None else None
+    prepared = prepare_program(files, work / name, strip=False)
+    return open_backend("paddle", prepared.files, options) if prepared.nms is not None else None
 
 
 def new_row(arch: Arch) -> dict[str, Any]:
@@ -542,6 +543,9 @@ class ArchRun:
         self.int8_files: Any = None
         self.sim: Pass | None = None
         self.heads: list[Head] = []  # a model without an NMS op: its head's maps, compared as its raw outputs
+        # a post-process with control flow (ptqdet.program.post_process_split): where the network hands
+        # over to it, compared as its raw outputs (the ONNX model's outputs)
+        self.network_outputs: list[str] = []
 
     def options(self, **kwargs: Any):
         from .model import BackendOptions
@@ -619,20 +623,27 @@ class ArchRun:
         """The reference: the INT8 model cut before its NMS (raw outputs), then the same NMS op."""
         from .backends import open_backend
         from .export import ExportError, prepare_program
+        from .program import post_process_split, read_program
 
-        try:
-            cut, nms, _ = prepare_program(self.int8_files, self.work / "sim_raw", strip=False)
-            self.heads = head_outputs(self.int8_files) if nms is None else []
-        except ExportError:  # an NMS ptqdet cannot reproduce (normalized=False, nms_eta < 1) or SSD anchors of
-            # a dynamic input size: the whole model
-            cut, nms = self.int8_files, None
+        split = post_process_split(read_program(self.fp32_files))
+        cut, nms = self.int8_files, None
+        if split is not None:  # a post-process with control flow, which the ONNX export leaves in Paddle: where
+            self.network_outputs = split.network_outputs  # the network hands over to it are the raw outputs
+        else:
+            try:
+                prepared = prepare_program(self.int8_files, self.work / "sim_raw", strip=False)
+                cut, nms = prepared.files, prepared.nms
+                self.heads = head_outputs(self.int8_files) if nms is None else []
+            except ExportError:  # an NMS ptqdet cannot reproduce (normalized=False, nms_eta < 1) or SSD anchors
+                pass  # of a dynamic input size: the whole model
         runner = open_backend("paddle", cut, self.options(mkldnn=False))
         raw = runner.run
         if nms is not None:
             runner = _NMSAfter(runner, nms)
             raw = runner.raw
-        elif self.heads:  # no NMS op (a top-k decodes the maps): the head's maps are the raw outputs
-            raw = _paddle_heads(self.int8_files, self.heads, self.options(mkldnn=False), self.work, "sim_heads").run
+        elif self.network_outputs or self.heads:  # no NMS op (a top-k decodes the head's maps), or after a loop
+            raw = _paddle_outputs(self.int8_files, self.network_outputs or [h.paddle for h in self.heads],
+                                  self.options(mkldnn=False), self.work, "sim_heads").run
         self.sim = run_pass(runner, raw, self.data)
         self.row["runtimes"]["int8_sim"] = self.sim.runtime
         self.row["random_int8_map_sim"] = round(self.sim.map, 4)
@@ -653,12 +664,15 @@ class ArchRun:
         if runner.mode != "oneDNN INT8":
             raise ConfigError(f"Paddle Inference ran {self.arch.name}'s INT8 model as {runner.mode}, not on oneDNN "
                               "INT8 kernels (an op it fuses lacks input scales); deploy on OpenVINO instead")
+        raw = None
         try:
-            raw = _paddle_raw(self.int8_files, self.options(), self.work, "onednn_raw")
+            if not self.network_outputs:
+                raw = _paddle_raw(self.int8_files, self.options(), self.work, "onednn_raw")
         except ExportError:
-            raw = None
-        if raw is None and self.heads:
-            raw = _paddle_heads(self.int8_files, self.heads, self.options(), self.work, "onednn_heads")
+            pass
+        if raw is None and (self.heads or self.network_outputs):
+            raw = _paddle_outputs(self.int8_files, self.network_outputs or [h.paddle for h in self.heads],
+                                  self.options(), self.work, "onednn_heads")
         self.compare("onednn_int8", runner, (raw or runner).run)
 
     def onnx_export(self) -> None:
@@ -762,6 +776,12 @@ NOTES = """## Notes on the exports
   sampler fails on the export's 0-D shape arithmetic (GFL, TOOD, RetinaNet, YOLOF, CenterNet,
   PAFNet, DETR: `abs_max`, named in each config).
 - **CenterNet** exports run one image at a time (batch 1 in its config).
+- **RetinaNet, YOLOF**: their post-process loops over the images of a batch (a `while` op, with
+  tensor arrays) before its NMS, which paddle2onnx cannot convert. The ONNX export ends where
+  the network hands its maps to the post-process; the post-process (decode, top-k, NMS) is kept
+  as a Paddle program beside the ONNX model (`post_process/`, `ptqdet.program.post_process_split`),
+  which the OpenVINO and ONNX Runtime runners run on Paddle's FP32 kernels after the model. Their
+  raw outputs are those maps.
 - **Agreement of random models**: a runtime agrees when its detections score mAP >= 0.9 against
   the simulated model's (at least 50 boxes); a random model that detects fewer is compared on
   its raw outputs before NMS instead (cosine >= 0.99). CenterNet and PAFNet have no NMS op (a

@@ -28,8 +28,16 @@ from typing import Any
 
 from .config import ConfigError, NMSSettings
 from .files import ModelFiles, check_output_dir
-from .paddle_static import atomic_dir, loaded_program
-from .program import NMS_OP_TYPES, OpInfo, is_quantized, read_ops
+from .paddle_static import LoadedProgram, atomic_dir, loaded_program
+from .program import (
+    CONTROL_FLOW_OPS,
+    NMS_OP_TYPES,
+    OpInfo,
+    is_quantized,
+    post_process_split,
+    program_info,
+    read_ops,
+)
 from .qdq import QDQ_FORMAT, QDQExportError, QuantizedLayer, insert_qdq, strip_qdq
 
 EXPORT_META = "export.json"
@@ -37,6 +45,8 @@ ONNX_FILE = "model.onnx"
 # an OpenVINO IR (model.xml + model.bin) in place of model.onnx: a model another tool quantized
 # from ptqdet's FP32 export (NNCF, ptqdet.peers); it runs on OpenVINO only, with the export's NMS
 IR_FILE = "model.xml"
+# the Paddle post-process of a model whose post-process paddle2onnx cannot convert (control flow)
+POST_PROCESS_DIR = "post_process"
 DEFAULT_OPSET = 13
 # INT8: "ptqdet" writes the QDQ nodes itself (ptqdet.qdq: what Paddle Inference runs in INT8);
 # "paddle2onnx" lets paddle2onnx convert the QDQ model's own quantize/dequantize ops
@@ -74,6 +84,13 @@ class OnnxExport:
     qdq: str | None = None  # INT8: who wrote the QDQ nodes (QDQ_MODES)
     quantized_layers: int | None = None  # INT8 with qdq "ptqdet": Conv nodes with QDQ
     qdq_format: str | None = None  # INT8 with qdq "ptqdet": ptqdet.qdq.QDQ_FORMAT of the writer
+    # a post-process with control flow left in Paddle (POST_PROCESS_DIR beside the ONNX model): its
+    # inputs, the ONNX model's outputs in order, then model inputs (None: none)
+    post_process_inputs: list[str] | None = None
+
+    @property
+    def post_process_dir(self) -> Path:
+        return self.onnx_path.parent / POST_PROCESS_DIR
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -96,7 +113,8 @@ def load_export(path: str | Path) -> OnnxExport:
         return OnnxExport(onnx_path=model_file, source=data["source"], precision=data["precision"],
                           input_names=list(data["input_names"]), output_names=list(data["output_names"]), nms=nms,
                           opset=int(data["opset"]), paddle2onnx=data["paddle2onnx"], qdq=data.get("qdq"),
-                          quantized_layers=data.get("quantized_layers"), qdq_format=data.get("qdq_format"))
+                          quantized_layers=data.get("quantized_layers"), qdq_format=data.get("qdq_format"),
+                          post_process_inputs=data.get("post_process_inputs"))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{meta_path} is truncated or not an export.json of ptqdet ({type(exc).__name__}: "
                           f"{exc}): export the model again with export_onnx.py") from exc
@@ -130,25 +148,50 @@ def _nms_settings(attrs: dict[str, Any], op_type: str, num_classes: int | None =
                        background_label=background)
 
 
-def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpInfo] | None = None
-                    ) -> tuple[ModelFiles, NMSSettings | None, list[QuantizedLayer]]:
+@dataclass
+class PreparedProgram:
+    """What prepare_program made of a model."""
+
+    files: ModelFiles  # the model paddle2onnx converts
+    nms: NMSSettings | None  # the NMS cut from its end, for the runtime to apply
+    layers: list[QuantizedLayer]  # strip: the quantized layers, for insert_qdq
+    # the post-process left in Paddle (saved in post_process_dir): its inputs, the converted
+    # model's outputs first, then model inputs; None: no post-process left out
+    post_process_inputs: list[str] | None = None
+
+
+def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpInfo] | None = None,
+                    post_process_dir: Path | None = None) -> PreparedProgram:
     """The Paddle model paddle2onnx converts: cut before its NMS op (if it has one), its prior
     boxes folded (fold_prior_boxes) and, with `strip`, turned into its float program
     (ptqdet.qdq.strip_qdq, which also returns the quantized layers). The model as it is when
-    none applies; otherwise saved in out_dir.
+    none applies; otherwise saved in out_dir. With `post_process_dir`, a model whose
+    post-process holds control flow (ptqdet.program.post_process_split; paddle2onnx converts
+    none) is cut where its network ends instead, and the post-process (NMS included) saved
+    there as a Paddle model of its own.
     `ops`: the model's ops, if already read."""
     ops = read_ops(files) if ops is None else ops
     has_nms = any(op.type in NMS_OP_TYPES for op in ops)
-    if not has_nms and not strip and not any(op.type == "prior_box" for op in ops):
-        return files, None, []
+    loops = post_process_dir is not None and any(op.type in CONTROL_FLOW_OPS for op in ops)
+    if not has_nms and not strip and not loops and not any(op.type == "prior_box" for op in ops):
+        return PreparedProgram(files, None, [])
     try:
         with loaded_program(files) as loaded:
             block = loaded.program.global_block()
             layers = strip_qdq(loaded.program, loaded.scope, loaded.place) if strip else []
             fold_prior_boxes(loaded)
             fetch_names = [v.name for v in loaded.fetch_vars]
+            split = post_process_split(program_info(loaded.program.desc)) if loops else None
             renamed = _free_fetch_names(block)
             nms = None
+            if split is not None:
+                post_process = LoadedProgram(loaded.program.clone(), loaded.feed_names, loaded.fetch_vars,
+                                             loaded.scope, loaded.exe, loaded.place)
+                post_process.save(post_process_dir, [block.var(renamed.get(n, n)) for n in fetch_names],
+                                  split.post_process_inputs)
+                loaded.save(out_dir, [block.var(n) for n in split.network_outputs], split.network_inputs)
+                return PreparedProgram(ModelFiles(out_dir, "model.pdmodel", "model.pdiparams"), None, layers,
+                                       split.post_process_inputs)
             if has_nms:
                 nms_ops = [op for op in block.ops if op.type in NMS_OP_TYPES]
                 if len(nms_ops) != 1:
@@ -163,7 +206,7 @@ def prepare_program(files: ModelFiles, out_dir: Path, strip: bool, ops: list[OpI
             loaded.save(out_dir, fetch)
     except QDQExportError as exc:
         raise ExportError(f"{files.model_dir}: {exc}") from exc
-    return ModelFiles(out_dir, "model.pdmodel", "model.pdiparams"), nms, layers
+    return PreparedProgram(ModelFiles(out_dir, "model.pdmodel", "model.pdiparams"), nms, layers)
 
 
 def fold_prior_boxes(loaded: Any) -> int:
@@ -322,9 +365,11 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp, \
             atomic_dir(out_dir) as staged:
-        source, nms, layers = prepare_program(files, Path(tmp) / "paddle", strip, ops)
+        prepared = prepare_program(files, Path(tmp) / "paddle", strip, ops, post_process_dir=staged / POST_PROCESS_DIR)
+        source, nms, layers = prepared.files, prepared.nms, prepared.layers
         onnx_path = staged / ONNX_FILE
-        steps = [s for s, on in (("cut before NMS", nms is not None), ("float program", strip)) if on]
+        steps = [s for s, on in (("cut before NMS", nms is not None), ("float program", strip),
+                                 ("post-process left in Paddle", prepared.post_process_inputs is not None)) if on]
         run_paddle2onnx(source, onnx_path, opset,
                         label=str(files.model_dir) + (f" ({', '.join(steps)})" if steps else ""))
         written = None
@@ -338,7 +383,8 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
                             precision="INT8" if quantized else "FP32", input_names=inputs,
                             output_names=outputs, nms=nms, opset=real_opset, paddle2onnx=version,
                             qdq=qdq if quantized else None, quantized_layers=written,
-                            qdq_format=QDQ_FORMAT if strip else None)
+                            qdq_format=QDQ_FORMAT if strip else None,
+                            post_process_inputs=prepared.post_process_inputs)
         (staged / EXPORT_META).write_text(json.dumps(export.to_dict(), indent=2) + "\n")
     return export
 

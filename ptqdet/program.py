@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,13 @@ def read_program(files: ModelFiles) -> ProgramInfo:
         desc = core.ProgramDesc(files.model_path.read_bytes())
     except ValueError as exc:  # paddle's InvalidArgument: the protobuf does not parse
         raise ConfigError(f"model file is not a Paddle program (truncated or corrupt?): {files.model_path}") from exc
+    return program_info(desc)
+
+
+def program_info(desc: Any) -> ProgramInfo:
+    """The ProgramInfo of a program desc (a loaded program's `.desc`)."""
+    from paddle.base import core
+
     block = desc.block(0)
     ops = []
     for i in range(block.op_size()):
@@ -147,6 +155,79 @@ def check_model(files: ModelFiles, feed_names: list[str] | None = None, nms_outs
 def check_config_model(cfg: PTQDetConfig, files: ModelFiles) -> ProgramInfo:
     """check_model with what the config says about the model (input_list, arch)."""
     return check_model(files, list(cfg.feed_names.values()), cfg.nms_outside)
+
+
+# ops that run a sub-block: paddle2onnx converts none of them (RetinaNet's and YOLOF's
+# post-process loops over the images of a batch)
+CONTROL_FLOW_OPS = ("while", "conditional_block", "conditional_block_infer")
+
+
+@dataclass(frozen=True)
+class PostProcessSplit:
+    """A model whose post-process holds control flow, split where its network ends: the
+    network (every op the weight layers' outputs need, each through its bias add) and the
+    post-process (every other op)."""
+
+    network_inputs: list[str]  # the model inputs the network reads
+    network_outputs: list[str]  # what the network hands to the post-process, in program order
+    post_process_inputs: list[str]  # network_outputs, then the model inputs the post-process reads
+
+
+def post_process_split(program: ProgramInfo) -> PostProcessSplit | None:
+    """The split of a model with control flow after its network; None for a model without
+    control flow in its main block, or with it inside the network."""
+    ops = program.ops
+    if not any(op.type in CONTROL_FLOW_OPS for op in ops):
+        return None
+    producer = {name: i for i, op in enumerate(ops) for names in op.outputs.values() for name in names}
+    users: dict[str, list[OpInfo]] = {}
+    for op in ops:
+        for name in {n for names in op.inputs.values() for n in names}:
+            users.setdefault(name, []).append(op)
+
+    def constant(name: str) -> bool:  # a parameter, or computed from parameters alone (a reshaped bias)
+        if name in program.persistables:
+            return True
+        op = ops[producer[name]] if name in producer else None
+        return op is not None and all(n in program.persistables for names in op.inputs.values() for n in names)
+
+    def through_bias(name: str) -> str:  # past the fake quantization PTQ may put between, to the bias add
+        following = users.get(name, [])
+        if len(following) == 1 and following[0].type in ("quantize_linear", "dequantize_linear"):
+            return through_bias(following[0].outputs["Y"][0])
+        if len(following) == 1 and following[0].type == "elementwise_add" and constant(following[0].inputs["Y"][0]):
+            return following[0].outputs["Out"][0]
+        return name
+
+    targets = {through_bias(out) for op in ops if op.type in WEIGHT_SLOTS
+               for out in op.outputs.get("Output", op.outputs.get("Out", []))}
+    network = _needed_ops(ops, targets, set())
+    if any(ops[i].type in CONTROL_FLOW_OPS for i in network):
+        return None
+    made = {n for i in network for names in ops[i].outputs.values() for n in names}
+    # the post-process: what the fetched outputs need beyond the network
+    needed = _needed_ops(ops, {n for op in ops if op.type == "fetch" for n in op.inputs.get("X", [])}, network)
+    read = [n for i in sorted(needed) for names in ops[i].inputs.values() for n in names]
+    outputs = [n for n in dict.fromkeys(read) if n in made and n not in program.persistables]
+    network_read = {n for i in network for names in ops[i].inputs.values() for n in names}
+    return PostProcessSplit([n for n in program.feed_names if n in network_read], outputs,
+                            outputs + [n for n in program.feed_names if n in set(read)])
+
+
+def _needed_ops(ops: list[OpInfo], outputs: set[str], excluded: set[int]) -> set[int]:
+    """Indices of the ops (not fetch ops, nor the excluded) that computing `outputs` runs: a
+    backward pass in program order, so that an op writing the variable it reads (the scale ops
+    of a model saved twice) leads on to the op before it."""
+    live, needed = set(outputs), set()
+    for i in reversed(range(len(ops))):
+        op = ops[i]
+        if i in excluded or op.type == "fetch":
+            continue
+        written = {n for names in op.outputs.values() for n in names}
+        if written & live:
+            needed.add(i)
+            live |= {n for names in op.inputs.values() for n in names}
+    return needed
 
 
 def read_ops(files: ModelFiles) -> list[OpInfo]:

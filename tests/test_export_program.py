@@ -45,7 +45,8 @@ def _save_prior_box_model(out_dir, image_shape) -> tuple[ModelFiles, dict, list]
 def test_prior_boxes_are_folded_into_parameters(tmp_path):
     files, feed, expected = _save_prior_box_model(tmp_path / "model", [1, 3, 32, 32])
     assert "prior_box" in {op.type for op in read_ops(files)}
-    folded, nms, _ = prepare_program(files, tmp_path / "folded", strip=False)
+    prepared = prepare_program(files, tmp_path / "folded", strip=False)
+    folded, nms = prepared.files, prepared.nms
     assert nms is None and "prior_box" not in {op.type for op in read_ops(folded)}
     from ptqdet.backends import open_backend
     from ptqdet.model import BackendOptions
@@ -59,3 +60,33 @@ def test_prior_boxes_of_a_dynamic_input_size_are_refused(tmp_path):
     files, _, _ = _save_prior_box_model(tmp_path / "model", [1, 3, -1, -1])
     with pytest.raises(ExportError, match="fixed TestReader image_shape"):
         prepare_program(files, tmp_path / "folded", strip=False)
+
+
+def _program(*ops, persistables=("w", "b")):
+    from ptqdet.program import OpInfo, ProgramInfo
+
+    feeds = [OpInfo("feed", {"X": ["feed"]}, {"Out": [n]}) for n in ("image", "im_shape")]
+    return ProgramInfo([*feeds, *(OpInfo(t, i, o) for t, i, o in ops)], frozenset(persistables))
+
+
+NETWORK = (("conv2d", {"Input": ["image"], "Filter": ["w"]}, {"Output": ["c"]}),
+           ("reshape2", {"X": ["b"]}, {"Out": ["rb"]}),
+           ("elementwise_add", {"X": ["c"], "Y": ["rb"]}, {"Out": ["c1"]}))
+
+
+def test_a_post_process_loop_is_split_where_the_network_ends():
+    """RetinaNet's form: the head's maps (bias added) go to a per-image while loop and an NMS;
+    the split hands the maps and the model inputs the loop reads to the post-process."""
+    from ptqdet.program import post_process_split
+
+    loop = _program(*NETWORK, ("shape", {"Input": ["c1"]}, {"Out": ["s"]}),
+                    ("while", {"X": ["c1", "s", "im_shape"], "Condition": ["s"]}, {"Out": ["boxes"]}),
+                    ("multiclass_nms3", {"BBoxes": ["boxes"]}, {"Out": ["det"]}),
+                    ("fetch", {"X": ["det"]}, {"Out": ["fetch"]}))
+    split = post_process_split(loop)
+    assert split.network_outputs == ["c1"] and split.post_process_inputs == ["c1", "im_shape"]
+    assert split.network_inputs == ["image"]
+    assert post_process_split(_program(*NETWORK, ("fetch", {"X": ["c1"]}, {"Out": ["fetch"]}))) is None
+    inside = _program(("while", {"X": ["image"]}, {"Out": ["x"]}),  # a loop the network itself runs
+                      ("conv2d", {"Input": ["x"], "Filter": ["w"]}, {"Output": ["c"]}))
+    assert post_process_split(inside) is None
