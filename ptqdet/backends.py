@@ -67,8 +67,8 @@ class OnnxRunner:
         # loop and its NMS): run on the model's outputs, on Paddle's plain FP32 kernels
         self.post_process = None
         if export.post_process_inputs:
-            self.post_process = Predictor(resolve_model_files(export.post_process_dir),
-                                          BackendOptions(threads=self.threads, mkldnn=False, int8=False))
+            self.post_process = open_backend("paddle", export.post_process_dir,
+                                             BackendOptions(threads=self.threads, mkldnn=False, int8=False))
 
     def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
