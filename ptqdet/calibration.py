@@ -18,8 +18,12 @@ reconstruction methods keep paddleslim's own sampling (`supports`).
 """
 from __future__ import annotations
 
+import contextlib
+import queue
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,40 +84,59 @@ def collect_statistics(program: Any, scope: Any, place: Any, feed_names: list[st
     run in Paddle's executor is left out with a warning (paddleslim's sampling stops there).
     Raises StatisticsUnsupported for a channel variable that is not a float tensor of the main
     block with two or more axes or is empty, or when no batch runs."""
-    from .signals import check_interrupted
 
     run = _StatisticsRun(program, scope, place, list(feed_names), list(sample_vars), list(channel_vars), onednn)
     stats = ActivationStats({name: [] for kind, name in run.plan if kind != "channel"}, {})
-    feeds = list(feeds)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(feeds), desc="calibrating", unit="batch")
-    parallel = run.parallel([{k: feed[k] for k in feed_names} for feed in feeds], threads, bar) if threads > 1 else None
-    if parallel is not None:
-        for values in parallel:
-            _record(stats, run.fetched(), values)
-        _close(bar)
-        return stats
-    failed: list[str] = []
-    for feed in feeds:
-        check_interrupted()  # a signal's exception swallowed by a library stops the loop all the same
-        try:
-            values = run.batch({k: feed[k] for k in feed_names})
-        except _BatchFailed as exc:
-            failed.append(str(exc))
-            continue
-        _record(stats, run.fetched(), values)  # the plan of this batch's run (a batch may rebuild it)
-        if bar is not None:
-            bar.update()
-    _close(bar)
+    feeds = [{k: feed[k] for k in feed_names} for feed in feeds]
+    with _progress_bar(progress, len(feeds)) as bar:
+        parallel = run.parallel(feeds, threads, bar) if threads > 1 else None
+        if parallel is not None:
+            for values in parallel:
+                _record(stats, run.fetched(), values)
+            return stats
+        failed = _serial_pass(run, feeds, stats, bar)
     if failed:
         if len(failed) == len(feeds):
             raise StatisticsUnsupported(f"no calibration batch runs in Paddle's executor: {failed[0]}")
         print(f"warning: calibrated on {len(feeds) - len(failed)} of {len(feeds)} batches: Paddle's executor cannot "
               f"run the model on the others ({failed[0]}; paddleslim's calibration stops there)", file=sys.stderr)
     return stats
+
+
+@contextlib.contextmanager
+def _progress_bar(progress: bool, total: int) -> Iterator[Any]:
+    """A "calibrating" bar over the batches (None without `progress`), closed on the way out
+    whatever ends the block: nothing of it is printed after a signal's message."""
+    if not progress:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="calibrating", unit="batch")
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _serial_pass(run: _StatisticsRun, feeds: list[dict[str, np.ndarray]], stats: ActivationStats,
+                 bar: Any) -> list[str]:
+    """Each batch through `run` in turn, recorded in `stats`; returns the errors of the batches
+    the model itself cannot run (left out)."""
+    from .signals import check_interrupted
+
+    failed: list[str] = []
+    for feed in feeds:
+        check_interrupted()  # a signal's exception swallowed by a library stops the loop all the same
+        try:
+            values = run.batch(feed)
+        except _BatchFailed as exc:
+            failed.append(str(exc))
+            continue
+        _record(stats, run.fetched(), values)  # the plan of this batch's run (a batch may rebuild it)
+        if bar is not None:
+            bar.update()
+    return failed
 
 
 class _BatchFailed(Exception):
@@ -145,31 +168,46 @@ class _StatisticsRun:
                  ) -> list[list[np.ndarray]] | None:
         """Each batch's fetched values, the batches shared out among `threads` threads (each a
         runner of the statistics program on a scope of its own, ProgramRunner.with_own_scope);
-        None when a batch
-        fails (the caller's serial loop then runs every batch with its fallbacks)."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        None when a batch fails (the caller's serial loop then runs every batch with its
+        fallbacks). Only this thread touches the bar; whatever ends the pass (a signal's
+        exception), the threads finish their batch and stop before it returns or raises."""
         from .signals import check_interrupted
 
         threads = min(threads, len(feeds))
-        values: list[list[np.ndarray] | None] = [None] * len(feeds)
+        done: queue.Queue = queue.Queue()
+        stop = threading.Event()
 
         def work(first: int) -> None:
-            runner = self.runner.with_own_scope()
-            for i in range(first, len(feeds), threads):
-                check_interrupted()
-                values[i] = runner.run(feeds[i])
-                if bar is not None:
-                    bar.update()
+            try:
+                runner = self.runner.with_own_scope()
+                for i in range(first, len(feeds), threads):
+                    if stop.is_set():
+                        return
+                    done.put((i, runner.run(feeds[i])))
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                done.put((None, exc))
 
-        try:
-            with ThreadPoolExecutor(threads) as pool:
-                for future in [pool.submit(work, first) for first in range(threads)]:
-                    future.result()
-        except (RuntimeError, ValueError):
-            if bar is not None:
-                bar.reset()
-            return None
+        values: list[Any] = [None] * len(feeds)
+        with ThreadPoolExecutor(threads) as pool:  # leaving it waits for the threads
+            try:
+                for first in range(threads):
+                    pool.submit(work, first)
+                for _ in feeds:
+                    check_interrupted()
+                    i, result = done.get()
+                    if i is None:
+                        raise result
+                    values[i] = result
+                    if bar is not None:
+                        bar.update()
+            except (RuntimeError, ValueError):
+                stop.set()
+                if bar is not None:
+                    bar.reset()
+                return None
+            except BaseException:
+                stop.set()
+                raise
         return values
 
     def batch(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -193,11 +231,6 @@ class _StatisticsRun:
                 self.read_out |= empty
                 self.rebuild()
                 return self.runner.run(feed)
-
-
-def _close(bar: Any) -> None:
-    if bar is not None:
-        bar.close()
 
 
 def _first_error_line(exc: BaseException) -> str:
