@@ -290,17 +290,13 @@ def _prune(program: Any, fetch_names: list[str]) -> int:
     """Remove the ops of a one-block program that no fetched variable needs (a detector's
     decode and NMS after its last quantized layer); returns how many. A program with
     control-flow blocks is left as it is."""
+    from .program import needed_ops
+
     if program.num_blocks != 1:
         return 0
     block = program.global_block()
-    needed = set(fetch_names)
-    unneeded = []
-    for i in reversed(range(len(block.ops))):
-        op = block.ops[i]
-        if needed & set(op.output_arg_names):
-            needed.update(op.input_arg_names)
-        else:
-            unneeded.append(i)
+    kept = needed_ops([(op.input_arg_names, op.output_arg_names) for op in block.ops], set(fetch_names))
+    unneeded = [i for i in reversed(range(len(block.ops))) if i not in kept]
     for i in unneeded:  # descending
         block._remove_op(i, sync=False)  # noqa: SLF001 - the block is in sync: ops only appended so far
     return len(unneeded)

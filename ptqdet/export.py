@@ -34,6 +34,7 @@ from .program import (
     NMS_OP_TYPES,
     OpInfo,
     is_quantized,
+    needed_ops,
     post_process_split,
     program_info,
     read_ops,
@@ -257,10 +258,8 @@ def cut_program(files: ModelFiles, out_dir: Path, fetch_names: list[str]) -> Mod
         block = loaded.program.global_block()
         renamed = _free_fetch_names(block)
         fetch = [renamed.get(name, name) for name in fetch_names]
-        needed = set(fetch)
-        for op in reversed(block.ops):
-            if needed & set(op.output_arg_names):
-                needed.update(op.input_arg_names)
+        ops = [(op.input_arg_names, op.output_arg_names) for op in block.ops]
+        needed = {n for i in needed_ops(ops, set(fetch)) for n in ops[i][0]}
         loaded.save(out_dir, [block.var(name) for name in fetch], [n for n in loaded.feed_names if n in needed])
     return ModelFiles(out_dir, "model.pdmodel", "model.pdiparams")
 

@@ -214,20 +214,26 @@ def post_process_split(program: ProgramInfo) -> PostProcessSplit | None:
                             outputs + [n for n in program.feed_names if n in set(read)])
 
 
-def _needed_ops(ops: list[OpInfo], outputs: set[str], excluded: set[int]) -> set[int]:
-    """Indices of the ops (not fetch ops, nor the excluded) that computing `outputs` runs: a
-    backward pass in program order, so that an op writing the variable it reads (the scale ops
-    of a model saved twice) leads on to the op before it."""
+def needed_ops(ops: list[tuple[list[str], list[str]]], outputs: set[str], excluded: set[int] = frozenset()
+               ) -> set[int]:
+    """Indices of the ops ((read, written) variable names each, in program order; not the
+    excluded) that computing `outputs` runs: a backward pass in program order, so that an op
+    writing the variable it reads (the scale ops of a model saved twice) leads on to the op
+    before it."""
     live, needed = set(outputs), set()
     for i in reversed(range(len(ops))):
-        op = ops[i]
-        if i in excluded or op.type == "fetch":
-            continue
-        written = {n for names in op.outputs.values() for n in names}
-        if written & live:
+        read, written = ops[i]
+        if i not in excluded and live & set(written):
             needed.add(i)
-            live |= {n for names in op.inputs.values() for n in names}
+            live |= set(read)
     return needed
+
+
+def _needed_ops(ops: list[OpInfo], outputs: set[str], excluded: set[int]) -> set[int]:
+    """needed_ops on OpInfo (fetch ops left out)."""
+    pairs = [([n for names in op.inputs.values() for n in names], [n for names in op.outputs.values() for n in names])
+             for op in ops]
+    return needed_ops(pairs, outputs, excluded | {i for i, op in enumerate(ops) if op.type == "fetch"})
 
 
 def read_ops(files: ModelFiles) -> list[OpInfo]:
