@@ -6,6 +6,7 @@ key is checked here so that a typo fails at once with a message naming it, befor
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -160,7 +161,7 @@ class PTQDetConfig:
     target_metric: float | None
     ptq: PTQSettings
     nms: NMSSettings
-    ppdet: Any  # ppdet AttrDict
+    ppdet: Any  # ppdet AttrDict: this config's own copy (use_workspace puts it back in ppdet's global dict)
     deploy_backend: str = "openvino"
 
     @property
@@ -321,6 +322,23 @@ def _reset_ppdet_workspace() -> None:
             value.clear()
             value.update(items)
         gc[key] = value
+
+
+def _own_copy(loaded: Any) -> Any:
+    """A loaded ppdet config apart from ppdet's global dict, which the next load resets in place:
+    its entries, and each dict entry's own items (one level deep, what ppdet's merge changes)."""
+    return type(loaded)(**{key: copy.copy(value) if isinstance(value, dict) else value
+                           for key, value in loaded.items()})
+
+
+def use_workspace(cfg: PTQDetConfig) -> None:
+    """Make `cfg` the config ppdet's `create` reads (its readers, transforms), whichever config
+    this process loaded since: a config kept from an earlier load would otherwise get the
+    transforms of the last one loaded."""
+    from ppdet.core import workspace
+
+    workspace.global_config.clear()
+    workspace.global_config.update(cfg.ppdet)
 
 
 def _ptq_settings(path: Path, raw: dict) -> PTQSettings:
@@ -507,6 +525,6 @@ def _validated(path: Path, cfg: Any) -> PTQDetConfig:
         target_metric=float(target) if target is not None else None,
         ptq=ptq,
         nms=NMSSettings(**{**NMS_DEFAULTS, **(cfg.get("NMS") or {})}),
-        ppdet=cfg,
+        ppdet=_own_copy(cfg),
         deploy_backend=deploy_backend,
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, PTQDetConfig
+from .config import ConfigError, PTQDetConfig, use_workspace
 from .stdout import quiet_stdout
 
 
@@ -235,6 +235,7 @@ def build_source(cfg: PTQDetConfig, key: str, batch_size: int | None = None, ima
     """
     from ppdet.core.workspace import create
 
+    use_workspace(cfg)
     check_dataset(cfg, key, need_annotations=not images_only)
     dataset = cfg.ppdet[key]
     if images_only and hasattr(dataset, "data_fields"):

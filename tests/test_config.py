@@ -63,6 +63,22 @@ def test_loads_do_not_leak_keys_between_configs(tmp_path):
     assert load_config("configs/demo/picodet_s_ptq.yaml").num_classes == 6
 
 
+def test_a_config_kept_from_an_earlier_load_reads_its_own_dataset_and_transforms(tmp_path):
+    """ppdet keeps one global config: a later load must not give an earlier config its reader (CI:
+    the throughput test's 256-pixel demo model was fed a 160-pixel coverage image)."""
+    from ptqdet.data import latency_feed
+
+    demo = load_config("configs/demo/picodet_s_ptq.yaml")
+    small = load_config(write_config(tmp_path, "_BASE_: ['@DEMO@/picodet_s_ptq.yaml']\nEvalReader:\n"
+                                     "  sample_transforms:\n  - Decode: {}\n"
+                                     "  - Resize: {interp: 2, target_size: [160, 160], keep_ratio: False}\n"
+                                     "  - Permute: {}\n  batch_size: 2\n"))
+    assert latency_feed(demo)["image"].shape[-2:] == (256, 256)
+    assert latency_feed(small)["image"].shape[-2:] == (160, 160)
+    assert demo.ppdet["EvalReader"]["batch_size"] == 8 and small.ppdet["EvalReader"]["batch_size"] == 2
+    assert latency_feed(demo)["image"].shape[-2:] == (256, 256)
+
+
 def test_docs_config_reference_is_generated_from_the_code():
     from ptqdet.config_doc import reference_markdown
 
