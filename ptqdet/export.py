@@ -12,6 +12,9 @@ writes from the model's integer weights and scales (ptqdet.qdq): the ONNX model 
 Paddle Inference runs in INT8. `qdq="paddle2onnx"` keeps paddle2onnx's own conversion of the
 QDQ ops (for comparison: it quantizes more than the model does, see ptqdet.qdq).
 
+After paddle2onnx, ptqdet.onnx_graph rewrites what the runtimes run slowly into the same
+computation (FP32 and INT8 alike; `export.json` lists them under `rewrites`).
+
 paddle2onnx runs in a child process: on some graphs it aborts the whole process (e.g.
 "Require the scale >= 0" on PicoDet's QDQ model with paddle2onnx 1.3.1); the child's last
 error line becomes an ExportError naming the model.
@@ -28,6 +31,7 @@ from typing import Any
 
 from .config import ConfigError, NMSSettings
 from .files import ModelFiles, check_output_dir
+from .onnx_graph import rewrite_onnx
 from .paddle_static import LoadedProgram, atomic_dir, loaded_program
 from .program import (
     CONTROL_FLOW_OPS,
@@ -88,6 +92,8 @@ class OnnxExport:
     # a post-process with control flow left in Paddle (POST_PROCESS_DIR beside the ONNX model): its
     # inputs, the ONNX model's outputs in order, then model inputs (None: none)
     post_process_inputs: list[str] | None = None
+    # graph rewrites applied after paddle2onnx (ptqdet.onnx_graph): rewrite -> places changed
+    rewrites: dict[str, int] | None = None
 
     @property
     def post_process_dir(self) -> Path:
@@ -115,7 +121,7 @@ def load_export(path: str | Path) -> OnnxExport:
                           input_names=list(data["input_names"]), output_names=list(data["output_names"]), nms=nms,
                           opset=int(data["opset"]), paddle2onnx=data["paddle2onnx"], qdq=data.get("qdq"),
                           quantized_layers=data.get("quantized_layers"), qdq_format=data.get("qdq_format"),
-                          post_process_inputs=data.get("post_process_inputs"))
+                          post_process_inputs=data.get("post_process_inputs"), rewrites=data.get("rewrites"))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{meta_path} is truncated or not an export.json of ptqdet ({type(exc).__name__}: "
                           f"{exc}): export the model again with export_onnx.py") from exc
@@ -371,6 +377,7 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
                                  ("post-process left in Paddle", prepared.post_process_inputs is not None)) if on]
         run_paddle2onnx(source, onnx_path, opset,
                         label=str(files.model_dir) + (f" ({', '.join(steps)})" if steps else ""))
+        rewrites = rewrite_onnx(onnx_path)
         written = None
         if strip:
             try:
@@ -383,7 +390,7 @@ def export_onnx(files: ModelFiles, out_dir: str | Path, opset: int = DEFAULT_OPS
                             output_names=outputs, nms=nms, opset=real_opset, paddle2onnx=version,
                             qdq=qdq if quantized else None, quantized_layers=written,
                             qdq_format=QDQ_FORMAT if strip else None,
-                            post_process_inputs=prepared.post_process_inputs)
+                            post_process_inputs=prepared.post_process_inputs, rewrites=rewrites)
         (staged / EXPORT_META).write_text(json.dumps(export.to_dict(), indent=2) + "\n")
     return export
 

@@ -147,6 +147,8 @@ def test_int8_export_quantizes_exactly_the_paddle_int8_layers(prepared, name):
     check_onnx(export.onnx_path)
     assert export.precision == "INT8" and export.qdq == "ptqdet"
     assert (export.nms is not None) == (name == "picodet_s")
+    # PicoDet's GFL head: its four distribution softmaxes over the contiguous axis; PP-YOLOE's already are
+    assert export.rewrites == {"outer_axis_softmax": 4 if name == "picodet_s" else 0}
     ops = read_ops(models.int8)
     paddle_weights = quantized_weights(models.int8)
     dequantized = {y for op in ops if op.type == "dequantize_linear" and op.inputs["X"][0] in paddle_weights
