@@ -10,7 +10,8 @@ comparable.
   docs/results/findings.md). The same values as Reshape([N, m, K, H*W]) -> Softmax(axis 2) ->
   Mul(bins) -> ReduceSum(axis 2) -> Transpose([N, H*W, m]): the softmax runs along the
   contiguous H*W. Needs opset >= 13 (Softmax over one axis) and the static C, H, W shape
-  inference gives; anything else is left as it is.
+  inference gives, which an export of a fixed input size has (PicoDet's); anything else (the
+  coverage GFL's export, whose positions are computed at run time) is left as it is.
 """
 from __future__ import annotations
 
