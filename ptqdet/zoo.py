@@ -515,11 +515,15 @@ def current_results(arch: ZooArch, results: dict[str, Any], key: str) -> dict[st
 
 def collect_rows(archs: tuple[ZooArch, ...] | list[ZooArch] = ZOO, root: Path = ZOO_DIR,
                  data_digest: str | None = None) -> dict[str, dict[str, Any]]:
-    """arch -> zoo_row of every arch (its trained fields once measured, its status always), from
-    the records of its current configs only."""
+    """arch -> zoo_row of every arch with a record in `root` (its trained fields once measured,
+    its status always), from the records of its current configs only. An arch with no record
+    there (a fresh checkout, a worktree, another machine) is left out: its row of
+    docs/results/models.json stays as it is rather than turn into "not run yet"."""
     out = {}
     digest = data_digest or dataset_digest()
     for arch in archs:
+        if not results_path(arch, root).is_file():
+            continue
         results = current_results(arch, read_results(arch, root), train_key(arch, digest))
         row = zoo_row(arch, results, header=results.get("measure", {}).get("header"))
         row["zoo"]["analysis"] = results.get("analysis")

@@ -252,3 +252,13 @@ def test_rows_show_only_records_of_the_current_configs():
     assert sorted(zoo.current_results(arch, stale, "k")) == ["export", "train"]
     running = {"train": {"key": "k", "done": False, "epochs_done": 1}, "measure": results["measure"]}
     assert zoo.current_results(arch, running, "k") == {"train": running["train"]}
+
+
+def test_rows_left_out_without_a_record(tmp_path):
+    """A cache without an architecture's record (a fresh checkout) leaves its row alone."""
+    arch = zoo.ZooArch("ppyolo_tiny", "P", source_config=str(tmp_path / "c.yml"))
+    (tmp_path / "c.yml").write_text("epoch: 4\n")
+    assert zoo.collect_rows((arch,), tmp_path, data_digest="d") == {}
+    zoo.save_results(arch, {}, tmp_path)
+    rows = zoo.collect_rows((arch,), tmp_path, data_digest="d")
+    assert rows["ppyolo_tiny"]["zoo"]["status"] == "not run yet"
