@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 from .benchmark import ModelSet
 from .config import ConfigError, PTQDetConfig
 from .data import build_source, feed_from_batch
-from .export import EXPORT_META, IR_FILE, ONNX_FILE
+from .export import EXPORT_META, IR_FILE, ONNX_FILE, POST_PROCESS_DIR
 from .files import read_cache_json, resolve_model_files
 from .paddle_static import replace_dir
 from .recipe_bench import PeerRow, RecipeRow, measure_latency, measure_maps, model_name
@@ -71,7 +72,11 @@ def nncf_quantize(cfg: PTQDetConfig, fp32_export: Path, out_dir: Path, preset: s
         raise ConfigError(f"NNCF preset {preset!r} is not one of {NNCF_PRESETS}")
     if not Path(python).is_file():
         raise ConfigError(f"NNCF rows need NNCF in its own venv: {python} is missing (make nncf-venv)")
-    calibration = calibration_arrays(cfg)
+    meta = json.loads((fp32_export / EXPORT_META).read_text())
+    # the ONNX model's own inputs: a post-process left in Paddle takes im_shape / scale_factor,
+    # the ONNX model (all NNCF sees) does not, and OpenVINO's reshape refuses a name it lacks
+    calibration = {name: array for name, array in calibration_arrays(cfg).items()
+                   if name in meta.get("input_names", [name])}
     key = _digest(fp32_export, calibration, preset)
     stamp_path = out_dir / STAMP
     stamp = read_cache_json(stamp_path, "NNCF's model stamp") if (out_dir / IR_FILE).is_file() else None
@@ -89,7 +94,8 @@ def nncf_quantize(cfg: PTQDetConfig, fp32_export: Path, out_dir: Path, preset: s
             tail = " ".join((done.stderr or done.stdout).split()[-60:])
             raise RuntimeError(f"NNCF ({preset}) failed on {fp32_export / ONNX_FILE}, exit {done.returncode}: {tail}")
         info = json.loads(done.stdout.strip().splitlines()[-1])
-        meta = json.loads((fp32_export / EXPORT_META).read_text())
+        if (fp32_export / POST_PROCESS_DIR).is_dir():  # NNCF's IR runs before the same Paddle post-process
+            shutil.copytree(fp32_export / POST_PROCESS_DIR, tmp_dir / POST_PROCESS_DIR)
         meta.update(onnx_path=IR_FILE, precision="INT8", qdq=f"nncf {info['nncf']} {preset}",
                     quantized_layers=None, qdq_format=None)
         write_json(tmp_dir / EXPORT_META, meta)
