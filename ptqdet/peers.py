@@ -75,8 +75,7 @@ def nncf_quantize(cfg: PTQDetConfig, fp32_export: Path, out_dir: Path, preset: s
     meta = json.loads((fp32_export / EXPORT_META).read_text())
     # the ONNX model's own inputs: a post-process left in Paddle takes im_shape / scale_factor,
     # the ONNX model (all NNCF sees) does not, and OpenVINO's reshape refuses a name it lacks
-    calibration = {name: array for name, array in calibration_arrays(cfg).items()
-                   if name in meta.get("input_names", [name])}
+    calibration = {name: array for name, array in calibration_arrays(cfg).items() if name in meta["input_names"]}
     key = _digest(fp32_export, calibration, preset)
     stamp_path = out_dir / STAMP
     stamp = read_cache_json(stamp_path, "NNCF's model stamp") if (out_dir / IR_FILE).is_file() else None
