@@ -195,6 +195,47 @@ def fast_ir_graph() -> Iterator[None]:
             setattr(IrGraph, name, method)
 
 
+@contextlib.contextmanager
+def observe_single_versions() -> Iterator[None]:
+    """Paddle's AddQuantDequantForInferencePass (the last step of PTQ's `_update_program`, which
+    writes a quantize/dequantize pair after each output it observed) without a pair on a variable
+    that has more than one version in the graph: a name written again in place or carried around
+    a loop (a per-image `while` in a detector's post-process, whose body rewrites the boxes it
+    reads). The pass finds readers by name, so the pair on one version was linked into the
+    readers of every version; in a loop body that closed a cycle and `to_program` failed
+    ("Generated graph shouldn't contain cycle"). Such variables keep no scale; nothing else
+    changes."""
+    from paddle.static.quantization.quantization_pass import AddQuantDequantForInferencePass
+
+    apply, insert = AddQuantDequantForInferencePass.apply, AddQuantDequantForInferencePass._insert_quant_dequant_op
+
+    def versioned_names(graph) -> set[str]:
+        seen: set[str] = set()
+        repeated: set[str] = set()
+        for node in graph.all_var_nodes():
+            (repeated if node.name() in seen else seen).add(node.name())
+        return repeated
+
+    def patched_apply(self, graph):
+        self._ptqdet_versioned = versioned_names(graph)
+        try:
+            return apply(self, graph)
+        finally:
+            del self._ptqdet_versioned
+
+    def patched_insert(self, graph, var_node):
+        if var_node.name() in getattr(self, "_ptqdet_versioned", ()):
+            return None  # the pass then leaves the variable and its readers as they are
+        return insert(self, graph, var_node)
+
+    AddQuantDequantForInferencePass.apply = patched_apply
+    AddQuantDequantForInferencePass._insert_quant_dequant_op = patched_insert
+    try:
+        yield
+    finally:
+        AddQuantDequantForInferencePass.apply = apply
+        AddQuantDequantForInferencePass._insert_quant_dequant_op = insert
+
 def load_static_model(files: ModelFiles, exe: Any) -> tuple[Any, list[str], list[Any]]:
     """paddle.static.load_inference_model on these files (program, feed names, fetch vars), by
     path prefix when the two files share one (the other form prints a deprecation warning)."""

@@ -22,6 +22,7 @@ from .paddle_static import (
     atomic_dir,
     fast_ir_graph,
     loaded_program,
+    observe_single_versions,
     replace_dir,
     static_mode,
     weight_slot,
@@ -193,7 +194,7 @@ def one_pass_ptq(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, setti
     from .recovery import equalization_targets, equalize_program, save_equalized
 
     equalize = bool(settings.equalize_depthwise)
-    with loaded_program(files) as model, paddle_bars(progress), fast_ir_graph():
+    with loaded_program(files) as model, paddle_bars(progress), fast_ir_graph(), observe_single_versions():
         ptq = post_training_quantization(model, loader, settings, skip_tensor_list,
                                          program=model.program.clone() if equalize else None)
         targets = equalization_targets(model.program.global_block(), settings.equalize_strength, skip_tensor_list,
@@ -235,7 +236,8 @@ def run_paddle_ptq(files: ModelFiles, out_dir: Path, loader, settings: PTQSettin
     # a scope of its own: paddleslim calibrates in the global scope, where a model quantized earlier
     # in the same process left variables of the same names (conv2d_0.w_0, ...); what PTQ then did
     # (and how it failed on YOLOF) depended on which models came before
-    with static_mode(), paddle_bars(progress), fast_ir_graph(), paddle.static.scope_guard(paddle.static.Scope()):
+    with static_mode(), paddle_bars(progress), fast_ir_graph(), observe_single_versions(), \
+            paddle.static.scope_guard(paddle.static.Scope()):
         executor = paddle.static.Executor(paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace())
         if settings.reconstruction == "none":
             with hard_adaround():

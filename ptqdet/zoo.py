@@ -95,6 +95,11 @@ ZOO: tuple[ZooArch, ...] = (
             "rescaled the distribution projection GFLHead's five levels share once per level: FP32 read 0); "
             "without depthwise equalization (the zoo's recipe since) every convolution in INT8 lost more than a "
             "point, and the analysis needed more than 5% of its layers in float to come within one"),
+    ZooArch("tood_r18_noalign", f"TOOD (FPN, TOODHead without its align head; backbone: {LCNET})",
+            backbone="lcnet_x0_75",
+            note="without the align head: PaddleDetection 2.6 cannot export its grid sampling on Paddle 2.6 (row "
+            "tood_r18); ATSS assignment for its first 2 of 5 epochs, task-aligned after (PaddleDetection: 4 of 12); "
+            "PTQ with abs_max (Paddle 2.6's avg sampler fails on its export)"),
     ZooArch("centernet_mbv3_small", f"CenterNet (CenterNetDLAFPN, stride 4; backbone: {LCNET})",
             backbone="lcnet_x0_75", note="trained on images stretched to 160 px in RGB as the zoo evaluates "
             "them (PaddleDetection's CenterNet reader warps with the aspect ratio kept and swaps to BGR)"),
