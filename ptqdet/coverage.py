@@ -768,7 +768,10 @@ NOTES = """## Notes on the exports
   0-D tensors; its dynamic-to-static conversion refuses them, whatever the config or input spec
   (Faster R-CNN's documented `export_onnx: True` takes another branch that fails the same way).
   TOOD exports with `TOODHead: use_align_head: False` (its task-aligned head's grid sampling is
-  the failing code), which changes the model; PTQ then fails in Paddle (row `tood_r18_noalign`).
+  the failing code), which changes the model (row `tood_r18_noalign`). Its post-process clips the
+  boxes in a per-image `while` loop that rewrites them; Paddle's PTQ put a quantize/dequantize
+  pair on them and linked it into the loop's own readers (a cycle: "Generated graph shouldn't
+  contain cycle"); ptqdet leaves a variable with more than one version without a pair.
 - **PicoDet without NMS** is exported with `export.nms=False` (PicoDet's switch; PP-YOLOE's is
   `exclude_nms=True`): the export then has no `scale_factor` input and its boxes are in the
   network input's pixels, not the image's.

@@ -130,10 +130,10 @@ PADDLE_PTQ_FILE = "paddle/static/quantization/post_training_quantization.py"
 
 
 def ptq_error(exc: BaseException) -> ConfigError | None:
-    """Paddle's post-training quantization failed inside (a TOOD export makes it fail on ops it
-    only observes, as RetinaNet's and YOLOF's did before ptqdet calibrated them itself): one line
-    naming where and what to try; None when the failure did not arise in Paddle's PTQ (a bug
-    elsewhere: let it show)."""
+    """Paddle's post-training quantization failed inside (on ops it only observes, as it did on
+    RetinaNet's and YOLOF's exports before ptqdet calibrated them itself, and on TOOD's before
+    paddle_static.observe_single_versions): one line naming where and what to try; None when the
+    failure did not arise in Paddle's PTQ (a bug elsewhere: let it show)."""
     import traceback
 
     text = "".join(traceback.format_exception(exc))
@@ -147,8 +147,7 @@ def ptq_error(exc: BaseException) -> ConfigError | None:
     # the variable a sampler misses is named by a set's order: not part of the line
     detail = re.sub(r"Cannot find \S+ in scope", "Cannot find a sampled variable in scope", error_detail(exc))
     return ConfigError(f"{where} failed on this export ({type(exc).__name__}: {detail[:300]}) on ops it only "
-                       "observes; another PTQ.algo does not help (abs_max, avg, hist and mse fail alike on the "
-                       "TOOD export): deploy this model in FP32")
+                       "observes; no ptqdet setting is known to avoid it: deploy this model in FP32")
 
 
 def calibrate(files: ModelFiles, out_dir: Path, fp32_dir: Path, loader, settings: PTQSettings,

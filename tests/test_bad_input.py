@@ -550,7 +550,7 @@ def _raised_in(path: str, function: str, exc: Exception) -> Exception:
 
 @pytest.mark.parametrize("path, args", [("one_pass_ptq", []), ("run_paddle_ptq", ["--algo", "hist"])])
 def test_a_failure_inside_paddles_ptq_becomes_one_line_and_exit_2(tmp_path, monkeypatch, capfd, pico_cfg, path, args):
-    """post_quant.py on an export Paddle's PTQ fails on (RetinaNet, YOLOF, TOOD): one line naming
+    """post_quant.py on an export Paddle's PTQ fails on (as RetinaNet's, YOLOF's and TOOD's did): one line naming
     Paddle's PTQ and its function, exit 2, no traceback, on the one-pass path (avg, abs_max) and
     on paddleslim's own sampling (the other algorithms); a failure elsewhere is not disguised."""
     import ptqdet.quantize

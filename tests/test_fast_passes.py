@@ -53,3 +53,61 @@ def test_fast_ir_graph_restores_paddles_methods():
         assert IrGraph.link_to is not before["link_to"]
         raise RuntimeError("an error inside")
     assert {name: getattr(IrGraph, name) for name in before} == before
+
+
+def _loop_program():
+    """A program whose `while` body rewrites a variable an observed op made before the loop (the
+    boxes of a per-image post-process, as TOOD's export clips them): its name has two versions."""
+    import paddle
+
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup):
+        x = paddle.static.data("x", [2, 4], "float32")
+        boxes = paddle.concat([x, x], axis=1)
+        i, n = paddle.full([1], 0, "int64"), paddle.full([1], 2, "int64")
+        cond = paddle.less_than(i, n)
+        loop = paddle.static.nn.control_flow.While(cond)
+        with loop.block():
+            paddle.assign(paddle.clip(paddle.scale(boxes, 0.5), 0.0, 1.0), boxes)
+            paddle.increment(i)
+            paddle.assign(paddle.less_than(i, n), cond)
+        out = paddle.scale(boxes, 1.0)
+    return main, startup, out
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_observer_pass_leaves_a_variable_rewritten_in_a_loop_without_a_qdq_pair(patched):
+    """Paddle's AddQuantDequantForInferencePass, applied to every sub-graph as PTQ's
+    _update_program does, with a scale for every output: unpatched it links the pair on the
+    loop body's version into the body's readers and the graph has a cycle; under
+    observe_single_versions the program is written and computes the loop's value."""
+    import paddle
+    from paddle.base import core
+    from paddle.base.framework import IrGraph
+    from paddle.static.quantization.quantization_pass import AddQuantDequantForInferencePass
+
+    from ptqdet.paddle_static import observe_single_versions, static_mode
+
+    with static_mode():
+        main, startup, out = _loop_program()
+        scope, exe = paddle.static.Scope(), paddle.static.Executor(paddle.CPUPlace())
+        with paddle.static.scope_guard(scope):
+            exe.run(startup)
+            names = {name for block in main.blocks for op in block.ops for name in op.output_arg_names}
+            graph = IrGraph(core.Graph(main.desc), for_test=True)
+            with observe_single_versions() if patched else contextlib.nullcontext():
+                observer = AddQuantDequantForInferencePass(scope, paddle.CPUPlace(),
+                                                           quantizable_op_type=["concat", "assign", "scale", "clip"],
+                                                           calibration_range_dict={name: 1.0 for name in names})
+                for sub_graph in graph.all_sub_graphs():
+                    sub_graph._for_test = True
+                    observer.apply(sub_graph)
+            if not patched:
+                with pytest.raises(ValueError, match="shouldn't contain cycle"):
+                    graph.to_program()
+                return
+            program = graph.to_program()
+            (value,) = exe.run(program, feed={"x": np.full((2, 4), 3.0, "float32")}, fetch_list=[out.name])
+    ops = [op.type for op in program.global_block().ops]
+    assert "quantize_linear" in ops  # the single-version output kept its pair
+    np.testing.assert_allclose(value, 0.5)  # 6 -> clip(3) = 1 -> 0.5
