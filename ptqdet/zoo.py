@@ -72,8 +72,9 @@ ZOO: tuple[ZooArch, ...] = (
             note="trained on ImageNet-normalized images as the zoo evaluates them (an earlier run on a random "
             "CSPDarkNet-nano with PaddleDetection's raw 0-255 YOLOX input scored 0.0 on the normalized val "
             "images); with the pretrained backbone and normalized input its mAP after the first epoch is still "
-            "about 0, so the input was not the cause (or not the only one): stopped there, "
-            "`tools/zoo.py --archs yolox_nano` resumes it"),
+            "about 0, so the input was not the cause (or not the only one); a re-run's losses over its first 150 "
+            "iterations: objectness 6.4 to 2.9, IoU (1 - IoU^2) only 0.98 to 0.86, the boxes hardly learning: "
+            "stopped there, `tools/zoo.py --archs yolox_nano` resumes it"),
     ZooArch("ssdlite_mbv3_small", "SSDLite (MobileNetV3-small)",
             note="1.5 s per iteration (batch 16) at 160 px; mAP 0.1 after each of its first 3 epochs (base_lr 0.1 at "
             "batch 16, 8x PaddleDetection's rate per image, whose own schedule is 1700 epochs): stopped there to "
@@ -98,7 +99,8 @@ ZOO: tuple[ZooArch, ...] = (
     ZooArch("tood_r18_noalign", f"TOOD (FPN, TOODHead without its align head; backbone: {LCNET})",
             backbone="lcnet_x0_75",
             note="without the align head: PaddleDetection 2.6 cannot export its grid sampling on Paddle 2.6 (row "
-            "tood_r18); ATSS assignment for its first 2 of 5 epochs, task-aligned after (PaddleDetection: 4 of 12); "
+            "tood_r18); four FPN levels (strides 8-64: ATSS takes 9 anchors per level, and at 160 px the stride-128 "
+            "level has 4); ATSS assignment for its first 2 of 5 epochs, task-aligned after (PaddleDetection: 4 of 12); "
             "PTQ with abs_max (Paddle 2.6's avg sampler fails on its export)"),
     ZooArch("centernet_mbv3_small", f"CenterNet (CenterNetDLAFPN, stride 4; backbone: {LCNET})",
             backbone="lcnet_x0_75", note="trained on images stretched to 160 px in RGB as the zoo evaluates "
