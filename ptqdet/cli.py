@@ -23,7 +23,14 @@ import sys
 from collections.abc import Callable
 
 from .config import ConfigError
-from .signals import Interrupted, forget_signal, install_signal_handlers, pending_signal, signals_raise_interrupted
+from .signals import (
+    Interrupted,
+    check_interrupted,
+    forget_signal,
+    install_signal_handlers,
+    pending_signal,
+    signals_raise_interrupted,
+)
 from .stdout import quiet_libraries as _quiet_libraries
 
 
@@ -106,7 +113,9 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     interruption turned into on its way: a library that caught it may raise another)."""
     try:
         with signals_raise_interrupted():
-            return main(argv)
+            code = main(argv)
+            check_interrupted()  # a signal whose exception a library swallowed (a finalizer's) still ends the run
+            return code
     except BaseException as exc:
         ending = _ending(exc)
         if ending is None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .signals import check_interrupted
+
 if TYPE_CHECKING:
     from .files import ModelFiles
 
@@ -378,7 +380,10 @@ def _remove(path: Path) -> None:
 
 
 def replace_dir(tmp_dir: Path, save_dir: Path) -> None:
-    """Move a finished output folder into place; an old one (folder or link) is replaced only now."""
+    """Move a finished output folder into place; an old one (folder or link) is replaced only now.
+    A signal that asked the script to stop is raised here first (a library may have swallowed the
+    exception it raised: ptqdet.signals), so an interrupted run never puts its output in place."""
+    check_interrupted()
     if save_dir.exists() or save_dir.is_symlink():
         old = save_dir.with_name(f".{save_dir.name}.old")
         _remove(old)

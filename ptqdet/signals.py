@@ -5,9 +5,11 @@ KeyboardInterrupt, so `except Exception` does not catch it): every `finally` and
 manager on the way out runs, and the script ends with exit code 128 + the signal's number.
 
 A library may swallow the exception (ppdet's image Decode has a bare `except:`, and turns it
-into an AttributeError): the signal stays pending, long loops check it (`check_interrupted`,
-e.g. before each calibration batch), Interrupted is raised again every REPEAT_S until the
-script ends, and whatever exception ends it is reported as the interruption.
+into an AttributeError; Python itself ignores one raised inside a finalizer, e.g. tqdm's
+`__del__`): the signal stays pending, long loops check it (`check_interrupted`, e.g. before each
+calibration batch), so do the commit of an output folder (`paddle_static.replace_dir`) and the
+end of `cli.run`, Interrupted is raised again every REPEAT_S until the script ends, and whatever
+exception ends it is reported as the interruption.
 
 Paddle's C++ runtime installs its own SIGTERM handler when it is imported (it prints a C++
 "FatalError" report and ends the process at once, leaving temporaries behind), and ray.init
