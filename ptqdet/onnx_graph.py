@@ -4,14 +4,15 @@ comparable.
 
 - **The box distribution's softmax over an outer axis** (`outer_axis_softmax`). GFL-style heads
   (PicoDet, GFL) decode each box side as the expectation of a softmax over K bins: paddle2onnx
-  writes Transpose(NCHW -> NHWC) -> Reshape([-1, K]) -> Softmax(axis 1) -> MatMul(bins [K]) ->
-  Reshape([N, H*W, m]). OpenVINO's CPU Softmax over an innermost axis of 8 elements is slow (the
-  real PicoDet-s spent more time in its four softmaxes than in any other non-convolution node:
-  docs/results/findings.md). The same values as Reshape([N, m, K, H*W]) -> Softmax(axis 2) ->
-  Mul(bins) -> ReduceSum(axis 2) -> Transpose([N, H*W, m]): the softmax runs along the
-  contiguous H*W. Needs opset >= 13 (Softmax over one axis) and the static C, H, W shape
-  inference gives, which an export of a fixed input size has (PicoDet's); anything else (the
-  coverage GFL's export, whose positions are computed at run time) is left as it is.
+  writes Transpose(NCHW -> NHWC) -> Reshape([-1, K]) -> Softmax(axis 1) -> MatMul(bins [K]),
+  whose [N*H*W*m] output a Reshape (after GFL's stride Mul) turns into [N, H*W, m]. OpenVINO's
+  CPU Softmax over an innermost axis of 8 elements is slow (the real PicoDet-s spent more time in
+  its four softmaxes than in any other non-convolution node: docs/results/findings.md). The same
+  values as Reshape([N, m, K, -1]) -> Softmax(axis 2) -> Mul(bins) -> ReduceSum(axis 2) ->
+  Transpose -> Reshape([-1]): the softmax runs along the contiguous H*W, and the MatMul's output
+  is the same tensor, so what reads it is left as it is. Needs opset >= 13 (Softmax over one
+  axis), the constant [-1, K] of the rows and the channel count C = m*K (from shape inference or
+  the head's Conv); H and W may be known only at run time (GFL's GroupNorm export).
 """
 from __future__ import annotations
 
@@ -63,61 +64,106 @@ def _only_user(g: _Graph, tensor: str, op_type: str) -> Any | None:
     return users[0] if len(users) == 1 and users[0].op_type == op_type else None
 
 
-def _distribution_softmax(g: _Graph, softmax: Any) -> tuple[list[Any], str, np.ndarray, tuple[int, int, int]] | None:
-    """The nodes of one inner-axis distribution softmax (Transpose .. final Reshape), its NCHW
-    input, its bins and (m, K, H*W); None where the pattern does not match exactly."""
+def _constant(g: _Graph, tensor: str) -> np.ndarray | None:
+    """The value of a constant tensor: an initializer or Constant, or a Reshape of one to a
+    constant shape (paddle2onnx writes a convolution's bias so)."""
+    if tensor in g.constants:
+        return g.constants[tensor]
+    node = g.producer.get(tensor)
+    if node is None or node.op_type != "Reshape" or any(i not in g.constants for i in node.input):
+        return None
+    data, shape = g.constants[node.input[0]], g.constants[node.input[1]]
+    if 0 in shape.tolist():  # 0 copies a dim of the data (unless allowzero): not needed here
+        return None
+    return data.reshape(shape.tolist())
+
+
+def _channels(g: _Graph, tensor: str) -> int | None:
+    """The channel count (dim 1) of an NCHW tensor: from shape inference, else from the Conv it
+    comes from through elementwise ops with a constant that cannot widen it (a head's bias and
+    scale; shape inference stops at a GroupNorm exported with run-time shapes)."""
+    shape = g.shapes.get(tensor)
+    if shape and len(shape) == 4 and shape[1]:
+        return shape[1]
+    node = g.producer.get(tensor)
+    scales: list[np.ndarray] = []
+    while node is not None and node.op_type in ("Add", "Mul"):
+        values = [_constant(g, i) for i in node.input]
+        inputs = [i for i, value in zip(node.input, values) if value is None]
+        if len(inputs) != 1:
+            return None
+        scales += [value for value in values if value is not None]
+        node = g.producer.get(inputs[0])
+    if node is None or node.op_type != "Conv" or node.input[1] not in g.constants:
+        return None
+    channels = g.constants[node.input[1]].shape[0]
+    if any(c.ndim > 4 or (c.ndim >= 3 and c.shape[-3] not in (1, channels)) or c.shape[-2:] not in ((), (1,), (1, 1))
+           and c.size != 1 for c in scales):
+        return None
+    return channels
+
+
+def _distribution_softmax(g: _Graph, softmax: Any) -> tuple[list[Any], str, np.ndarray, tuple[int, int]] | None:
+    """The nodes of one inner-axis distribution softmax (Transpose .. MatMul), its NCHW input, its
+    bins and (m, K); None where the pattern does not match exactly."""
     reshape = g.producer.get(softmax.input[0])
     transpose = g.producer.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
     if transpose is None or transpose.op_type != "Transpose" or list(_attribute(transpose, "perm", [])) != [0, 2, 3, 1]:
         return None
-    x_shape, rows = g.shapes.get(transpose.input[0]), g.shapes.get(softmax.input[0])
-    if not x_shape or len(x_shape) != 4 or None in x_shape[1:] or not rows or len(rows) != 2 or not rows[1]:
+    target = g.constants.get(reshape.input[1])
+    if target is None or target.shape != (2,) or target[0] != -1 or target[1] <= 0:
         return None
-    (channels, height, width), bins = x_shape[1:], rows[1]
+    bins, channels = int(target[1]), _channels(g, transpose.input[0])
     matmul = _only_user(g, softmax.output[0], "MatMul")
-    out = _only_user(g, matmul.output[0], "Reshape") if matmul is not None else None
     weights = g.constants.get(matmul.input[1]) if matmul is not None else None
-    if out is None or weights is None or weights.shape != (bins,) or channels % bins \
-            or _attribute(softmax, "axis", -1) not in (1, -1) \
-            or g.shapes.get(out.output[0], [])[1:] != [height * width, channels // bins]:
+    if weights is None or weights.shape != (bins,) or not channels or channels % bins \
+            or _attribute(softmax, "axis", -1) not in (1, -1) or _only_user(g, transpose.output[0], "Reshape") is None \
+            or _only_user(g, reshape.output[0], "Softmax") is None:
         return None
-    if _only_user(g, transpose.output[0], "Reshape") is None or _only_user(g, reshape.output[0], "Softmax") is None:
-        return None
-    return [transpose, reshape, softmax, matmul, out], transpose.input[0], weights, \
-        (channels // bins, bins, height * width)
+    return [transpose, reshape, softmax, matmul], transpose.input[0], weights, (channels // bins, bins)
 
 
 def outer_axis_softmax(model: Any) -> int:
-    """Rewrite each distribution softmax (module docstring) in place; how many were rewritten."""
+    """Rewrite each distribution softmax (module docstring) in place; how many were rewritten.
+    The new nodes end in the MatMul's own output, [N*H*W*m] in the same order, so whatever read
+    it (a stride Mul, a Reshape to a shape computed at run time) reads the same tensor."""
     from onnx import helper, numpy_helper
 
     g = _index(model)
     graph = model.graph
-    replaced: dict[int, list[Any]] = {}  # id(final Reshape) -> new nodes; the other old nodes dropped
+    replaced: dict[int, list[Any]] = {}  # id(MatMul) -> new nodes; the other old nodes dropped
     dropped: set[int] = set()
     for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
         found = _distribution_softmax(g, softmax)
         if found is None:
             continue
-        old, x, weights, (sides, bins, positions) = found
+        old, x, weights, (sides, bins) = found
         p = f"ptqdet_outer_softmax{len(replaced)}"
         graph.initializer.extend([
-            numpy_helper.from_array(np.array([0, sides, bins, positions], np.int64), f"{p}_shape"),
+            numpy_helper.from_array(np.array([0, sides, bins, -1], np.int64), f"{p}_shape"),
             numpy_helper.from_array(weights.astype(np.float32).reshape(1, 1, bins, 1), f"{p}_bins"),
-            numpy_helper.from_array(np.array([2], np.int64), f"{p}_axes")])
+            numpy_helper.from_array(np.array([2], np.int64), f"{p}_axes"),
+            numpy_helper.from_array(np.array([-1], np.int64), f"{p}_flat")])
         replaced[id(old[-1])] = [
             helper.make_node("Reshape", [x, f"{p}_shape"], [f"{p}_grouped"], name=f"{p}_reshape"),
             helper.make_node("Softmax", [f"{p}_grouped"], [f"{p}_softmax"], axis=2, name=f"{p}_softmax"),
             helper.make_node("Mul", [f"{p}_softmax", f"{p}_bins"], [f"{p}_weighted"], name=f"{p}_mul"),
             helper.make_node("ReduceSum", [f"{p}_weighted", f"{p}_axes"], [f"{p}_sides"], keepdims=0,
                              name=f"{p}_sum"),
-            helper.make_node("Transpose", [f"{p}_sides"], [old[-1].output[0]], perm=[0, 2, 1], name=f"{p}_transpose")]
+            helper.make_node("Transpose", [f"{p}_sides"], [f"{p}_positions"], perm=[0, 2, 1], name=f"{p}_transpose"),
+            helper.make_node("Reshape", [f"{p}_positions", f"{p}_flat"], [old[-1].output[0]], name=f"{p}_flatten")]
         dropped.update(id(n) for n in old)
     if replaced:
+        orphans = {i for node in graph.node if id(node) in dropped for i in node.input}
         nodes = [new for node in graph.node for new in (replaced.get(id(node), []) +
                                                          ([] if id(node) in dropped else [node]))]
-        del graph.node[:]
+        orphans -= {i for node in nodes for i in node.input} | {o.name for o in graph.output}
+        # the rows' shapes and bins only the old nodes read (Constant nodes or initializers)
+        nodes = [n for n in nodes if not (n.op_type == "Constant" and n.output[0] in orphans)]
+        kept = [t for t in graph.initializer if t.name not in orphans]
+        del graph.node[:], graph.initializer[:]
         graph.node.extend(nodes)
+        graph.initializer.extend(kept)
     return len(replaced)
 
 
