@@ -22,6 +22,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -110,12 +111,27 @@ def signals_raise_interrupted() -> Iterator[None]:
     _state.previous = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
     _state.pending = None
     install_signal_handlers()
+    unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_about_interrupted(unraisable_hook)
     try:
         yield
     finally:
         previous, _state.previous = _state.previous, None
+        sys.unraisablehook = unraisable_hook
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _quiet_about_interrupted(previous: Any) -> Any:
+    """sys.unraisablehook without Python's "Exception ignored in" traceback for an Interrupted
+    raised inside a finalizer (the signal stays pending: the next commit or the end of the run
+    reports it in one line); any other unraisable exception goes to `previous`."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            previous(unraisable)
+
+    return hook
 
 
 def pending_signal() -> int | None:
