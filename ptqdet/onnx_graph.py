@@ -97,10 +97,16 @@ def _channels(g: _Graph, tensor: str) -> int | None:
     if node is None or node.op_type != "Conv" or node.input[1] not in g.constants:
         return None
     channels = g.constants[node.input[1]].shape[0]
-    if any(c.ndim > 4 or (c.ndim >= 3 and c.shape[-3] not in (1, channels)) or c.shape[-2:] not in ((), (1,), (1, 1))
-           and c.size != 1 for c in scales):
-        return None
-    return channels
+    return channels if all(_keeps_channels(value, channels) for value in scales) else None
+
+
+def _keeps_channels(value: np.ndarray, channels: int) -> bool:
+    """Whether a constant broadcast against [N, channels, H, W] leaves the channels as they are:
+    a scalar or a [1, channels or 1, 1, 1] (with its leading 1s left out)."""
+    if value.ndim > 4:
+        return False
+    shape = (1,) * (4 - value.ndim) + tuple(value.shape)
+    return shape[0] == 1 and shape[1] in (1, channels) and shape[2:] == (1, 1)
 
 
 def _distribution_softmax(g: _Graph, softmax: Any) -> tuple[list[Any], str, np.ndarray, tuple[int, int]] | None:

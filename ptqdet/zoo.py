@@ -101,7 +101,8 @@ ZOO: tuple[ZooArch, ...] = (
             note="without the align head: PaddleDetection 2.6 cannot export its grid sampling on Paddle 2.6 (row "
             "tood_r18); four FPN levels (strides 8-64: ATSS takes 9 anchors per level, and at 160 px the stride-128 "
             "level has 4); ATSS assignment for its first 2 of 5 epochs, task-aligned after (PaddleDetection: 4 of 12); "
-            "PTQ with abs_max (Paddle 2.6's avg sampler fails on its export)"),
+            "PTQ with abs_max as its coverage config (Paddle 2.6's own avg sampler fails on the export; ptqdet's "
+            "one-pass calibration, which runs on CPU, takes avg too)"),
     ZooArch("centernet_mbv3_small", f"CenterNet (CenterNetDLAFPN, stride 4; backbone: {LCNET})",
             backbone="lcnet_x0_75", note="trained on images stretched to 160 px in RGB as the zoo evaluates "
             "them (PaddleDetection's CenterNet reader warps with the aspect ratio kept and swaps to BGR)"),
