@@ -182,17 +182,17 @@ def test_analysis_stops_cleanly_and_keeps_its_cache(tmp_path, data, neighbour, p
 
 
 class _SignalsItselfWhenCollected:
-    """Sends SIGTERM to this process from its finalizer: the handler's Interrupted is raised inside
-    __del__, which Python reports to sys.unraisablehook and goes on (as it did in tqdm's
-    finalizer while post_quant.py saved its model)."""
+    """Its finalizer runs ptqdet's SIGTERM handler, as a SIGTERM arriving there does (no real
+    signal: a test must not risk its own worker): Interrupted is raised inside __del__, which
+    Python reports to sys.unraisablehook and goes on (as it did in tqdm's finalizer while
+    post_quant.py saved its model)."""
 
     finished = False
 
     def __del__(self):
-        import os
+        from ptqdet.signals import _on_signal
 
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.1)  # the handler runs inside this sleep, i.e. inside __del__
+        _on_signal(signal.SIGTERM, None)
         type(self).finished = True  # not reached: Interrupted ended the finalizer
 
 
